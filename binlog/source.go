@@ -1,0 +1,411 @@
+package binlog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// Start is where a Source begins: a GTID set if GTID is set, else Pos.
+type Start struct {
+	Pos  Position
+	GTID string
+}
+
+// Source reads the binlog and emits transactions. Create one with
+// NewSource; Run may be called again after it returned.
+type Source struct {
+	cfg     Config
+	flavor  string
+	watch   map[string]bool // "schema.table" (lower case) of ruled tables
+	log     zerolog.Logger
+	metrics *sourceMetrics
+	up      atomic.Bool
+}
+
+// NewSource returns a Source for the given server flavor ("mysql" or
+// "mariadb") that keeps row changes of the watched tables ("schema.table")
+// and drops all others while decoding.
+func NewSource(cfg Config, flavor string, watched []string, log zerolog.Logger, reg prometheus.Registerer) *Source {
+	w := make(map[string]bool, len(watched))
+	for _, t := range watched {
+		w[strings.ToLower(t)] = true
+	}
+	return &Source{cfg: cfg, flavor: flavor, watch: w, log: log, metrics: newSourceMetrics(reg)}
+}
+
+// Connected reports whether the source currently streams from the server.
+func (s *Source) Connected() bool { return s.up.Load() }
+
+// ErrFatal wraps errors that reconnecting cannot cure (a purged binlog, a
+// row that does not match its table map).
+var ErrFatal = errors.New("binlog")
+
+// Run streams transactions from start into out, in commit order, until ctx
+// is done (it then returns nil) or an error that reconnecting cannot cure
+// (wrapping ErrFatal). A lost connection is re-established with backoff,
+// resuming after the last complete transaction sent on out; Connected is
+// false meanwhile. Run never closes out.
+func (s *Source) Run(ctx context.Context, start Start, out chan<- *Txn) error {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = 100 * time.Millisecond
+	bo.MaxInterval = 5 * time.Second
+	bo.MaxElapsedTime = 0
+	for {
+		r := &reader{src: s, out: out, file: start.Pos.File}
+		err := r.stream(ctx, start)
+		s.up.Store(false)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, ErrFatal) {
+			return err
+		}
+		if !r.resume.IsZero() {
+			start = Start{Pos: r.resume}
+		}
+		if r.progressed {
+			bo.Reset()
+		}
+		wait := bo.NextBackOff()
+		s.metrics.reconnects.Inc()
+		s.log.Warn().Err(err).Stringer("resume", start.Pos).Dur("retry_in", wait).Msg("binlog stream lost; reconnecting")
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+}
+
+// reader holds the state of one connection's stream.
+type reader struct {
+	src        *Source
+	out        chan<- *Txn
+	file       string
+	resume     Position // end of the last complete transaction sent
+	progressed bool
+	tables     map[uint64]*Table // table id -> watched table, nil entry = unwatched
+	txn        *Txn
+	inTxn      bool // inside BEGIN ... COMMIT/XID
+	gtid       string
+	commit     time.Time
+	split      bool // current transaction was already partly sent
+}
+
+func (r *reader) stream(ctx context.Context, start Start) error {
+	s := r.src
+	host, port := s.cfg.hostPort()
+	cfg := replication.BinlogSyncerConfig{
+		ServerID:         s.cfg.ServerID,
+		Flavor:           s.flavor,
+		Host:             host,
+		Port:             port,
+		User:             s.cfg.User,
+		Password:         s.cfg.Password,
+		HeartbeatPeriod:  s.cfg.Heartbeat,
+		ReadTimeout:      3 * s.cfg.Heartbeat,
+		DisableRetrySync: true, // we reconnect ourselves, at a transaction boundary
+		Logger:           slog.New(slog.DiscardHandler),
+		RowsEventDecodeFunc: func(e *replication.RowsEvent, data []byte) error {
+			// Decode only the header of unwatched tables' row events. This
+			// runs on the syncer's parsing goroutine, ahead of handle: it
+			// may only read immutable state.
+			pos, err := e.DecodeHeader(data)
+			if err != nil {
+				return err
+			}
+			if !s.watched(e.Table.Schema, e.Table.Table) {
+				return nil
+			}
+			return e.DecodeData(pos, data)
+		},
+	}
+	syncer := replication.NewBinlogSyncer(cfg)
+	defer syncer.Close()
+	var (
+		st  *replication.BinlogStreamer
+		err error
+	)
+	if start.GTID != "" {
+		set, perr := mysql.ParseGTIDSet(s.flavor, start.GTID)
+		if perr != nil {
+			return fmt.Errorf("%w: start gtid %q: %v", ErrFatal, start.GTID, perr)
+		}
+		st, err = syncer.StartSyncGTID(set)
+	} else {
+		st, err = syncer.StartSync(mysql.Position{Name: start.Pos.File, Pos: start.Pos.Pos})
+	}
+	if err != nil {
+		return fmt.Errorf("start binlog dump at %v: %w", start, err)
+	}
+	r.tables = make(map[uint64]*Table)
+	first := true
+	for {
+		ev, err := st.GetEvent(ctx)
+		if err != nil {
+			if isFatalDumpError(err) {
+				return fmt.Errorf("%w: %v (the binlog at %s is gone: restart with mysql.start.from=current, or delete the checkpoint to resnapshot)", ErrFatal, err, start.Pos)
+			}
+			return err
+		}
+		if first {
+			s.up.Store(true)
+			first = false
+		}
+		if err := r.handle(ctx, ev); err != nil {
+			return err
+		}
+	}
+}
+
+// isFatalDumpError recognises server errors that no reconnect fixes.
+func isFatalDumpError(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "Could not find first log file") ||
+		strings.Contains(msg, "could not find next log") ||
+		strings.Contains(msg, "purged binary logs") ||
+		strings.Contains(msg, "Error: connecting slave requested to start from GTID")
+}
+
+func (r *reader) handle(ctx context.Context, ev *replication.BinlogEvent) error {
+	r.src.metrics.events.Inc()
+	switch e := ev.Event.(type) {
+	case *replication.RotateEvent:
+		r.file = string(e.NextLogName)
+	case *replication.MariadbGTIDEvent:
+		r.gtid = e.GTID.String()
+		r.commit = time.Unix(int64(ev.Header.Timestamp), 0)
+		if !e.IsStandalone() {
+			r.begin()
+		}
+	case *replication.GTIDEvent:
+		if next, err := e.GTIDNext(); err == nil {
+			r.gtid = next.String()
+		}
+		r.commit = time.Unix(int64(ev.Header.Timestamp), 0)
+		if e.OriginalCommitTimestamp > 0 {
+			r.commit = e.OriginalCommitTime()
+		}
+	case *replication.QueryEvent:
+		return r.query(ctx, ev, e)
+	case *replication.TableMapEvent:
+		return r.tableMap(e)
+	case *replication.RowsEvent:
+		return r.rows(ctx, ev, e)
+	case *replication.XIDEvent:
+		return r.end(ctx, ev)
+	case *replication.TransactionPayloadEvent:
+		for _, sub := range e.Events {
+			if err := r.handle(ctx, sub); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (r *reader) begin() {
+	r.inTxn = true
+	r.split = false
+	r.txn = &Txn{GTID: r.gtid, Commit: r.commit}
+}
+
+func (r *reader) query(ctx context.Context, ev *replication.BinlogEvent, e *replication.QueryEvent) error {
+	q := strings.TrimSpace(string(e.Query))
+	switch {
+	case strings.EqualFold(q, "BEGIN"):
+		if !r.inTxn {
+			r.begin()
+		}
+		return nil
+	case strings.EqualFold(q, "COMMIT"):
+		return r.end(ctx, ev)
+	case r.inTxn:
+		// SAVEPOINT, or a statement logged in STATEMENT format by a session
+		// that overrode binlog_format: nothing cachesync can apply.
+		if isDML(q) {
+			r.src.metrics.statementEvents.Inc()
+			r.src.log.Warn().Str("query", truncate(q, 200)).Msg("statement-format DML in the binlog is ignored; keep binlog_format=ROW for every session")
+		}
+		return nil
+	}
+	// DDL: its own transaction. Row events carry their column names, so
+	// nothing needs refreshing; the checkpoint moves past the statement.
+	r.begin()
+	r.txn.DDL = q
+	r.src.log.Info().Str("schema", string(e.Schema)).Str("ddl", truncate(q, 200)).Msg("DDL in binlog")
+	if isTruncate(q) {
+		r.src.log.Warn().Str("ddl", truncate(q, 200)).Msg("TRUNCATE writes no row events: keys of a truncated ruled table are not invalidated")
+	}
+	return r.end(ctx, ev)
+}
+
+// watched reports whether rows of schema.table are kept. Safe for
+// concurrent use: watch is never written after NewSource.
+func (s *Source) watched(schema, table []byte) bool {
+	name := string(schema) + "." + string(table)
+	return s.watch[name] || s.watch[strings.ToLower(name)]
+}
+
+func (r *reader) tableMap(e *replication.TableMapEvent) error {
+	if !r.src.watched(e.Schema, e.Table) {
+		r.tables[e.TableID] = nil
+		return nil
+	}
+	cols := e.ColumnNameString()
+	if len(cols) != int(e.ColumnCount) {
+		return fmt.Errorf("%w: table map of %s.%s has %d column names for %d columns: set binlog_row_metadata=FULL on the server",
+			ErrFatal, e.Schema, e.Table, len(cols), e.ColumnCount)
+	}
+	if old := r.tables[e.TableID]; old != nil && equalStrings(old.Columns, cols) {
+		return nil
+	}
+	// A new table id, or the same id with other columns (after DDL).
+	dec := make([]bool, len(cols))
+	for i, t := range e.ColumnType {
+		dec[i] = t == mysql.MYSQL_TYPE_NEWDECIMAL || t == mysql.MYSQL_TYPE_DECIMAL
+	}
+	for id, t := range r.tables { // reuse the *Table when only the id moved
+		if t != nil && t.Schema == string(e.Schema) && t.Name == string(e.Table) && equalStrings(t.Columns, cols) {
+			r.tables[e.TableID] = t
+			delete(r.tables, id)
+			return nil
+		}
+	}
+	r.tables[e.TableID] = NewTable(string(e.Schema), string(e.Table), cols, dec)
+	return nil
+}
+
+func (r *reader) rows(ctx context.Context, ev *replication.BinlogEvent, e *replication.RowsEvent) error {
+	t := r.tables[e.TableID]
+	if t == nil {
+		return nil
+	}
+	if r.txn == nil { // row event outside BEGIN (non-transactional engine)
+		r.begin()
+	}
+	for _, row := range e.Rows {
+		if len(row) != len(t.Columns) {
+			return fmt.Errorf("%w: row of %s has %d values for %d named columns", ErrFatal, t.FullName(), len(row), len(t.Columns))
+		}
+	}
+	switch ev.Header.EventType {
+	case replication.WRITE_ROWS_EVENTv0, replication.WRITE_ROWS_EVENTv1, replication.WRITE_ROWS_EVENTv2, replication.MARIADB_WRITE_ROWS_COMPRESSED_EVENT_V1:
+		for _, row := range e.Rows {
+			r.txn.Changes = append(r.txn.Changes, Change{Table: t, Op: Insert, After: row})
+		}
+	case replication.DELETE_ROWS_EVENTv0, replication.DELETE_ROWS_EVENTv1, replication.DELETE_ROWS_EVENTv2, replication.MARIADB_DELETE_ROWS_COMPRESSED_EVENT_V1:
+		for _, row := range e.Rows {
+			r.txn.Changes = append(r.txn.Changes, Change{Table: t, Op: Delete, Before: row})
+		}
+	case replication.UPDATE_ROWS_EVENTv0, replication.UPDATE_ROWS_EVENTv1, replication.UPDATE_ROWS_EVENTv2, replication.MARIADB_UPDATE_ROWS_COMPRESSED_EVENT_V1:
+		for i := 0; i+1 < len(e.Rows); i += 2 {
+			r.txn.Changes = append(r.txn.Changes, Change{Table: t, Op: Update, Before: e.Rows[i], After: e.Rows[i+1]})
+		}
+	default:
+		return fmt.Errorf("%w: unsupported rows event %s on %s", ErrFatal, ev.Header.EventType, t.FullName())
+	}
+	if len(r.txn.Changes) >= r.src.cfg.MaxTxnChanges {
+		// Send what we have; the rest of the transaction follows.
+		piece := r.txn
+		piece.Partial = true
+		piece.Pos = Position{File: r.file, Pos: ev.Header.LogPos}
+		if !r.split {
+			r.src.metrics.splitTxns.Inc()
+			r.src.log.Warn().Int("max_txn_changes", r.src.cfg.MaxTxnChanges).Str("gtid", r.gtid).
+				Msg("oversized transaction is applied in pieces: readers may see it half-applied")
+		}
+		r.split = true
+		r.txn = &Txn{GTID: piece.GTID, Commit: piece.Commit}
+		return r.send(ctx, piece)
+	}
+	return nil
+}
+
+// end completes the current transaction at the event ev.
+func (r *reader) end(ctx context.Context, ev *replication.BinlogEvent) error {
+	t := r.txn
+	if t == nil {
+		t = &Txn{GTID: r.gtid, Commit: r.commit}
+	}
+	t.Pos = Position{File: r.file, Pos: ev.Header.LogPos}
+	r.txn, r.inTxn, r.split, r.gtid = nil, false, false, ""
+	if err := r.send(ctx, t); err != nil {
+		return err
+	}
+	r.resume = t.Pos
+	r.progressed = true
+	return nil
+}
+
+func (r *reader) send(ctx context.Context, t *Txn) error {
+	select {
+	case r.out <- t:
+		r.src.metrics.txns.Inc()
+		r.src.metrics.rows.Add(float64(len(t.Changes)))
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func isDML(q string) bool {
+	w := strings.ToUpper(strings.SplitN(q, " ", 2)[0])
+	return w == "INSERT" || w == "UPDATE" || w == "DELETE" || w == "REPLACE"
+}
+
+func isTruncate(q string) bool {
+	return len(q) >= 8 && strings.EqualFold(q[:8], "TRUNCATE")
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+type sourceMetrics struct {
+	events, txns, rows, reconnects, splitTxns, statementEvents prometheus.Counter
+}
+
+func newSourceMetrics(reg prometheus.Registerer) *sourceMetrics {
+	c := func(name, help string) prometheus.Counter {
+		m := prometheus.NewCounter(prometheus.CounterOpts{Namespace: "cachesync", Subsystem: "binlog", Name: name, Help: help})
+		if reg != nil {
+			reg.MustRegister(m)
+		}
+		return m
+	}
+	return &sourceMetrics{
+		events:          c("events_total", "Binlog events read."),
+		txns:            c("transactions_total", "Transactions (and pieces of split ones) handed to the sink."),
+		rows:            c("rows_total", "Row changes of ruled tables handed to the sink."),
+		reconnects:      c("reconnects_total", "Binlog connections re-established after a loss."),
+		splitTxns:       c("split_transactions_total", "Transactions larger than max_txn_changes, applied in pieces."),
+		statementEvents: c("statement_events_total", "Statement-format DML events that could not be applied."),
+	}
+}

@@ -1,0 +1,150 @@
+// Package config loads cachesync's YAML configuration: defaults first, then
+// environment overrides for addresses and secrets, then validation whose
+// errors name the field and the problem. Unknown fields are rejected.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+
+	"github.com/cachesync/cachesync/api"
+	"github.com/cachesync/cachesync/binlog"
+	"github.com/cachesync/cachesync/sink"
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	MySQL binlog.Config `yaml:"mysql"`
+	Redis Redis         `yaml:"redis"`
+	Sink  sink.Config   `yaml:"sink"`
+	HTTP  api.Config    `yaml:"http"`
+	Log   Log           `yaml:"log"`
+}
+
+// Redis configures the Redis connection.
+type Redis struct {
+	Addr     string `yaml:"addr"`
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+	DB       int    `yaml:"db"`
+}
+
+// Log configures logging.
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // json or console
+}
+
+// Environment variables that override the file (addresses and secrets).
+var envOverrides = []struct {
+	name string
+	set  func(*Config, string)
+}{
+	{"CACHESYNC_MYSQL_ADDR", func(c *Config, v string) { c.MySQL.Addr = v }},
+	{"CACHESYNC_MYSQL_USER", func(c *Config, v string) { c.MySQL.User = v }},
+	{"CACHESYNC_MYSQL_PASSWORD", func(c *Config, v string) { c.MySQL.Password = v }},
+	{"CACHESYNC_REDIS_ADDR", func(c *Config, v string) { c.Redis.Addr = v }},
+	{"CACHESYNC_REDIS_USERNAME", func(c *Config, v string) { c.Redis.Username = v }},
+	{"CACHESYNC_REDIS_PASSWORD", func(c *Config, v string) { c.Redis.Password = v }},
+	{"CACHESYNC_HTTP_ADDR", func(c *Config, v string) { c.HTTP.Addr = v }},
+}
+
+// EnvNames lists the environment variables that override the file.
+func EnvNames() []string {
+	names := make([]string, len(envOverrides))
+	for i, e := range envOverrides {
+		names[i] = e.name
+	}
+	return names
+}
+
+// Load reads, completes and validates the file at path; lookup reads the
+// environment (os.LookupEnv in production).
+func Load(path string, lookup func(string) (string, bool)) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	c, err := Parse(data, lookup)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes data strictly, applies overrides and defaults, validates.
+func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("empty file")
+		}
+		return nil, err
+	}
+	if lookup != nil {
+		for _, e := range envOverrides {
+			if v, ok := lookup(e.name); ok && v != "" {
+				e.set(&c, v)
+			}
+		}
+	}
+	c.SetDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// SetDefaults fills every unset field.
+func (c *Config) SetDefaults() {
+	c.MySQL.SetDefaults()
+	c.Sink.SetDefaults()
+	c.HTTP.SetDefaults()
+	if c.Redis.Addr == "" {
+		c.Redis.Addr = "127.0.0.1:6379"
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "json"
+	}
+}
+
+// Validate reports the first problem, naming the field.
+func (c *Config) Validate() error {
+	if err := c.MySQL.Validate(); err != nil {
+		return err
+	}
+	if _, _, err := net.SplitHostPort(c.Redis.Addr); err != nil {
+		return fmt.Errorf("redis.addr %q: want host:port", c.Redis.Addr)
+	}
+	if c.Redis.DB < 0 || c.Redis.DB > 15 {
+		return fmt.Errorf("redis.db %d: want 0..15", c.Redis.DB)
+	}
+	if err := c.Sink.Validate(); err != nil {
+		return err
+	}
+	if err := c.HTTP.Validate(); err != nil {
+		return err
+	}
+	switch strings.ToLower(c.Log.Level) {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log.level %q: want debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		return fmt.Errorf("log.format %q: want json or console", c.Log.Format)
+	}
+	return nil
+}

@@ -1,0 +1,310 @@
+package testenv
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+)
+
+// MariaDB is a private mariadbd process with ROW binlog (binlog_row_image and
+// binlog_row_metadata FULL, server_id 1) listening on Host:Port. User root
+// has an empty password over TCP. DataDir is a temporary directory that also
+// holds the socket, the pid file, the binlogs and the logs (error.log and
+// mariadbd.out for anything printed before error.log is opened).
+//
+// The methods are safe for concurrent use.
+type MariaDB struct {
+	Host     string
+	Port     int
+	User     string
+	Password string
+	DataDir  string
+	Socket   string
+
+	mu     sync.Mutex
+	bin    string
+	proc   *process // nil while stopped
+	closed bool
+}
+
+// NewMariaDB initializes a new data directory in a temporary directory with
+// mariadb-install-db, starts mariadbd on a free port and waits (at most 60 s)
+// until it accepts connections. If the port turns out to be taken, it tries
+// again on another one. The caller must Close the server.
+func NewMariaDB() (*MariaDB, error) {
+	bin, err := LookBinary("mariadbd", "mariadb-server")
+	if err != nil {
+		return nil, err
+	}
+	installDB, err := LookBinary("mariadb-install-db", "mariadb-server")
+	if err != nil {
+		return nil, err
+	}
+	dir, err := mkdirTempForSocket("testenv-mariadb-")
+	if err != nil {
+		return nil, err
+	}
+	m := &MariaDB{
+		Host:    "127.0.0.1",
+		User:    "root",
+		DataDir: dir,
+		Socket:  filepath.Join(dir, "mysqld.sock"),
+		bin:     bin,
+	}
+	if err := m.installDB(installDB); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	for attempt := 1; ; attempt++ {
+		if m.Port, err = FreePort(); err != nil {
+			break
+		}
+		err = m.start()
+		if err == nil {
+			return m, nil
+		}
+		if !errors.Is(err, errAddrInUse) || attempt == 5 {
+			break
+		}
+	}
+	os.RemoveAll(dir)
+	return nil, err
+}
+
+// StartMariaDB is NewMariaDB for tests: it registers Close with tb.Cleanup
+// and fails the test with tb.Fatal if the server cannot be started.
+func StartMariaDB(tb testing.TB) *MariaDB {
+	tb.Helper()
+	m, err := NewMariaDB()
+	if err != nil {
+		tb.Fatalf("testenv: start MariaDB: %v", err)
+	}
+	tb.Cleanup(m.Close)
+	return m
+}
+
+// Addr returns the TCP address of the server, "127.0.0.1:PORT".
+func (m *MariaDB) Addr() string {
+	return m.Host + ":" + strconv.Itoa(m.Port)
+}
+
+// DSN returns a go-sql-driver/mysql DSN for database db (empty for none):
+// user@tcp(127.0.0.1:PORT)/db?multiStatements=true&parseTime=true&interpolateParams=true.
+func (m *MariaDB) DSN(db string) string {
+	user := m.User
+	if m.Password != "" {
+		user += ":" + m.Password
+	}
+	return fmt.Sprintf("%s@tcp(%s)/%s?multiStatements=true&parseTime=true&interpolateParams=true", user, m.Addr(), db)
+}
+
+// DB creates database db if it does not exist (unless db is empty) and
+// returns a pool connected to it, which tb.Cleanup closes. It fails the test
+// on any error.
+func (m *MariaDB) DB(tb testing.TB, db string) *sql.DB {
+	tb.Helper()
+	if db != "" {
+		admin, err := sql.Open("mysql", m.DSN(""))
+		if err != nil {
+			tb.Fatalf("testenv: open MariaDB: %v", err)
+		}
+		_, err = admin.Exec("CREATE DATABASE IF NOT EXISTS `" + strings.ReplaceAll(db, "`", "``") + "`")
+		admin.Close()
+		if err != nil {
+			tb.Fatalf("testenv: create database %q: %v", db, err)
+		}
+	}
+	pool, err := sql.Open("mysql", m.DSN(db))
+	if err != nil {
+		tb.Fatalf("testenv: open MariaDB database %q: %v", db, err)
+	}
+	tb.Cleanup(func() { pool.Close() })
+	if err := pool.Ping(); err != nil {
+		tb.Fatalf("testenv: connect to MariaDB database %q: %v", db, err)
+	}
+	return pool
+}
+
+// Stop shuts the server down gracefully (SIGTERM) and waits until it has
+// exited. Stopping a stopped server does nothing.
+func (m *MariaDB) Stop() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.proc == nil {
+		return nil
+	}
+	err := m.proc.stop()
+	m.proc = nil
+	if err != nil {
+		return fmt.Errorf("testenv: stop mariadbd: %w%s", err, logTails(m.logs()...))
+	}
+	return nil
+}
+
+// Kill kills the server with SIGKILL, like a crash, and waits until it has
+// exited. Killing a stopped server does nothing.
+func (m *MariaDB) Kill() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.proc != nil {
+		m.proc.kill()
+		m.proc = nil
+	}
+	return nil
+}
+
+// Start starts a stopped or killed server again on the same port with the
+// same data directory (running crash recovery after Kill) and waits until it
+// accepts connections. It is an error to Start a running or closed server.
+func (m *MariaDB) Start() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return errors.New("testenv: start mariadbd: server is closed")
+	}
+	if m.proc != nil && !m.proc.exited() {
+		return errors.New("testenv: start mariadbd: server is already running")
+	}
+	return m.start()
+}
+
+// Close kills the server (its data is discarded, so there is no point in a
+// graceful shutdown) and removes its data directory. Calling it again does
+// nothing.
+func (m *MariaDB) Close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return
+	}
+	m.closed = true
+	if m.proc != nil {
+		m.proc.kill()
+		m.proc = nil
+	}
+	os.RemoveAll(m.DataDir)
+}
+
+// errAddrInUse marks a start that failed because the port was taken.
+var errAddrInUse = errors.New("address already in use")
+
+// installDB creates the system tables in m.DataDir.
+func (m *MariaDB) installDB(bin string) error {
+	args := []string{"--no-defaults"}
+	if os.Geteuid() == 0 {
+		// Without root, mariadb-install-db cannot switch users and runs as
+		// the current one anyway.
+		args = append(args, "--user=root")
+	}
+	args = append(args,
+		"--datadir="+m.DataDir,
+		"--auth-root-authentication-method=normal",
+		"--skip-test-db",
+	)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*startTimeout)
+	defer cancel()
+	logPath := filepath.Join(m.DataDir, "install.log")
+	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+	_ = os.WriteFile(logPath, out, 0o644)
+	if err != nil {
+		return fmt.Errorf("testenv: %s %s: %w%s", bin, strings.Join(args, " "), err, logTails(logPath))
+	}
+	return nil
+}
+
+// args returns the mariadbd command line.
+func (m *MariaDB) args() []string {
+	args := []string{"--no-defaults"}
+	if os.Geteuid() == 0 {
+		args = append(args, "--user=root")
+	}
+	d := m.DataDir
+	return append(args,
+		"--datadir="+d,
+		"--bind-address="+m.Host,
+		"--port="+strconv.Itoa(m.Port),
+		"--socket="+m.Socket,
+		"--pid-file="+filepath.Join(d, "mysqld.pid"),
+		"--log-error="+filepath.Join(d, "error.log"),
+		"--log-bin="+filepath.Join(d, "binlog"),
+		"--binlog-format=ROW",
+		"--binlog-row-image=FULL",
+		"--binlog-row-metadata=FULL",
+		"--server-id=1",
+		"--skip-name-resolve",
+		"--innodb-buffer-pool-size=128M",
+		"--innodb-flush-log-at-trx-commit=2",
+		"--sync-binlog=0",
+		"--max-connections=500",
+	)
+}
+
+// logs returns the paths of the server's logs.
+func (m *MariaDB) logs() []string {
+	return []string{filepath.Join(m.DataDir, "error.log"), filepath.Join(m.DataDir, "mariadbd.out")}
+}
+
+// start starts mariadbd and waits until it answers a ping; m.mu must be held
+// or m not yet shared. On failure the process is gone and the error holds the
+// end of the logs; it wraps errAddrInUse if the port was taken.
+func (m *MariaDB) start() error {
+	logs := m.logs()
+	offset := fileSize(logs[0])
+	p, err := startProcess(m.bin, m.args(), logs[1])
+	if err != nil {
+		return fmt.Errorf("testenv: %w", err)
+	}
+	cfg := mysql.NewConfig()
+	cfg.User = m.User
+	cfg.Passwd = m.Password
+	cfg.Net = "tcp"
+	cfg.Addr = m.Addr()
+	cfg.Timeout = time.Second
+	conn, err := mysql.NewConnector(cfg)
+	if err != nil {
+		p.kill()
+		return fmt.Errorf("testenv: %w", err)
+	}
+	db := sql.OpenDB(conn)
+	defer db.Close()
+	db.SetMaxIdleConns(0)
+	if err := p.waitReady(db.PingContext); err != nil {
+		p.kill()
+		if addrInUse(logs[0], offset) {
+			err = fmt.Errorf("%w: %w", errAddrInUse, err)
+		}
+		return fmt.Errorf("testenv: start mariadbd on %s (data directory %s): %w%s", m.Addr(), m.DataDir, err, logTails(logs...))
+	}
+	m.proc = p
+	return nil
+}
+
+// mkdirTempForSocket makes a temporary directory whose path is short enough
+// for a Unix socket inside it (at most 107 bytes on Linux), falling back to
+// /tmp if $TMPDIR is too long.
+func mkdirTempForSocket(pattern string) (string, error) {
+	dir, err := os.MkdirTemp("", pattern)
+	if err != nil {
+		return "", fmt.Errorf("testenv: %w", err)
+	}
+	if len(dir) <= 80 {
+		return dir, nil
+	}
+	os.RemoveAll(dir)
+	dir, err = os.MkdirTemp("/tmp", pattern)
+	if err != nil {
+		return "", fmt.Errorf("testenv: %w", err)
+	}
+	return dir, nil
+}

@@ -1,0 +1,194 @@
+package testenv
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Redis is a private redis-server process listening on Host:Port without any
+// persistence: every Start, including a restart after Stop or Kill, begins
+// with an empty data set. Dir is a temporary directory that holds its log,
+// redis.log.
+//
+// The methods are safe for concurrent use.
+type Redis struct {
+	Host string
+	Port int
+	Dir  string
+
+	mu     sync.Mutex
+	bin    string
+	proc   *process // nil while stopped
+	closed bool
+}
+
+// NewRedis starts redis-server on a free port with a private directory and
+// no persistence (--save "" --appendonly no) and waits (at most 60 s) until
+// it answers PING. If the port turns out to be taken, it tries again on
+// another one. The caller must Close the server.
+func NewRedis() (*Redis, error) {
+	bin, err := LookBinary("redis-server", "redis-server")
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "testenv-redis-")
+	if err != nil {
+		return nil, fmt.Errorf("testenv: %w", err)
+	}
+	r := &Redis{Host: "127.0.0.1", Dir: dir, bin: bin}
+	for attempt := 1; ; attempt++ {
+		if r.Port, err = FreePort(); err != nil {
+			break
+		}
+		err = r.start()
+		if err == nil {
+			return r, nil
+		}
+		if !errors.Is(err, errAddrInUse) || attempt == 5 {
+			break
+		}
+	}
+	os.RemoveAll(dir)
+	return nil, err
+}
+
+// StartRedis is NewRedis for tests: it registers Close with tb.Cleanup and
+// fails the test with tb.Fatal if the server cannot be started.
+func StartRedis(tb testing.TB) *Redis {
+	tb.Helper()
+	r, err := NewRedis()
+	if err != nil {
+		tb.Fatalf("testenv: start Redis: %v", err)
+	}
+	tb.Cleanup(r.Close)
+	return r
+}
+
+// Addr returns the TCP address of the server, "127.0.0.1:PORT".
+func (r *Redis) Addr() string {
+	return r.Host + ":" + strconv.Itoa(r.Port)
+}
+
+// Stop shuts the server down gracefully (SIGTERM) and waits until it has
+// exited. Its data is lost. Stopping a stopped server does nothing.
+func (r *Redis) Stop() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.proc == nil {
+		return nil
+	}
+	err := r.proc.stop()
+	r.proc = nil
+	if err != nil {
+		return fmt.Errorf("testenv: stop redis-server: %w%s", err, logTails(r.logPath()))
+	}
+	return nil
+}
+
+// Kill kills the server with SIGKILL, like a crash, and waits until it has
+// exited. Its data is lost. Killing a stopped server does nothing.
+func (r *Redis) Kill() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.proc != nil {
+		r.proc.kill()
+		r.proc = nil
+	}
+	return nil
+}
+
+// Start starts a stopped or killed server again on the same port, with an
+// empty data set, and waits until it answers PING. It is an error to Start a
+// running or closed server.
+func (r *Redis) Start() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return errors.New("testenv: start redis-server: server is closed")
+	}
+	if r.proc != nil && !r.proc.exited() {
+		return errors.New("testenv: start redis-server: server is already running")
+	}
+	return r.start()
+}
+
+// Close kills the server and removes its directory. Calling it again does
+// nothing.
+func (r *Redis) Close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
+	r.closed = true
+	if r.proc != nil {
+		r.proc.kill()
+		r.proc = nil
+	}
+	os.RemoveAll(r.Dir)
+}
+
+func (r *Redis) logPath() string { return filepath.Join(r.Dir, "redis.log") }
+
+// start starts redis-server and waits until it answers PING; r.mu must be
+// held or r not yet shared. On failure the process is gone and the error
+// holds the end of the log; it wraps errAddrInUse if the port was taken.
+func (r *Redis) start() error {
+	log := r.logPath()
+	offset := fileSize(log)
+	args := []string{
+		"--bind", r.Host,
+		"--port", strconv.Itoa(r.Port),
+		"--dir", r.Dir,
+		"--save", "",
+		"--appendonly", "no",
+		"--daemonize", "no",
+		"--logfile", "", // stdout, which goes to redis.log
+	}
+	p, err := startProcess(r.bin, args, log)
+	if err != nil {
+		return fmt.Errorf("testenv: %w", err)
+	}
+	if err := p.waitReady(r.ping); err != nil {
+		p.kill()
+		if addrInUse(log, offset) {
+			err = fmt.Errorf("%w: %w", errAddrInUse, err)
+		}
+		return fmt.Errorf("testenv: start redis-server on %s: %w%s", r.Addr(), err, logTails(log))
+	}
+	r.proc = p
+	return nil
+}
+
+// ping sends PING and expects +PONG.
+func (r *Redis) ping(ctx context.Context) error {
+	d := net.Dialer{Timeout: time.Second}
+	c, err := d.DialContext(ctx, "tcp", r.Addr())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.SetDeadline(time.Now().Add(time.Second)); err != nil {
+		return err
+	}
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if line != "+PONG\r\n" {
+		return fmt.Errorf("PING answered %q", line)
+	}
+	return nil
+}

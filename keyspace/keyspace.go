@@ -1,0 +1,32 @@
+// Package keyspace names the Redis keys cachesync keeps beside application
+// keys. The sink writes them and the read path reads them, so the naming
+// lives in one place.
+//
+// For an application key K and prefix P (default "cachesync:"):
+//
+//	P + "v:" + K      version of K's value: the binlog version that wrote it
+//	P + "lease:" + K  read-path fill lease for K; every invalidation deletes it
+//	P + "checkpoint"  hash: where the sink has applied the binlog up to
+//	P + "seq"         sequence number of the last invalidation message
+//
+// With Redis Cluster, put a hash tag in K ("goods:{{{id}}}" renders as
+// "goods:{42}"): the prefix has no braces, so K's tag also places its
+// version and lease keys in K's slot.
+package keyspace
+
+// Keyspace derives cachesync's own key names from a prefix.
+type Keyspace struct {
+	Prefix string
+}
+
+// Version is the key holding the version of application key k.
+func (s Keyspace) Version(k string) string { return s.Prefix + "v:" + k }
+
+// Lease is the key holding the read path's fill lease for k.
+func (s Keyspace) Lease(k string) string { return s.Prefix + "lease:" + k }
+
+// Checkpoint is the hash holding the applied binlog position.
+func (s Keyspace) Checkpoint() string { return s.Prefix + "checkpoint" }
+
+// Seq is the counter of invalidation messages.
+func (s Keyspace) Seq() string { return s.Prefix + "seq" }

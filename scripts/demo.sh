@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Loads the demo schema into the dev MariaDB and starts the daemon in the
+# background (log in .dev/cachesync.log), then prints commands to try.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mysql_port=${CACHESYNC_DEV_MYSQL_PORT:-33306}
+redis_port=${CACHESYNC_DEV_REDIS_PORT:-36379}
+mysql=(mariadb -h127.0.0.1 -P"$mysql_port" -uroot)
+"${mysql[@]}" < configs/demo.sql
+if [[ -s .dev/cachesync.pid ]] && kill -0 "$(<.dev/cachesync.pid)" 2>/dev/null; then
+	echo "cachesync already running (pid $(<.dev/cachesync.pid)); restarting it"
+	kill "$(<.dev/cachesync.pid)" || true
+	sleep 1
+fi
+CACHESYNC_MYSQL_ADDR=127.0.0.1:$mysql_port CACHESYNC_REDIS_ADDR=127.0.0.1:$redis_port \
+	nohup bin/cachesync run -config configs/cachesync.yaml >.dev/cachesync.log 2>&1 &
+echo $! >.dev/cachesync.pid
+for _ in $(seq 100); do
+	if curl -fs http://127.0.0.1:9090/readyz >/dev/null 2>&1; then break; fi
+	if ! kill -0 "$(<.dev/cachesync.pid)" 2>/dev/null; then
+		echo "cachesync exited; its log:" >&2; cat .dev/cachesync.log >&2; exit 1
+	fi
+	sleep 0.1
+done
+cat <<MSG
+
+cachesync is running (pid $(<.dev/cachesync.pid), log .dev/cachesync.log, metrics http://127.0.0.1:9090/metrics).
+
+Try it:
+  # 1. watch the invalidation channel (in another terminal)
+  redis-cli -p $redis_port SUBSCRIBE cachesync:invalidations
+
+  # 2. change a row in MariaDB
+  ${mysql[*]} -e "UPDATE shop.t_goods SET stock = stock - 1, price = 379.00 WHERE goodsId = 1"
+
+  # 3. read what cachesync wrote
+  redis-cli -p $redis_port GET goods:json:1
+  redis-cli -p $redis_port GET goods:stock:1
+  redis-cli -p $redis_port SMEMBERS goods:on_sale
+
+Stop everything with: make stop
+MSG

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that the integration tests and scripts/dev-up.sh
+# need (MariaDB and Redis servers and clients), but only if one of their
+# binaries is missing. Idempotent; prints nothing when everything is present.
+# Uses sudo unless run as root.
+set -euo pipefail
+
+# have NAME: NAME is on PATH or in /usr/sbin or /usr/bin (Debian puts mariadbd
+# in /usr/sbin, which is not on every user's PATH).
+have() {
+	command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" ]] || [[ -x "/usr/bin/$1" ]]
+}
+
+pkgs=()
+if ! have mariadbd || ! have mariadb-install-db; then
+	pkgs+=(mariadb-server)
+fi
+if ! have mariadb; then
+	pkgs+=(mariadb-client)
+fi
+if ! have redis-server; then
+	pkgs+=(redis-server)
+fi
+if ! have redis-cli; then
+	pkgs+=(redis-tools)
+fi
+if ((${#pkgs[@]} == 0)); then
+	exit 0
+fi
+
+sudo=()
+if ((EUID != 0)); then
+	if ! command -v sudo >/dev/null 2>&1; then
+		echo "deps.sh: need root to install ${pkgs[*]}, and sudo is missing" >&2
+		exit 1
+	fi
+	sudo=(sudo)
+fi
+
+echo "deps.sh: installing ${pkgs[*]}" >&2
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+
+for bin in mariadbd mariadb-install-db mariadb redis-server redis-cli; do
+	if ! have "$bin"; then
+		echo "deps.sh: $bin still missing after installing ${pkgs[*]}" >&2
+		exit 1
+	fi
+done

@@ -1,0 +1,303 @@
+// Package sink applies binlog transactions to Redis by declarative rules.
+//
+// Each batch of consecutive transactions becomes ONE Lua script call that
+// performs every rule's writes, stores the checkpoint and publishes the
+// invalidation message: Redis is never seen half-way through a transaction,
+// the checkpoint never runs ahead of the data, and an invalidation is never
+// lost between the write and its announcement.
+//
+// Invalidation messages are JSON on the configured channel:
+//
+//	{"seq":42,"keys":["goods:1","goods:list"]}
+//
+// seq grows by one per message (a Redis counter written by the same
+// script), so a subscriber that sees a gap, or a seq lower than the last
+// one (Redis lost its data), must treat every key as invalidated.
+package sink
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/cachesync/cachesync/binlog"
+	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cenkalti/backoff/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+)
+
+//go:embed apply.lua
+var applyLua string
+
+// ErrRedisReset means Redis lost its data (the checkpoint vanished): the
+// state must be rebuilt from a snapshot before streaming again.
+var ErrRedisReset = errors.New("redis lost its data: checkpoint missing")
+
+// ErrRule means a rule cannot be applied to a row as the binlog wrote it
+// (a column was dropped or renamed). Nothing past the last checkpoint was
+// applied; fix the rules and restart.
+var ErrRule = errors.New("rule does not fit the binlog row")
+
+// Checkpoint is the binlog position the sink has applied up to.
+type Checkpoint struct {
+	Pos     binlog.Position
+	Version uint64
+	GTID    string
+	Commit  time.Time
+}
+
+// Applier applies transactions to Redis. It is driven by one goroutine
+// calling Run.
+type Applier struct {
+	cfg     Config
+	ks      keyspace.Keyspace
+	rules   *Rules
+	rdb     redis.UniversalClient
+	log     zerolog.Logger
+	m       *metrics
+	script  *redis.Script
+	bound   map[*binlog.Table][]*boundRule
+	healthy atomic.Bool
+	applied atomic.Pointer[Checkpoint]
+	// Retry is the back-off between failed script calls (for tests).
+	newBackOff func() backoff.BackOff
+}
+
+// NewApplier compiles the rules of cfg (already validated).
+func NewApplier(cfg Config, rdb redis.UniversalClient, log zerolog.Logger, reg prometheus.Registerer) (*Applier, error) {
+	rules, err := CompileRules(cfg.Rules)
+	if err != nil {
+		return nil, err
+	}
+	a := &Applier{
+		cfg:    cfg,
+		ks:     keyspace.Keyspace{Prefix: cfg.KeyPrefix},
+		rules:  rules,
+		rdb:    rdb,
+		log:    log,
+		m:      newMetrics(reg),
+		script: redis.NewScript(applyLua),
+		bound:  make(map[*binlog.Table][]*boundRule),
+		newBackOff: func() backoff.BackOff {
+			bo := backoff.NewExponentialBackOff()
+			bo.InitialInterval = 50 * time.Millisecond
+			bo.MaxInterval = 5 * time.Second
+			bo.MaxElapsedTime = 0
+			return bo
+		},
+	}
+	a.healthy.Store(true)
+	return a, nil
+}
+
+// Rules returns the compiled rules.
+func (a *Applier) Rules() *Rules { return a.rules }
+
+// Healthy is false while Redis calls fail.
+func (a *Applier) Healthy() bool { return a.healthy.Load() }
+
+// Applied returns the last checkpoint this applier wrote (nil before any).
+func (a *Applier) Applied() *Checkpoint { return a.applied.Load() }
+
+// ReadCheckpoint loads the stored checkpoint; ok is false when there is none.
+func (a *Applier) ReadCheckpoint(ctx context.Context) (cp Checkpoint, ok bool, err error) {
+	return ReadCheckpoint(ctx, a.rdb, a.ks)
+}
+
+// ReadCheckpoint loads the checkpoint stored under ks.
+func ReadCheckpoint(ctx context.Context, rdb redis.UniversalClient, ks keyspace.Keyspace) (Checkpoint, bool, error) {
+	h, err := rdb.HGetAll(ctx, ks.Checkpoint()).Result()
+	if err != nil {
+		return Checkpoint{}, false, fmt.Errorf("read checkpoint: %w", err)
+	}
+	if len(h) == 0 {
+		return Checkpoint{}, false, nil
+	}
+	pos, err := strconv.ParseUint(h["pos"], 10, 32)
+	if err != nil || h["file"] == "" {
+		return Checkpoint{}, false, fmt.Errorf("checkpoint %s is corrupt: %v", ks.Checkpoint(), h)
+	}
+	cp := Checkpoint{Pos: binlog.Position{File: h["file"], Pos: uint32(pos)}, GTID: h["gtid"]}
+	cp.Version, _ = strconv.ParseUint(h["version"], 10, 64)
+	if us, err := strconv.ParseInt(h["commit_us"], 10, 64); err == nil {
+		cp.Commit = time.UnixMicro(us)
+	}
+	return cp, true, nil
+}
+
+// Run applies the transactions read from in, in order, batching those that
+// are already queued, until in is closed or ctx is done; both return nil
+// after the batch in flight was applied. expect says a checkpoint exists
+// (was read at start): if it vanishes, Redis lost its data and Run returns
+// ErrRedisReset. A failing Redis call is retried with back-off for as long
+// as it takes (Healthy is false meanwhile): nothing is skipped. A rule that
+// does not fit a row returns an error wrapping ErrRule.
+func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, expect bool) error {
+	b := newBatch(a.ks)
+	idle := time.NewTicker(time.Second)
+	defer idle.Stop()
+	for {
+		b.reset()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-idle.C:
+			a.m.lag.Set(0) // nothing queued: caught up
+			continue
+		case t, ok := <-in:
+			if !ok {
+				return nil
+			}
+			if err := a.add(b, t); err != nil {
+				return err
+			}
+		}
+	fill:
+		for b.rows < a.cfg.BatchChanges {
+			select {
+			case t, ok := <-in:
+				if !ok {
+					break fill
+				}
+				if err := a.add(b, t); err != nil {
+					return err
+				}
+			default:
+				break fill
+			}
+		}
+		if err := a.apply(ctx, b, expect); err != nil {
+			return err
+		}
+		if b.args[1] == "1" {
+			expect = true
+		}
+	}
+}
+
+// add appends the ops of one transaction to the batch.
+func (a *Applier) add(b *batch, t *binlog.Txn) error {
+	ver, err := t.Pos.Version()
+	if err != nil {
+		return err
+	}
+	vs := strconv.FormatUint(ver, 10)
+	for i := range t.Changes {
+		ch := &t.Changes[i]
+		brs, err := a.rulesFor(ch.Table)
+		if err != nil {
+			return fmt.Errorf("%w: %v; nothing past checkpoint %s was applied", ErrRule, err, t.Pos)
+		}
+		for _, br := range brs {
+			if br.applied == 0 {
+				b.rules = append(b.rules, br)
+			}
+			if n := b.add(br, ch, vs); n > 0 {
+				a.m.nullKeys.Add(float64(n))
+			}
+		}
+	}
+	b.txns = append(b.txns, t)
+	b.rows += len(t.Changes)
+	return nil
+}
+
+func (a *Applier) rulesFor(t *binlog.Table) ([]*boundRule, error) {
+	if brs, ok := a.bound[t]; ok {
+		return brs, nil
+	}
+	var brs []*boundRule
+	for _, r := range a.rules.byTable[strings.ToLower(t.FullName())] {
+		br, err := r.bind(t)
+		if err != nil {
+			return nil, err
+		}
+		br.counter = a.m.rows.WithLabelValues(t.FullName(), r.name)
+		brs = append(brs, br)
+	}
+	a.bound[t] = brs
+	return brs, nil
+}
+
+// apply runs the batch's script until it succeeds.
+func (a *Applier) apply(ctx context.Context, b *batch, expect bool) error {
+	b.finish(expect, a.cfg.Channel, a.cfg.TombstoneTTL.Milliseconds())
+	bo := a.newBackOff()
+	for {
+		// A call in flight is finished even when ctx is cancelled: shutdown
+		// waits for it rather than leave its outcome unknown.
+		callCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		start := time.Now()
+		seq, err := a.script.Run(callCtx, a.rdb, b.keys, b.args...).Int64()
+		cancel()
+		if err == nil {
+			a.done(b, seq, time.Since(start))
+			return nil
+		}
+		if strings.HasPrefix(err.Error(), "CSRESET") {
+			a.m.errors.WithLabelValues("reset").Inc()
+			return ErrRedisReset
+		}
+		a.healthy.Store(false)
+		a.m.retries.Inc()
+		a.m.errors.WithLabelValues(errorKind(err)).Inc()
+		wait := bo.NextBackOff()
+		a.log.Error().Err(err).Int("txns", len(b.txns)).Int("rows", b.rows).Dur("retry_in", wait).Msg("apply to redis failed; retrying")
+		select {
+		case <-ctx.Done():
+			return nil // not applied; replayed from the checkpoint next start
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (a *Applier) done(b *batch, seq int64, took time.Duration) {
+	a.healthy.Store(true)
+	now := time.Now()
+	a.m.batches.Inc()
+	a.m.scriptSeconds.Observe(took.Seconds())
+	a.m.txns.Add(float64(len(b.txns)))
+	for _, t := range b.txns {
+		a.m.latency.Observe(now.Sub(t.Commit).Seconds())
+	}
+	for _, br := range b.rules {
+		br.counter.Add(float64(br.applied))
+		br.applied = 0
+	}
+	if seq > 0 {
+		a.m.published.Inc()
+		a.m.seq.Set(float64(seq))
+	}
+	last := b.txns[len(b.txns)-1]
+	a.m.lag.Set(max(0, now.Sub(last.Commit).Seconds()))
+	if b.args[1] == "1" {
+		ver, _ := strconv.ParseUint(b.args[4].(string), 10, 64)
+		pos, _ := strconv.ParseUint(b.args[3].(string), 10, 32)
+		cp := &Checkpoint{Pos: binlog.Position{File: b.args[2].(string), Pos: uint32(pos)}, Version: ver, GTID: b.args[5].(string)}
+		us, _ := strconv.ParseInt(b.args[6].(string), 10, 64)
+		cp.Commit = time.UnixMicro(us)
+		a.applied.Store(cp)
+		a.m.cpFile.Set(float64(ver >> 32))
+		a.m.cpOffset.Set(float64(ver & 0xffffffff))
+	}
+}
+
+func errorKind(err error) string {
+	msg := err.Error()
+	switch {
+	case strings.HasPrefix(msg, "WRONGTYPE"):
+		return "wrongtype"
+	case strings.HasPrefix(msg, "OOM"):
+		return "oom"
+	case strings.Contains(msg, "connection refused"), strings.Contains(msg, "EOF"), strings.Contains(msg, "i/o timeout"), strings.Contains(msg, "broken pipe"), strings.Contains(msg, "reset by peer"):
+		return "connection"
+	}
+	return "other"
+}

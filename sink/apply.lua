@@ -1,0 +1,93 @@
+-- Applies one batch of binlog transactions to Redis, atomically, together
+-- with the checkpoint and the invalidation message.
+--
+-- KEYS[1] checkpoint hash, KEYS[2] sequence counter, KEYS[3..] keys the
+-- ops name by index.
+-- ARGV[1]  "1": the checkpoint must exist (else Redis lost its data)
+-- ARGV[2]  "1": write the checkpoint (ARGV[3..7])
+-- ARGV[3]  file, ARGV[4] pos, ARGV[5] version, ARGV[6] gtid, ARGV[7] commit µs
+-- ARGV[8]  tombstone TTL in ms
+-- ARGV[9]  invalidation channel
+-- ARGV[10] JSON array of the keys to announce ("" for none)
+-- ARGV[11..] ops:
+--   D k l            DEL data key k and its lease l
+--   S k v ver val    if ver >= version(v): SET k val, SET v ver
+--   H k v ver n f1 x1 .. fn xn   same, as a hash of n fields
+--   X k v ver        if ver >= version(v): DEL k, SET v ver PX ttl (tombstone)
+--   A k m / R k m    SADD / SREM member m of set k
+-- Every check that can fail runs before the first write, so a batch is
+-- applied whole or not at all.
+if ARGV[1] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('CSRESET checkpoint missing: Redis lost its data')
+end
+local n = #ARGV
+local i = 11
+while i <= n do
+  local op = ARGV[i]
+  if op == 'D' then i = i + 3
+  elseif op == 'S' then i = i + 5
+  elseif op == 'X' then i = i + 4
+  elseif op == 'H' then i = i + 5 + 2 * tonumber(ARGV[i + 4])
+  elseif op == 'A' or op == 'R' then
+    local k = KEYS[tonumber(ARGV[i + 1])]
+    local t = redis.call('TYPE', k).ok
+    if t ~= 'set' and t ~= 'none' then
+      return redis.error_reply('WRONGTYPE member rule: ' .. k .. ' holds a ' .. t .. ', not a set')
+    end
+    i = i + 3
+  else
+    return redis.error_reply('ERR bad op ' .. tostring(op))
+  end
+end
+local function newer(vk, ver)
+  local cur = redis.call('GET', vk)
+  return (not cur) or tonumber(ver) >= tonumber(cur)
+end
+i = 11
+while i <= n do
+  local op = ARGV[i]
+  if op == 'D' then
+    redis.call('DEL', KEYS[tonumber(ARGV[i + 1])], KEYS[tonumber(ARGV[i + 2])])
+    i = i + 3
+  elseif op == 'S' then
+    local vk, ver = KEYS[tonumber(ARGV[i + 2])], ARGV[i + 3]
+    if newer(vk, ver) then
+      redis.call('SET', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 4])
+      redis.call('SET', vk, ver)
+    end
+    i = i + 5
+  elseif op == 'H' then
+    local vk, ver, nf = KEYS[tonumber(ARGV[i + 2])], ARGV[i + 3], tonumber(ARGV[i + 4])
+    if newer(vk, ver) then
+      local k = KEYS[tonumber(ARGV[i + 1])]
+      redis.call('DEL', k)
+      if nf > 0 then
+        redis.call('HSET', k, unpack(ARGV, i + 5, i + 4 + 2 * nf))
+      end
+      redis.call('SET', vk, ver)
+    end
+    i = i + 5 + 2 * nf
+  elseif op == 'X' then
+    local vk, ver = KEYS[tonumber(ARGV[i + 2])], ARGV[i + 3]
+    if newer(vk, ver) then
+      redis.call('DEL', KEYS[tonumber(ARGV[i + 1])])
+      redis.call('SET', vk, ver, 'PX', ARGV[8])
+    end
+    i = i + 4
+  elseif op == 'A' then
+    redis.call('SADD', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
+    i = i + 3
+  else -- 'R'
+    redis.call('SREM', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
+    i = i + 3
+  end
+end
+if ARGV[2] == '1' then
+  redis.call('HSET', KEYS[1], 'file', ARGV[3], 'pos', ARGV[4], 'version', ARGV[5], 'gtid', ARGV[6], 'commit_us', ARGV[7])
+end
+if ARGV[10] ~= '' then
+  local seq = redis.call('INCR', KEYS[2])
+  redis.call('PUBLISH', ARGV[9], '{"seq":' .. seq .. ',"keys":' .. ARGV[10] .. '}')
+  return seq
+end
+return 0

@@ -1,0 +1,176 @@
+package sink
+
+import (
+	"strconv"
+	"unicode/utf8"
+
+	"github.com/cachesync/cachesync/binlog"
+	"github.com/cachesync/cachesync/keyspace"
+)
+
+// header is the number of fixed ARGV slots before the ops (see apply.lua).
+const header = 10
+
+// batch accumulates the script arguments for consecutive transactions.
+type batch struct {
+	ks      keyspace.Keyspace
+	keys    []string
+	keyIdx  map[string]int
+	args    []any
+	pub     map[string]struct{}
+	pubList []string
+	txns    []*binlog.Txn
+	rows    int
+	buf     []byte // scratch for rendering
+	buf2    []byte
+	rules   []*boundRule // rules that counted changes in this batch
+}
+
+func newBatch(ks keyspace.Keyspace) *batch {
+	b := &batch{ks: ks, keyIdx: make(map[string]int), pub: make(map[string]struct{})}
+	b.reset()
+	return b
+}
+
+func (b *batch) reset() {
+	b.keys = append(b.keys[:0], b.ks.Checkpoint(), b.ks.Seq())
+	clear(b.keyIdx)
+	clear(b.pub)
+	b.pubList = b.pubList[:0]
+	b.args = append(b.args[:0], make([]any, header)...)
+	b.txns = b.txns[:0]
+	b.rows = 0
+	for _, br := range b.rules { // counts of a batch that was not applied
+		br.applied = 0
+	}
+	b.rules = b.rules[:0]
+}
+
+func (b *batch) empty() bool { return len(b.txns) == 0 }
+
+// key returns the KEYS index (as an ARGV string) of k, adding it once.
+func (b *batch) key(k string) string {
+	i, ok := b.keyIdx[k]
+	if !ok {
+		b.keys = append(b.keys, k)
+		i = len(b.keys)
+		b.keyIdx[k] = i
+	}
+	return strconv.Itoa(i)
+}
+
+func (b *batch) announce(k string) {
+	if _, ok := b.pub[k]; !ok {
+		b.pub[k] = struct{}{}
+		b.pubList = append(b.pubList, k)
+	}
+}
+
+func (b *batch) invalidate(k string) {
+	b.args = append(b.args, "D", b.key(k), b.key(b.ks.Lease(k)))
+	b.announce(k)
+}
+
+func (b *batch) set(k, ver, val string) {
+	b.args = append(b.args, "S", b.key(k), b.key(b.ks.Version(k)), ver, val)
+	b.announce(k)
+}
+
+func (b *batch) del(k, ver string) {
+	b.args = append(b.args, "X", b.key(k), b.key(b.ks.Version(k)), ver)
+	b.announce(k)
+}
+
+func (b *batch) hset(k, ver string, fields []any) {
+	b.args = append(b.args, "H", b.key(k), b.key(b.ks.Version(k)), ver, strconv.Itoa(len(fields)/2))
+	b.args = append(b.args, fields...)
+	b.announce(k)
+}
+
+func (b *batch) member(add bool, set, m string) {
+	op := "R"
+	if add {
+		op = "A"
+	}
+	b.args = append(b.args, op, b.key(set), m)
+	b.announce(set)
+}
+
+// finish fills the header. expect: the checkpoint must already exist.
+func (b *batch) finish(expect bool, channel string, tombstoneMS int64) {
+	// The checkpoint is that of the last complete transaction: a piece of
+	// a split one is never a resume point.
+	var last *binlog.Txn
+	for i := len(b.txns) - 1; i >= 0 && last == nil; i-- {
+		if !b.txns[i].Partial {
+			last = b.txns[i]
+		}
+	}
+	flag := func(v bool) string {
+		if v {
+			return "1"
+		}
+		return "0"
+	}
+	b.args[0] = flag(expect)
+	b.args[1] = flag(last != nil)
+	b.args[2], b.args[3], b.args[4], b.args[5], b.args[6] = "", "", "", "", ""
+	if last != nil {
+		ver, _ := last.Pos.Version() // checked when the transaction was added
+		b.args[2] = last.Pos.File
+		b.args[3] = strconv.FormatUint(uint64(last.Pos.Pos), 10)
+		b.args[4] = strconv.FormatUint(ver, 10)
+		b.args[5] = last.GTID
+		b.args[6] = strconv.FormatInt(last.Commit.UnixMicro(), 10)
+	}
+	b.args[7] = strconv.FormatInt(tombstoneMS, 10)
+	b.args[8] = channel
+	b.args[9] = ""
+	if len(b.pubList) > 0 {
+		out := append(b.buf[:0], '[')
+		for i, k := range b.pubList {
+			if i > 0 {
+				out = append(out, ',')
+			}
+			out = appendJSONString(out, k)
+		}
+		out = append(out, ']')
+		b.args[9] = string(out)
+		b.buf = out
+	}
+}
+
+// appendJSONString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD.
+func appendJSONString(buf []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	buf = append(buf, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				buf = append(buf, '\\', c)
+			case c == '\n':
+				buf = append(buf, '\\', 'n')
+			case c == '\r':
+				buf = append(buf, '\\', 'r')
+			case c == '\t':
+				buf = append(buf, '\\', 't')
+			case c < 0x20:
+				buf = append(buf, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				buf = append(buf, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			buf = append(buf, `\ufffd`...)
+		} else {
+			buf = append(buf, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(buf, '"')
+}

@@ -1,0 +1,154 @@
+package sink
+
+import (
+	"math"
+	"strconv"
+
+	"github.com/cachesync/cachesync/binlog"
+)
+
+// add turns one row change into ops for rule br at version ver. It returns
+// how many keys could not be named because a key column was NULL.
+func (b *batch) add(br *boundRule, ch *binlog.Change, ver string) (skipped int) {
+	br.applied++
+	switch br.kind {
+	case KindInvalidate:
+		for _, t := range br.keys {
+			before, okB := b.render(t, ch.Before)
+			after, okA := b.render(t, ch.After)
+			if okB {
+				b.invalidate(before)
+			}
+			if okA && (!okB || after != before) {
+				b.invalidate(after)
+			}
+			skipped += missing(ch.Before, okB) + missing(ch.After, okA)
+		}
+	case KindRewrite, KindMirror:
+		before, okB := b.render(br.key, ch.Before)
+		after, okA := b.render(br.key, ch.After)
+		skipped += missing(ch.Before, okB) + missing(ch.After, okA)
+		if okB && (!okA || before != after) {
+			b.del(before, ver)
+		}
+		if !okA {
+			return skipped
+		}
+		switch {
+		case br.kind == KindMirror && ch.After[br.cols[0]] == nil:
+			b.del(after, ver)
+		case br.kind == KindMirror:
+			b.set(after, ver, string(appendValue(b.buf2[:0], ch.After[br.cols[0]])))
+		case br.hash:
+			b.hset(after, ver, br.fields(ch.After))
+		default:
+			b.buf2 = br.appendJSON(b.buf2[:0], ch.After)
+			b.set(after, ver, string(b.buf2))
+		}
+	case KindMember:
+		var setB, memB, setA, memA string
+		inB := br.matches(ch.Before, b.buf2)
+		inA := br.matches(ch.After, b.buf2)
+		if inB {
+			var ok1, ok2 bool
+			setB, ok1 = b.render(br.key, ch.Before)
+			memB, ok2 = b.render(br.member, ch.Before)
+			if !ok1 || !ok2 {
+				inB = false
+				skipped++
+			}
+		}
+		if inA {
+			var ok1, ok2 bool
+			setA, ok1 = b.render(br.key, ch.After)
+			memA, ok2 = b.render(br.member, ch.After)
+			if !ok1 || !ok2 {
+				inA = false
+				skipped++
+			}
+		}
+		if inB && (!inA || setA != setB || memA != memB) {
+			b.member(false, setB, memB)
+		}
+		if inA && (!inB || setA != setB || memA != memB) {
+			b.member(true, setA, memA)
+		}
+	}
+	return skipped
+}
+
+// render names the key of template t for row; ok is false for a nil row or
+// a NULL key column.
+func (b *batch) render(t bound, row []any) (string, bool) {
+	if row == nil {
+		return "", false
+	}
+	out, ok := t.render(b.buf[:0], row)
+	b.buf = out
+	if !ok {
+		return "", false
+	}
+	return string(out), true
+}
+
+func missing(row []any, ok bool) int {
+	if row != nil && !ok {
+		return 1
+	}
+	return 0
+}
+
+// fields returns the HSET arguments for row; NULL columns are left out.
+func (br *boundRule) fields(row []any) []any {
+	f := make([]any, 0, 2*len(br.cols))
+	for j, i := range br.cols {
+		if row[i] == nil {
+			continue
+		}
+		f = append(f, string(br.names[j]), string(appendValue(nil, row[i])))
+	}
+	return f
+}
+
+// appendJSON renders the rule's columns of row as a JSON object, in column
+// order: numbers (and DECIMALs) unquoted, text quoted, NULL as null.
+func (br *boundRule) appendJSON(buf []byte, row []any) []byte {
+	buf = append(buf, '{')
+	for j, i := range br.cols {
+		if j > 0 {
+			buf = append(buf, ',')
+		}
+		buf = appendJSONString(buf, string(br.names[j]))
+		buf = append(buf, ':')
+		buf = appendJSONValue(buf, row[i], br.decimal[i])
+	}
+	return append(buf, '}')
+}
+
+func appendJSONValue(buf []byte, v any, decimal bool) []byte {
+	switch x := v.(type) {
+	case nil:
+		return append(buf, "null"...)
+	case string:
+		if decimal {
+			return append(buf, x...)
+		}
+		return appendJSONString(buf, x)
+	case []byte:
+		return appendJSONString(buf, string(x))
+	case float64:
+		if math.IsInf(x, 0) || math.IsNaN(x) {
+			return append(buf, "null"...)
+		}
+		return strconv.AppendFloat(buf, x, 'g', -1, 64)
+	case float32:
+		if math.IsInf(float64(x), 0) || math.IsNaN(float64(x)) {
+			return append(buf, "null"...)
+		}
+		return strconv.AppendFloat(buf, float64(x), 'g', -1, 32)
+	case int64, int32, int16, int8, int, uint64, uint32, uint16, uint8:
+		return appendValue(buf, x)
+	default:
+		return appendJSONString(buf, string(appendValue(nil, x)))
+	}
+}

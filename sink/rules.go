@@ -1,0 +1,364 @@
+package sink
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/cachesync/cachesync/binlog"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Rule kinds.
+const (
+	KindInvalidate = "invalidate" // delete keys (and their leases)
+	KindRewrite    = "rewrite"    // store the after-image; delete on row delete
+	KindMirror     = "mirror"     // store one column's value
+	KindMember     = "member"     // keep a templated member in a set
+)
+
+// RuleConfig is one rule as written in the configuration file.
+type RuleConfig struct {
+	// Table is "schema.table".
+	Table string `yaml:"table"`
+	Kind  string `yaml:"kind"`
+	// Keys are the key templates an invalidate rule deletes.
+	Keys []string `yaml:"keys"`
+	// Key is the key template of a rewrite or mirror rule, or the set of a
+	// member rule.
+	Key string `yaml:"key"`
+	// Format of a rewrite rule: "json" (a string holding a JSON object,
+	// the default) or "hash" (one field per column; NULLs are omitted).
+	Format string `yaml:"format"`
+	// Columns a rewrite rule stores; empty means all.
+	Columns []string `yaml:"columns"`
+	// Column a mirror rule stores.
+	Column string `yaml:"column"`
+	// Member template of a member rule.
+	Member string `yaml:"member"`
+	// When restricts a member rule to rows matching the condition: a row
+	// entering the condition adds its member, a row leaving it removes it.
+	When *Condition `yaml:"when"`
+}
+
+// Condition matches a row whose column's text equals one of the values.
+// NULL never matches.
+type Condition struct {
+	Column string   `yaml:"column"`
+	Equals string   `yaml:"equals"`
+	In     []string `yaml:"in"`
+}
+
+// rule is a compiled RuleConfig.
+type rule struct {
+	name   string // for metrics and errors: "schema.table/kind:key"
+	kind   string
+	table  string // lower-case schema.table
+	keys   []*Template
+	key    *Template
+	member *Template
+	hash   bool
+	cols   []string
+	column string
+	when   *Condition
+	values map[string]bool // condition values
+}
+
+// Rules is the compiled rule set, grouped by table.
+type Rules struct {
+	byTable map[string][]*rule
+	order   []string // tables in first-seen order
+}
+
+// CompileRules checks and compiles rule configurations; errors name the
+// rule by its position ("rules[2]") and the field.
+func CompileRules(cfgs []RuleConfig) (*Rules, error) {
+	rs := &Rules{byTable: make(map[string][]*rule)}
+	for i, c := range cfgs {
+		r, err := compileRule(c)
+		if err != nil {
+			return nil, fmt.Errorf("rules[%d]: %w", i, err)
+		}
+		if _, seen := rs.byTable[r.table]; !seen {
+			rs.order = append(rs.order, r.table)
+		}
+		rs.byTable[r.table] = append(rs.byTable[r.table], r)
+	}
+	return rs, nil
+}
+
+func compileRule(c RuleConfig) (*rule, error) {
+	parts := strings.Split(c.Table, ".")
+	if len(parts) != 2 || parts[0] == "" || parts[1] == "" {
+		return nil, fmt.Errorf("table %q: want schema.table", c.Table)
+	}
+	r := &rule{kind: c.Kind, table: strings.ToLower(c.Table)}
+	var err error
+	tmpl := func(field, s string) *Template {
+		if err != nil {
+			return nil
+		}
+		if s == "" {
+			err = fmt.Errorf("%s: required for a %s rule", field, c.Kind)
+			return nil
+		}
+		t, perr := ParseTemplate(s)
+		if perr != nil {
+			err = fmt.Errorf("%s: %w", field, perr)
+		}
+		return t
+	}
+	forbid := func(field string, set bool) {
+		if err == nil && set {
+			err = fmt.Errorf("%s: not used by a %s rule", field, c.Kind)
+		}
+	}
+	switch c.Kind {
+	case KindInvalidate:
+		if len(c.Keys) == 0 {
+			return nil, fmt.Errorf("keys: an invalidate rule needs at least one key template")
+		}
+		for i, k := range c.Keys {
+			r.keys = append(r.keys, tmpl(fmt.Sprintf("keys[%d]", i), k))
+		}
+		forbid("key", c.Key != "")
+		forbid("format", c.Format != "")
+		forbid("columns", len(c.Columns) > 0)
+		forbid("column", c.Column != "")
+		forbid("member", c.Member != "")
+		forbid("when", c.When != nil)
+		r.name = c.Table + "/invalidate:" + strings.Join(c.Keys, ",")
+	case KindRewrite:
+		r.key = tmpl("key", c.Key)
+		switch c.Format {
+		case "", "json":
+		case "hash":
+			r.hash = true
+		default:
+			return nil, fmt.Errorf("format %q: want json or hash", c.Format)
+		}
+		r.cols = c.Columns
+		forbid("keys", len(c.Keys) > 0)
+		forbid("column", c.Column != "")
+		forbid("member", c.Member != "")
+		forbid("when", c.When != nil)
+		r.name = c.Table + "/rewrite:" + c.Key
+	case KindMirror:
+		r.key = tmpl("key", c.Key)
+		if err == nil && c.Column == "" {
+			err = fmt.Errorf("column: required for a mirror rule")
+		}
+		r.column = c.Column
+		forbid("keys", len(c.Keys) > 0)
+		forbid("format", c.Format != "")
+		forbid("columns", len(c.Columns) > 0)
+		forbid("member", c.Member != "")
+		forbid("when", c.When != nil)
+		r.name = c.Table + "/mirror:" + c.Key
+	case KindMember:
+		r.key = tmpl("key", c.Key)
+		r.member = tmpl("member", c.Member)
+		if c.When != nil {
+			if c.When.Column == "" {
+				return nil, fmt.Errorf("when.column: required")
+			}
+			if (c.When.Equals == "") == (len(c.When.In) == 0) {
+				return nil, fmt.Errorf("when: set exactly one of equals or in")
+			}
+			r.when = c.When
+			r.values = map[string]bool{c.When.Equals: true}
+			if len(c.When.In) > 0 {
+				r.values = make(map[string]bool, len(c.When.In))
+				for _, v := range c.When.In {
+					r.values[v] = true
+				}
+			}
+		}
+		forbid("keys", len(c.Keys) > 0)
+		forbid("format", c.Format != "")
+		forbid("columns", len(c.Columns) > 0)
+		forbid("column", c.Column != "")
+		r.name = c.Table + "/member:" + c.Key
+	case "":
+		return nil, fmt.Errorf("kind: required (invalidate, rewrite, mirror or member)")
+	default:
+		return nil, fmt.Errorf("kind %q: want invalidate, rewrite, mirror or member", c.Kind)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// columns lists every column the rule reads.
+func (r *rule) columns() []string {
+	var cols []string
+	for _, k := range r.keys {
+		cols = append(cols, k.Columns()...)
+	}
+	if r.key != nil {
+		cols = append(cols, r.key.Columns()...)
+	}
+	if r.member != nil {
+		cols = append(cols, r.member.Columns()...)
+	}
+	cols = append(cols, r.cols...)
+	if r.column != "" {
+		cols = append(cols, r.column)
+	}
+	if r.when != nil {
+		cols = append(cols, r.when.Column)
+	}
+	return cols
+}
+
+// Tables lists the ruled tables as "schema.table" (lower case).
+func (rs *Rules) Tables() []string { return append([]string(nil), rs.order...) }
+
+// Stateful reports whether some rule keeps state that an empty Redis does
+// not reproduce (rewrite, mirror, member): such rules need a snapshot of
+// the tables before streaming. Invalidate-only rule sets do not: an empty
+// cache is a consistent cache.
+func (rs *Rules) Stateful() []string {
+	var tables []string
+	for _, t := range rs.order {
+		for _, r := range rs.byTable[t] {
+			if r.kind != KindInvalidate {
+				tables = append(tables, t)
+				break
+			}
+		}
+	}
+	return tables
+}
+
+// CheckSchema verifies every ruled table exists and has every column its
+// rules name, using the live schema: a typo is a start-up error, not a
+// silently empty key.
+func (rs *Rules) CheckSchema(ctx context.Context, db *sql.DB) error {
+	for _, t := range rs.order {
+		schema, name, _ := strings.Cut(t, ".")
+		rows, err := db.QueryContext(ctx,
+			"SELECT LOWER(COLUMN_NAME) FROM information_schema.COLUMNS WHERE LOWER(TABLE_SCHEMA)=? AND LOWER(TABLE_NAME)=?", schema, name)
+		if err != nil {
+			return fmt.Errorf("read columns of %s: %w", t, err)
+		}
+		have := map[string]bool{}
+		for rows.Next() {
+			var c string
+			if err := rows.Scan(&c); err != nil {
+				rows.Close()
+				return err
+			}
+			have[c] = true
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if len(have) == 0 {
+			return fmt.Errorf("rule table %s does not exist on the server", t)
+		}
+		for _, r := range rs.byTable[t] {
+			for _, c := range r.columns() {
+				if !have[strings.ToLower(c)] {
+					cols := make([]string, 0, len(have))
+					for k := range have {
+						cols = append(cols, k)
+					}
+					sort.Strings(cols)
+					return fmt.Errorf("rule %s: column %q does not exist in %s (columns: %s)", r.name, c, t, strings.Join(cols, ", "))
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// boundRule is a rule resolved against one binlog table layout.
+type boundRule struct {
+	*rule
+	keys    []bound
+	key     bound
+	member  bound
+	cols    []int // rewrite: column indexes, mirror: one
+	names   [][]byte
+	decimal []bool
+	cond    int // condition column index
+	applied int // changes applied in the batch being built
+	counter prometheus.Counter
+}
+
+func (r *rule) bind(t *binlog.Table) (*boundRule, error) {
+	b := &boundRule{rule: r, cond: -1}
+	var err error
+	for _, k := range r.keys {
+		kb, kerr := k.bind(t)
+		if kerr != nil {
+			return nil, fmt.Errorf("rule %s: %w", r.name, kerr)
+		}
+		b.keys = append(b.keys, kb)
+	}
+	if r.key != nil {
+		if b.key, err = r.key.bind(t); err != nil {
+			return nil, fmt.Errorf("rule %s: %w", r.name, err)
+		}
+	}
+	if r.member != nil {
+		if b.member, err = r.member.bind(t); err != nil {
+			return nil, fmt.Errorf("rule %s: %w", r.name, err)
+		}
+	}
+	col := func(name string) (int, error) {
+		i, ok := t.Column(name)
+		if !ok {
+			return 0, fmt.Errorf("rule %s: column %q is not in %s (binlog columns: %s)", r.name, name, t.FullName(), strings.Join(t.Columns, ", "))
+		}
+		return i, nil
+	}
+	switch r.kind {
+	case KindRewrite:
+		names := r.cols
+		if len(names) == 0 {
+			names = t.Columns
+		}
+		for _, n := range names {
+			i, err := col(n)
+			if err != nil {
+				return nil, err
+			}
+			b.cols = append(b.cols, i)
+			b.names = append(b.names, []byte(t.Columns[i]))
+		}
+		b.decimal = t.Decimal
+	case KindMirror:
+		i, err := col(r.column)
+		if err != nil {
+			return nil, err
+		}
+		b.cols = []int{i}
+	}
+	if r.when != nil {
+		if b.cond, err = col(r.when.Column); err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+// matches reports whether row satisfies the rule's condition.
+func (b *boundRule) matches(row []any, scratch []byte) bool {
+	if row == nil {
+		return false
+	}
+	if b.cond < 0 {
+		return true
+	}
+	v := row[b.cond]
+	if v == nil {
+		return false
+	}
+	return b.values[string(appendValue(scratch[:0], v))]
+}
