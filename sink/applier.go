@@ -188,7 +188,7 @@ func (a *Applier) add(b *batch, t *binlog.Txn) error {
 	if err != nil {
 		return err
 	}
-	vs := strconv.FormatUint(ver, 10)
+	var vs any = strconv.FormatUint(ver, 10) // boxed once for every op
 	for i := range t.Changes {
 		ch := &t.Changes[i]
 		brs, err := a.rulesFor(ch.Table)

@@ -1,40 +1,39 @@
 -- Applies one batch of binlog transactions to Redis, atomically, together
 -- with the checkpoint and the invalidation message.
 --
--- KEYS[1] checkpoint hash, KEYS[2] sequence counter, KEYS[3..] keys the
--- ops name by index.
+-- KEYS[1] checkpoint hash, KEYS[2] sequence counter, then the keys of the
+-- ops, consumed in order (every op names its keys by position).
 -- ARGV[1]  "1": the checkpoint must exist (else Redis lost its data)
 -- ARGV[2]  "1": write the checkpoint (ARGV[3..7])
 -- ARGV[3]  file, ARGV[4] pos, ARGV[5] version, ARGV[6] gtid, ARGV[7] commit µs
 -- ARGV[8]  tombstone TTL in ms
 -- ARGV[9]  invalidation channel
 -- ARGV[10] JSON array of the keys to announce ("" for none)
--- ARGV[11..] ops:
---   D k l            DEL data key k and its lease l
---   S k v ver val    if ver >= version(v): SET k val, SET v ver
---   H k v ver n f1 x1 .. fn xn   same, as a hash of n fields
---   X k v ver        if ver >= version(v): DEL k, SET v ver PX ttl (tombstone)
---   A k m / R k m    SADD / SREM member m of set k
+-- ARGV[11..] ops, with the keys they take from KEYS:
+--   D                  keys k, l: DEL data key k and its lease l
+--   S ver val          keys k, v: if ver >= version(v): SET k val, SET v ver
+--   H ver n f1 x1 ..   keys k, v: same, as a hash of n fields
+--   X ver              keys k, v: if ver >= version(v): DEL k, SET v ver PX ttl
+--   A m / R m          key k: SADD / SREM member m of set k
 -- Every check that can fail runs before the first write, so a batch is
 -- applied whole or not at all.
 if ARGV[1] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('CSRESET checkpoint missing: Redis lost its data')
 end
 local n = #ARGV
-local i = 11
+local i, k = 11, 3
 while i <= n do
   local op = ARGV[i]
-  if op == 'D' then i = i + 3
-  elseif op == 'S' then i = i + 5
-  elseif op == 'X' then i = i + 4
-  elseif op == 'H' then i = i + 5 + 2 * tonumber(ARGV[i + 4])
+  if op == 'D' then i, k = i + 1, k + 2
+  elseif op == 'S' then i, k = i + 3, k + 2
+  elseif op == 'X' then i, k = i + 2, k + 2
+  elseif op == 'H' then i, k = i + 3 + 2 * tonumber(ARGV[i + 2]), k + 2
   elseif op == 'A' or op == 'R' then
-    local k = KEYS[tonumber(ARGV[i + 1])]
-    local t = redis.call('TYPE', k).ok
+    local t = redis.call('TYPE', KEYS[k]).ok
     if t ~= 'set' and t ~= 'none' then
-      return redis.error_reply('WRONGTYPE member rule: ' .. k .. ' holds a ' .. t .. ', not a set')
+      return redis.error_reply('WRONGTYPE member rule: ' .. KEYS[k] .. ' holds a ' .. t .. ', not a set')
     end
-    i = i + 3
+    i, k = i + 2, k + 1
   else
     return redis.error_reply('ERR bad op ' .. tostring(op))
   end
@@ -43,43 +42,42 @@ local function newer(vk, ver)
   local cur = redis.call('GET', vk)
   return (not cur) or tonumber(ver) >= tonumber(cur)
 end
-i = 11
+i, k = 11, 3
 while i <= n do
   local op = ARGV[i]
   if op == 'D' then
-    redis.call('DEL', KEYS[tonumber(ARGV[i + 1])], KEYS[tonumber(ARGV[i + 2])])
-    i = i + 3
+    redis.call('DEL', KEYS[k], KEYS[k + 1])
+    i, k = i + 1, k + 2
   elseif op == 'S' then
-    local vk, ver = KEYS[tonumber(ARGV[i + 2])], ARGV[i + 3]
-    if newer(vk, ver) then
-      redis.call('SET', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 4])
-      redis.call('SET', vk, ver)
+    local ver = ARGV[i + 1]
+    if newer(KEYS[k + 1], ver) then
+      redis.call('SET', KEYS[k], ARGV[i + 2])
+      redis.call('SET', KEYS[k + 1], ver)
     end
-    i = i + 5
+    i, k = i + 3, k + 2
   elseif op == 'H' then
-    local vk, ver, nf = KEYS[tonumber(ARGV[i + 2])], ARGV[i + 3], tonumber(ARGV[i + 4])
-    if newer(vk, ver) then
-      local k = KEYS[tonumber(ARGV[i + 1])]
-      redis.call('DEL', k)
+    local ver, nf = ARGV[i + 1], tonumber(ARGV[i + 2])
+    if newer(KEYS[k + 1], ver) then
+      redis.call('DEL', KEYS[k])
       if nf > 0 then
-        redis.call('HSET', k, unpack(ARGV, i + 5, i + 4 + 2 * nf))
+        redis.call('HSET', KEYS[k], unpack(ARGV, i + 3, i + 2 + 2 * nf))
       end
-      redis.call('SET', vk, ver)
+      redis.call('SET', KEYS[k + 1], ver)
     end
-    i = i + 5 + 2 * nf
+    i, k = i + 3 + 2 * nf, k + 2
   elseif op == 'X' then
-    local vk, ver = KEYS[tonumber(ARGV[i + 2])], ARGV[i + 3]
-    if newer(vk, ver) then
-      redis.call('DEL', KEYS[tonumber(ARGV[i + 1])])
-      redis.call('SET', vk, ver, 'PX', ARGV[8])
+    local ver = ARGV[i + 1]
+    if newer(KEYS[k + 1], ver) then
+      redis.call('DEL', KEYS[k])
+      redis.call('SET', KEYS[k + 1], ver, 'PX', ARGV[8])
     end
-    i = i + 4
+    i, k = i + 2, k + 2
   elseif op == 'A' then
-    redis.call('SADD', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
-    i = i + 3
+    redis.call('SADD', KEYS[k], ARGV[i + 1])
+    i, k = i + 2, k + 1
   else -- 'R'
-    redis.call('SREM', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
-    i = i + 3
+    redis.call('SREM', KEYS[k], ARGV[i + 1])
+    i, k = i + 2, k + 1
   end
 end
 if ARGV[2] == '1' then

@@ -15,7 +15,6 @@ const header = 10
 type batch struct {
 	ks      keyspace.Keyspace
 	keys    []string
-	keyIdx  map[string]int
 	args    []any
 	pub     map[string]struct{}
 	pubList []string
@@ -27,14 +26,13 @@ type batch struct {
 }
 
 func newBatch(ks keyspace.Keyspace) *batch {
-	b := &batch{ks: ks, keyIdx: make(map[string]int), pub: make(map[string]struct{})}
+	b := &batch{ks: ks, pub: make(map[string]struct{})}
 	b.reset()
 	return b
 }
 
 func (b *batch) reset() {
 	b.keys = append(b.keys[:0], b.ks.Checkpoint(), b.ks.Seq())
-	clear(b.keyIdx)
 	clear(b.pub)
 	b.pubList = b.pubList[:0]
 	b.args = append(b.args[:0], make([]any, header)...)
@@ -48,17 +46,6 @@ func (b *batch) reset() {
 
 func (b *batch) empty() bool { return len(b.txns) == 0 }
 
-// key returns the KEYS index (as an ARGV string) of k, adding it once.
-func (b *batch) key(k string) string {
-	i, ok := b.keyIdx[k]
-	if !ok {
-		b.keys = append(b.keys, k)
-		i = len(b.keys)
-		b.keyIdx[k] = i
-	}
-	return strconv.Itoa(i)
-}
-
 func (b *batch) announce(k string) {
 	if _, ok := b.pub[k]; !ok {
 		b.pub[k] = struct{}{}
@@ -67,22 +54,26 @@ func (b *batch) announce(k string) {
 }
 
 func (b *batch) invalidate(k string) {
-	b.args = append(b.args, "D", b.key(k), b.key(b.ks.Lease(k)))
+	b.args = append(b.args, "D")
+	b.keys = append(b.keys, k, b.ks.Lease(k))
 	b.announce(k)
 }
 
-func (b *batch) set(k, ver, val string) {
-	b.args = append(b.args, "S", b.key(k), b.key(b.ks.Version(k)), ver, val)
+func (b *batch) set(k string, ver any, val string) {
+	b.args = append(b.args, "S", ver, val)
+	b.keys = append(b.keys, k, b.ks.Version(k))
 	b.announce(k)
 }
 
-func (b *batch) del(k, ver string) {
-	b.args = append(b.args, "X", b.key(k), b.key(b.ks.Version(k)), ver)
+func (b *batch) del(k string, ver any) {
+	b.args = append(b.args, "X", ver)
+	b.keys = append(b.keys, k, b.ks.Version(k))
 	b.announce(k)
 }
 
-func (b *batch) hset(k, ver string, fields []any) {
-	b.args = append(b.args, "H", b.key(k), b.key(b.ks.Version(k)), ver, strconv.Itoa(len(fields)/2))
+func (b *batch) hset(k string, ver any, fields []any) {
+	b.args = append(b.args, "H", ver, strconv.Itoa(len(fields)/2))
+	b.keys = append(b.keys, k, b.ks.Version(k))
 	b.args = append(b.args, fields...)
 	b.announce(k)
 }
@@ -92,7 +83,8 @@ func (b *batch) member(add bool, set, m string) {
 	if add {
 		op = "A"
 	}
-	b.args = append(b.args, op, b.key(set), m)
+	b.args = append(b.args, op, m)
+	b.keys = append(b.keys, set)
 	b.announce(set)
 }
 

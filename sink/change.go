@@ -9,7 +9,7 @@ import (
 
 // add turns one row change into ops for rule br at version ver. It returns
 // how many keys could not be named because a key column was NULL.
-func (b *batch) add(br *boundRule, ch *binlog.Change, ver string) (skipped int) {
+func (b *batch) add(br *boundRule, ch *binlog.Change, ver any) (skipped int) {
 	br.applied++
 	switch br.kind {
 	case KindInvalidate:
