@@ -107,13 +107,13 @@ func (r *reader) stream(ctx context.Context, start Start) error {
 	s := r.src
 	host, port := s.cfg.hostPort()
 	cfg := replication.BinlogSyncerConfig{
-		ServerID:         s.cfg.ServerID,
-		Flavor:           s.flavor,
-		Host:             host,
-		Port:             port,
-		User:             s.cfg.User,
-		Password:         s.cfg.Password,
-		HeartbeatPeriod:  s.cfg.Heartbeat,
+		ServerID:        s.cfg.ServerID,
+		Flavor:          s.flavor,
+		Host:            host,
+		Port:            port,
+		User:            s.cfg.User,
+		Password:        s.cfg.Password,
+		HeartbeatPeriod: s.cfg.Heartbeat,
 		// No ReadTimeout: go-mysql would set a socket deadline per packet
 		// (~10% of CPU at full speed); the watchdog below does its job.
 		DisableRetrySync: true, // we reconnect ourselves, at a transaction boundary
