@@ -131,9 +131,14 @@ func redisOptions(cfg config.Redis) *redis.Options {
 	return &redis.Options{Addr: cfg.Addr, Username: cfg.Username, Password: cfg.Password, DB: cfg.DB}
 }
 
-func newRedis(cfg config.Redis, lc fx.Lifecycle) redis.UniversalClient {
+func newRedis(cfg config.Redis, health *api.Health, lc fx.Lifecycle) redis.UniversalClient {
 	rdb := redis.NewClient(redisOptions(cfg))
 	lc.Append(fx.StopHook(rdb.Close))
+	health.Register("redis", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		return rdb.Ping(ctx).Err()
+	})
 	return rdb
 }
 
