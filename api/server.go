@@ -77,4 +77,5 @@ var Module = fx.Module("api",
 			return s
 		},
 	),
+	fx.Invoke(func(*Server) {}), // serve even though no component asks for the server
 )

@@ -15,13 +15,19 @@ fi
 CACHESYNC_MYSQL_ADDR=127.0.0.1:$mysql_port CACHESYNC_REDIS_ADDR=127.0.0.1:$redis_port \
 	nohup bin/cachesync run -config configs/cachesync.yaml >.dev/cachesync.log 2>&1 &
 echo $! >.dev/cachesync.pid
-for _ in $(seq 100); do
-	if curl -fs http://127.0.0.1:9090/readyz >/dev/null 2>&1; then break; fi
+ready=
+for _ in $(seq 300); do
+	if curl -fs http://127.0.0.1:9090/readyz >/dev/null 2>&1; then ready=1; break; fi
 	if ! kill -0 "$(<.dev/cachesync.pid)" 2>/dev/null; then
 		echo "cachesync exited; its log:" >&2; cat .dev/cachesync.log >&2; exit 1
 	fi
 	sleep 0.1
 done
+if [[ -z $ready ]]; then
+	echo "cachesync did not become ready in 30 s; its log:" >&2; cat .dev/cachesync.log >&2
+	curl -s http://127.0.0.1:9090/readyz >&2 || true
+	exit 1
+fi
 cat <<MSG
 
 cachesync is running (pid $(<.dev/cachesync.pid), log .dev/cachesync.log, metrics http://127.0.0.1:9090/metrics).

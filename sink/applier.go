@@ -149,7 +149,9 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, expect bool) e
 		case <-ctx.Done():
 			return nil
 		case <-idle.C:
-			a.m.lag.Set(0) // nothing queued: caught up
+			if len(in) == 0 {
+				a.m.lag.Set(0) // nothing queued: caught up
+			}
 			continue
 		case t, ok := <-in:
 			if !ok {
@@ -212,6 +214,9 @@ func (a *Applier) add(b *batch, t *binlog.Txn) error {
 func (a *Applier) rulesFor(t *binlog.Table) ([]*boundRule, error) {
 	if brs, ok := a.bound[t]; ok {
 		return brs, nil
+	}
+	if len(a.bound) > 10_000 { // tables of past connections and snapshots
+		clear(a.bound)
 	}
 	var brs []*boundRule
 	for _, r := range a.rules.byTable[strings.ToLower(t.FullName())] {
