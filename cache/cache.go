@@ -272,3 +272,12 @@ func newToken() string {
 	}
 	return hex.EncodeToString(b[:])
 }
+
+// PeekL1 returns key's L1 entry without counting a read (for checks).
+func (c *Cache) PeekL1(key string) (val []byte, found, ok bool) {
+	if c.l1 == nil {
+		return nil, false, false
+	}
+	e, ok := c.l1.GetEntryQuietly(key)
+	return e.Value.val, e.Value.found, ok
+}
