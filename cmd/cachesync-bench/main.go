@@ -10,6 +10,9 @@
 //     arriving on the channel.
 //
 // Output is a Markdown table on stdout (and in -out if given).
+//
+// "cachesync-bench consistency" instead compares the seed's cache schemes
+// with cachesync's (package harness).
 package main
 
 import (
@@ -33,6 +36,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "consistency" {
+		if err := consistency(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "cachesync-bench consistency:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	rows := flag.Int("rows", 300_000, "row changes in the throughput workload")
 	rate := flag.Int("rate", 2000, "offered load for the latency run, transactions/s")
 	secs := flag.Int("latency-seconds", 10, "duration of the latency run")
