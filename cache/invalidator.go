@@ -87,7 +87,7 @@ func (c *Cache) handle(payload string) {
 		c.flush("bad message")
 		return
 	}
-	last := c.lastSeq.Swap(msg.Seq)
+	last := c.lastSeq.Load()
 	switch {
 	case last != 0 && msg.Seq <= last:
 		c.flush("sequence went back")
@@ -102,6 +102,7 @@ func (c *Cache) handle(payload string) {
 		}
 	}
 	c.m.invalidated.Add(float64(len(msg.Keys)))
+	c.lastSeq.Store(msg.Seq) // last: once seen, the message is fully handled
 }
 
 // flush drops every L1 entry and fences loads that began before it.
