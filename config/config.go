@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/cachesync/cachesync/api"
@@ -43,16 +44,17 @@ type Log struct {
 
 // Environment variables that override the file (addresses and secrets).
 var envOverrides = []struct {
-	name string
-	set  func(*Config, string)
+	name  string
+	field string // as validation errors name it
+	set   func(*Config, string)
 }{
-	{"CACHESYNC_MYSQL_ADDR", func(c *Config, v string) { c.MySQL.Addr = v }},
-	{"CACHESYNC_MYSQL_USER", func(c *Config, v string) { c.MySQL.User = v }},
-	{"CACHESYNC_MYSQL_PASSWORD", func(c *Config, v string) { c.MySQL.Password = v }},
-	{"CACHESYNC_REDIS_ADDR", func(c *Config, v string) { c.Redis.Addr = v }},
-	{"CACHESYNC_REDIS_USERNAME", func(c *Config, v string) { c.Redis.Username = v }},
-	{"CACHESYNC_REDIS_PASSWORD", func(c *Config, v string) { c.Redis.Password = v }},
-	{"CACHESYNC_HTTP_ADDR", func(c *Config, v string) { c.HTTP.Addr = v }},
+	{"CACHESYNC_MYSQL_ADDR", "mysql.addr", func(c *Config, v string) { c.MySQL.Addr = v }},
+	{"CACHESYNC_MYSQL_USER", "mysql.user", func(c *Config, v string) { c.MySQL.User = v }},
+	{"CACHESYNC_MYSQL_PASSWORD", "mysql.password", func(c *Config, v string) { c.MySQL.Password = v }},
+	{"CACHESYNC_REDIS_ADDR", "redis.addr", func(c *Config, v string) { c.Redis.Addr = v }},
+	{"CACHESYNC_REDIS_USERNAME", "redis.username", func(c *Config, v string) { c.Redis.Username = v }},
+	{"CACHESYNC_REDIS_PASSWORD", "redis.password", func(c *Config, v string) { c.Redis.Password = v }},
+	{"CACHESYNC_HTTP_ADDR", "http.addr", func(c *Config, v string) { c.HTTP.Addr = v }},
 }
 
 // EnvNames lists the environment variables that override the file.
@@ -89,15 +91,23 @@ func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 		}
 		return nil, err
 	}
+	fromEnv := map[string]string{} // field -> variable that set it
 	if lookup != nil {
 		for _, e := range envOverrides {
 			if v, ok := lookup(e.name); ok && v != "" {
 				e.set(&c, v)
+				fromEnv[e.field] = e.name
 			}
 		}
 	}
 	c.SetDefaults()
 	if err := c.Validate(); err != nil {
+		// A bad value from the environment is not in the file: say so.
+		for field, name := range fromEnv {
+			if strings.HasPrefix(err.Error(), field+" ") {
+				return nil, fmt.Errorf("%w (set by environment variable %s)", err, name)
+			}
+		}
 		return nil, err
 	}
 	return &c, nil
@@ -124,8 +134,10 @@ func (c *Config) Validate() error {
 	if err := c.MySQL.Validate(); err != nil {
 		return err
 	}
-	if _, _, err := net.SplitHostPort(c.Redis.Addr); err != nil {
+	if _, port, err := net.SplitHostPort(c.Redis.Addr); err != nil {
 		return fmt.Errorf("redis.addr %q: want host:port", c.Redis.Addr)
+	} else if p, err := strconv.Atoi(port); err != nil || p <= 0 || p > 65535 {
+		return fmt.Errorf("redis.addr %q: bad port", c.Redis.Addr)
 	}
 	if c.Redis.DB < 0 || c.Redis.DB > 15 {
 		return fmt.Errorf("redis.db %d: want 0..15", c.Redis.DB)

@@ -1,0 +1,335 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// noEnv is a lookup that finds nothing: tests must not depend on the
+// environment of the machine that runs them.
+func noEnv(string) (string, bool) { return "", false }
+
+// envMap returns a lookup backed by m.
+func envMap(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) {
+		v, ok := m[k]
+		return v, ok
+	}
+}
+
+func TestGoodConfigs(t *testing.T) {
+	files, err := filepath.Glob("testdata/good/*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) == 0 {
+		t.Fatal("no files in testdata/good")
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			c, err := Load(f, noEnv)
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if err := c.Validate(); err != nil {
+				t.Errorf("loaded config does not validate again: %v", err)
+			}
+		})
+	}
+}
+
+func TestBadConfigs(t *testing.T) {
+	// File name -> substrings the error must contain: the field it names
+	// and, where it helps, the offending value or the rule's position.
+	want := map[string][]string{
+		"unknown_top_field.yaml":            {"keyz", "line 1"},
+		"unknown_nested_field.yaml":         {"keyz", "line 5"},
+		"unknown_mysql_field.yaml":          {"field adr not found"},
+		"mysql_addr_no_port.yaml":           {"mysql.addr", `"localhost"`},
+		"mysql_addr_bad_port.yaml":          {"mysql.addr", "70000", "port"},
+		"mysql_addr_no_host.yaml":           {"mysql.addr", `":3306"`},
+		"mysql_flavor.yaml":                 {"mysql.flavor", "postgres"},
+		"mysql_start_from.yaml":             {"mysql.start.from", "beginning"},
+		"start_position_missing.yaml":       {"mysql.start.position", "file:pos"},
+		"start_position_bad.yaml":           {"mysql.start.position", "bad offset"},
+		"start_position_no_offset.yaml":     {"mysql.start.position", "file:pos"},
+		"start_gtid_missing.yaml":           {"mysql.start.gtid", "required"},
+		"heartbeat_too_short.yaml":          {"mysql.heartbeat", "10ms"},
+		"heartbeat_too_long.yaml":           {"mysql.heartbeat", "5m"},
+		"heartbeat_not_duration.yaml":       {"soon", "time.Duration"},
+		"max_txn_changes_small.yaml":        {"mysql.max_txn_changes", "10"},
+		"server_id_negative.yaml":           {"-1", "uint32"},
+		"redis_addr_no_port.yaml":           {"redis.addr", `"localhost"`},
+		"redis_addr_bad_port.yaml":          {"redis.addr", "port"},
+		"redis_db_negative.yaml":            {"redis.db", "-1"},
+		"redis_db_too_big.yaml":             {"redis.db", "16"},
+		"no_rules.yaml":                     {"sink.rules", "at least one rule"},
+		"empty_rules.yaml":                  {"sink.rules", "at least one rule"},
+		"rule_table_no_schema.yaml":         {"sink.rules[0]", "table", "schema.table"},
+		"rule_no_kind.yaml":                 {"sink.rules[0]", "kind: required"},
+		"rule_unknown_kind.yaml":            {"sink.rules[0]", "kind", "refresh"},
+		"invalidate_no_keys.yaml":           {"sink.rules[0]", "keys"},
+		"invalidate_empty_key.yaml":         {"sink.rules[0]", "keys[1]", "required for an invalidate rule"},
+		"rewrite_no_key.yaml":               {"sink.rules[0]", "key: required", "rewrite"},
+		"template_unclosed.yaml":            {"sink.rules[0]", "key", "goods:{id", "unclosed"},
+		"template_unmatched_close.yaml":     {"sink.rules[0]", "key", "unmatched '}'"},
+		"template_empty_column.yaml":        {"sink.rules[0]", "keys[0]", "bad column reference"},
+		"mirror_no_column.yaml":             {"sink.rules[0]", "column: required", "mirror"},
+		"member_no_member.yaml":             {"sink.rules[0]", "member: required"},
+		"member_equals_and_in.yaml":         {"sink.rules[0]", "when", "exactly one of equals or in"},
+		"member_when_no_column.yaml":        {"sink.rules[0]", "when.column"},
+		"forbidden_column_on_rewrite.yaml":  {"sink.rules[0]", "column", "not used by a rewrite rule"},
+		"forbidden_when_on_invalidate.yaml": {"sink.rules[0]", "when", "not used by an invalidate rule"},
+		"forbidden_format_on_mirror.yaml":   {"sink.rules[0]", "format", "not used by a mirror rule"},
+		"rewrite_bad_format.yaml":           {"sink.rules[0]", "format", "xml"},
+		"second_rule_bad.yaml":              {"sink.rules[1]", "column"},
+		"batch_changes_negative.yaml":       {"sink.batch_changes", "-1"},
+		"batch_changes_too_big.yaml":        {"sink.batch_changes", "100001"},
+		"tombstone_ttl_small.yaml":          {"sink.tombstone_ttl", "30s"},
+		"log_level.yaml":                    {"log.level", "verbose"},
+		"log_format.yaml":                   {"log.format", "text"},
+		"http_addr.yaml":                    {"http.addr", "localhost"},
+		"wrong_type.yaml":                   {"line 2", "one"},
+		"not_yaml.yaml":                     {"yaml"},
+		"empty.yaml":                        {"empty file"},
+		"comments_only.yaml":                {"empty file"},
+	}
+	files, err := filepath.Glob("testdata/bad/*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, f := range files {
+		name := filepath.Base(f)
+		seen[name] = true
+		t.Run(name, func(t *testing.T) {
+			subs, ok := want[name]
+			if !ok {
+				t.Fatalf("no expected error for %s: add it to the table", name)
+			}
+			c, err := Load(f, noEnv)
+			if err == nil {
+				t.Fatalf("Load succeeded, want an error containing %q; got %+v", subs, c)
+			}
+			msg := err.Error()
+			t.Log(msg)
+			if !strings.Contains(msg, f) {
+				t.Errorf("error %q does not name the file %s", msg, f)
+			}
+			for _, s := range subs {
+				if !strings.Contains(msg, s) {
+					t.Errorf("error %q does not contain %q", msg, s)
+				}
+			}
+		})
+	}
+	for name := range want {
+		if !seen[name] {
+			t.Errorf("table names %s, which is not in testdata/bad", name)
+		}
+	}
+	if len(files) < 20 {
+		t.Errorf("only %d bad files", len(files))
+	}
+}
+
+func TestMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"), noEnv)
+	if err == nil || !strings.Contains(err.Error(), "nope.yaml") {
+		t.Fatalf("err = %v, want one naming the file", err)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	c, err := Load("testdata/good/minimal.yaml", noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"mysql.addr", c.MySQL.Addr, "127.0.0.1:3306"},
+		{"mysql.user", c.MySQL.User, "root"},
+		{"mysql.flavor", c.MySQL.Flavor, "auto"},
+		{"mysql.server_id", c.MySQL.ServerID, uint32(4242)},
+		{"mysql.heartbeat", c.MySQL.Heartbeat, time.Second},
+		{"mysql.max_txn_changes", c.MySQL.MaxTxnChanges, 100_000},
+		{"mysql.start.from", c.MySQL.Start.From, "checkpoint"},
+		{"redis.addr", c.Redis.Addr, "127.0.0.1:6379"},
+		{"redis.db", c.Redis.DB, 0},
+		{"sink.key_prefix", c.Sink.KeyPrefix, "cachesync:"},
+		{"sink.channel", c.Sink.Channel, "cachesync:invalidations"},
+		{"sink.batch_changes", c.Sink.BatchChanges, 2000},
+		{"sink.tombstone_ttl", c.Sink.TombstoneTTL, 24 * time.Hour},
+		{"http.addr", c.HTTP.Addr, ":9090"},
+		{"log.level", c.Log.Level, "info"},
+		{"log.format", c.Log.Format, "json"},
+	}
+	for _, ck := range checks {
+		if ck.got != ck.want {
+			t.Errorf("%s = %v, want %v", ck.name, ck.got, ck.want)
+		}
+	}
+	// Explicit zeros are defaults too.
+	z, err := Load("testdata/good/zero_means_default.yaml", noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if z.Sink.BatchChanges != 2000 || z.Sink.TombstoneTTL != 24*time.Hour || z.MySQL.Heartbeat != time.Second || z.MySQL.MaxTxnChanges != 100_000 {
+		t.Errorf("zeros not defaulted: %+v %+v", z.Sink, z.MySQL)
+	}
+}
+
+func TestFullConfig(t *testing.T) {
+	c, err := Load("testdata/good/full.yaml", noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MySQL.Addr != "db.internal:3307" || c.MySQL.User != "cachesync" || c.MySQL.Password != "secret" ||
+		c.MySQL.Flavor != "mariadb" || c.MySQL.ServerID != 9001 || c.MySQL.Heartbeat != 2*time.Second ||
+		c.MySQL.MaxTxnChanges != 5000 {
+		t.Errorf("mysql = %+v", c.MySQL)
+	}
+	if c.Redis != (Redis{Addr: "cache.internal:6380", Username: "cs", Password: "redis-secret", DB: 3}) {
+		t.Errorf("redis = %+v", c.Redis)
+	}
+	if c.Sink.KeyPrefix != "cs:" || c.Sink.Channel != "cs:inv" || c.Sink.BatchChanges != 500 || c.Sink.TombstoneTTL != 48*time.Hour {
+		t.Errorf("sink = %+v", c.Sink)
+	}
+	if len(c.Sink.Rules) != 6 {
+		t.Fatalf("%d rules, want 6", len(c.Sink.Rules))
+	}
+	r := c.Sink.Rules[5]
+	if r.Kind != "member" || r.When == nil || r.When.Column != "status" || !slices.Equal(r.When.In, []string{"on_sale", "preorder"}) {
+		t.Errorf("rules[5] = %+v (when %+v)", r, r.When)
+	}
+	if c.HTTP.Addr != "127.0.0.1:9191" || c.Log != (Log{Level: "debug", Format: "console"}) {
+		t.Errorf("http = %+v, log = %+v", c.HTTP, c.Log)
+	}
+}
+
+func TestEnvOverrides(t *testing.T) {
+	env := map[string]string{
+		"CACHESYNC_MYSQL_ADDR":     "10.0.0.1:3306",
+		"CACHESYNC_MYSQL_USER":     "envuser",
+		"CACHESYNC_MYSQL_PASSWORD": "envpass",
+		"CACHESYNC_REDIS_ADDR":     "10.0.0.2:6379",
+		"CACHESYNC_REDIS_USERNAME": "envredisuser",
+		"CACHESYNC_REDIS_PASSWORD": "envredispass",
+		"CACHESYNC_HTTP_ADDR":      "127.0.0.1:9999",
+	}
+	c, err := Load("testdata/good/full.yaml", envMap(env))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{
+		"CACHESYNC_MYSQL_ADDR":     c.MySQL.Addr,
+		"CACHESYNC_MYSQL_USER":     c.MySQL.User,
+		"CACHESYNC_MYSQL_PASSWORD": c.MySQL.Password,
+		"CACHESYNC_REDIS_ADDR":     c.Redis.Addr,
+		"CACHESYNC_REDIS_USERNAME": c.Redis.Username,
+		"CACHESYNC_REDIS_PASSWORD": c.Redis.Password,
+		"CACHESYNC_HTTP_ADDR":      c.HTTP.Addr,
+	}
+	for k, v := range env {
+		if got[k] != v {
+			t.Errorf("%s: field is %q, want %q", k, got[k], v)
+		}
+	}
+	// Every documented variable is covered by this test.
+	names := EnvNames()
+	for _, n := range names {
+		if _, ok := env[n]; !ok {
+			t.Errorf("EnvNames has %s, which this test does not cover", n)
+		}
+	}
+	if len(names) != len(env) {
+		t.Errorf("EnvNames = %v, test covers %d names", names, len(env))
+	}
+	// The fields not overridden keep the file's values.
+	if c.MySQL.ServerID != 9001 || c.Redis.DB != 3 || c.Log.Level != "debug" {
+		t.Errorf("overrides touched other fields: %+v %+v %+v", c.MySQL, c.Redis, c.Log)
+	}
+}
+
+func TestEnvOverrideEmptyIsIgnored(t *testing.T) {
+	c, err := Load("testdata/good/full.yaml", envMap(map[string]string{
+		"CACHESYNC_MYSQL_ADDR":     "",
+		"CACHESYNC_REDIS_PASSWORD": "",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MySQL.Addr != "db.internal:3307" || c.Redis.Password != "redis-secret" {
+		t.Errorf("empty variables overrode the file: mysql.addr %q, redis.password %q", c.MySQL.Addr, c.Redis.Password)
+	}
+}
+
+func TestEnvOverrideBeforeDefaultsAndValidation(t *testing.T) {
+	// The file's bad address is replaced before validation.
+	c, err := Load("testdata/bad/redis_addr_no_port.yaml", envMap(map[string]string{"CACHESYNC_REDIS_ADDR": "127.0.0.1:7000"}))
+	if err != nil {
+		t.Fatalf("override did not replace the bad file value: %v", err)
+	}
+	if c.Redis.Addr != "127.0.0.1:7000" {
+		t.Errorf("redis.addr = %q", c.Redis.Addr)
+	}
+	// An override fills a field the file leaves to its default.
+	c, err = Load("testdata/good/minimal.yaml", envMap(map[string]string{"CACHESYNC_MYSQL_ADDR": "db:3306"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MySQL.Addr != "db:3306" {
+		t.Errorf("mysql.addr = %q", c.MySQL.Addr)
+	}
+	// A bad value from the environment is reported under the field's name
+	// and the variable's, so the reader does not search the file for it.
+	_, err = Load("testdata/good/minimal.yaml", envMap(map[string]string{"CACHESYNC_MYSQL_ADDR": "db"}))
+	if err == nil {
+		t.Fatal("bad CACHESYNC_MYSQL_ADDR accepted")
+	}
+	for _, s := range []string{"mysql.addr", `"db"`, "CACHESYNC_MYSQL_ADDR"} {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("error %q does not contain %q", err, s)
+		}
+	}
+}
+
+func TestParseEmptyAndNilLookup(t *testing.T) {
+	if _, err := Parse(nil, nil); err == nil || !strings.Contains(err.Error(), "empty file") {
+		t.Errorf("Parse(nil) = %v, want empty file", err)
+	}
+	data, err := os.ReadFile("testdata/good/minimal.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Parse(data, nil); err != nil {
+		t.Errorf("Parse with nil lookup: %v", err)
+	}
+}
+
+// The demo configuration shipped in the repository loads.
+func TestRepoDemoConfig(t *testing.T) {
+	c, err := Load(filepath.Join("..", "configs", "cachesync.yaml"), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Sink.Rules) == 0 || c.MySQL.Start.From != "checkpoint" {
+		t.Errorf("unexpected demo config: %+v", c)
+	}
+	// make run passes the dev ports through the environment.
+	c, err = Load(filepath.Join("..", "configs", "cachesync.yaml"), envMap(map[string]string{
+		"CACHESYNC_MYSQL_ADDR": "127.0.0.1:1", "CACHESYNC_REDIS_ADDR": "127.0.0.1:2",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MySQL.Addr != "127.0.0.1:1" || c.Redis.Addr != "127.0.0.1:2" {
+		t.Errorf("overrides not applied to the demo config: %q %q", c.MySQL.Addr, c.Redis.Addr)
+	}
+}
