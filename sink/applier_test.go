@@ -1,0 +1,304 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cachesync/cachesync/binlog"
+	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cenkalti/backoff/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+)
+
+// These tests drive an Applier with hand-made transactions against a real
+// Redis: the version guard, tombstones, reset detection, rule errors and
+// all-or-nothing batches.
+
+type applierEnv struct {
+	t    *testing.T
+	rdb  *redis.Client
+	a    *Applier
+	ks   keyspace.Keyspace
+	in   chan *binlog.Txn
+	done chan error
+	stop context.CancelFunc
+}
+
+var goods = binlog.NewTable("shop", "goods", []string{"id", "name", "stock", "status"}, nil)
+
+func startApplier(t *testing.T, rdb *redis.Client, expect bool, rules ...RuleConfig) *applierEnv {
+	t.Helper()
+	cfg := Config{KeyPrefix: "cs:" + t.Name() + ":", Channel: "inv:" + t.Name(), Rules: rules}
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	a, err := NewApplier(cfg, rdb, zerolog.Nop(), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.newBackOff = func() backoff.BackOff { return backoff.NewConstantBackOff(20 * time.Millisecond) }
+	ctx, cancel := context.WithCancel(context.Background())
+	e := &applierEnv{t: t, rdb: rdb, a: a, ks: keyspace.Keyspace{Prefix: cfg.KeyPrefix},
+		in: make(chan *binlog.Txn, 16), done: make(chan error, 1), stop: cancel}
+	go func() { e.done <- a.Run(ctx, e.in, expect) }()
+	t.Cleanup(func() { cancel(); <-e.done })
+	return e
+}
+
+// apply sends txn and waits until the applier wrote its checkpoint (or, for
+// a partial one, until Redis shows cond).
+func (e *applierEnv) apply(txn *binlog.Txn) {
+	e.t.Helper()
+	e.in <- txn
+	want, _ := txn.Pos.Version()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if cp := e.a.Applied(); cp != nil && cp.Version >= want {
+			return
+		}
+		select {
+		case err := <-e.done:
+			e.t.Fatalf("applier stopped: %v", err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	e.t.Fatalf("transaction at %s not applied within 5s", txn.Pos)
+}
+
+func (e *applierEnv) get(key string) (string, bool) {
+	e.t.Helper()
+	v, err := e.rdb.Get(context.Background(), key).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", false
+	}
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return v, true
+}
+
+func pos(file string, p uint32) binlog.Position { return binlog.Position{File: file, Pos: p} }
+
+func txn(p binlog.Position, changes ...binlog.Change) *binlog.Txn {
+	return &binlog.Txn{Pos: p, Commit: time.Now(), Changes: changes}
+}
+
+func ins(row ...any) binlog.Change { return binlog.Change{Table: goods, Op: binlog.Insert, After: row} }
+func del(row ...any) binlog.Change {
+	return binlog.Change{Table: goods, Op: binlog.Delete, Before: row}
+}
+func upd(before, after []any) binlog.Change {
+	return binlog.Change{Table: goods, Op: binlog.Update, Before: before, After: after}
+}
+
+func TestApplierVersionGuard(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: testenv.StartRedis(t).Addr()})
+	defer rdb.Close()
+	p := "vg:"
+	e := startApplier(t, rdb, false,
+		RuleConfig{Table: "shop.goods", Kind: KindRewrite, Key: p + "j:{id}", Columns: []string{"id", "stock"}},
+		RuleConfig{Table: "shop.goods", Kind: KindMirror, Key: p + "m:{id}", Column: "stock"},
+	)
+	e.apply(txn(pos("binlog.000001", 500), ins(int32(1), "a", int32(10), "on")))
+	if v, _ := e.get(p + "j:1"); v != `{"id":1,"stock":10}` {
+		t.Fatalf("after insert: %q", v)
+	}
+	// A replay of an older transaction (as after a restart) does not
+	// regress the key.
+	e.apply(txn(pos("binlog.000001", 400), ins(int32(1), "a", int32(5), "on")))
+	if v, _ := e.get(p + "m:1"); v != "10" {
+		t.Errorf("older version applied: mirror = %q, want 10", v)
+	}
+	// A later file wins even with a smaller offset.
+	e.apply(txn(pos("binlog.000002", 4), upd([]any{int32(1), "a", int32(10), "on"}, []any{int32(1), "a", int32(11), "on"})))
+	if v, _ := e.get(p + "m:1"); v != "11" {
+		t.Errorf("newer file: mirror = %q, want 11", v)
+	}
+	if v, _ := e.get(e.ks.Version(p + "m:1")); v != "8589934596" { // 2<<32 | 4
+		t.Errorf("version key = %q, want 8589934596", v)
+	}
+	// Delete leaves a tombstone that keeps an older insert from
+	// resurrecting the key.
+	e.apply(txn(pos("binlog.000002", 100), del(int32(1), "a", int32(11), "on")))
+	for _, k := range []string{p + "j:1", p + "m:1"} {
+		if _, ok := e.get(k); ok {
+			t.Errorf("%s still exists after delete", k)
+		}
+		ttl, err := rdb.PTTL(context.Background(), e.ks.Version(k)).Result()
+		if err != nil || ttl <= 23*time.Hour || ttl > 24*time.Hour {
+			t.Errorf("tombstone %s: TTL %v (%v), want about 24h", e.ks.Version(k), ttl, err)
+		}
+	}
+	e.apply(txn(pos("binlog.000002", 50), ins(int32(1), "a", int32(9), "on")))
+	if v, ok := e.get(p + "j:1"); ok {
+		t.Errorf("older insert resurrected a deleted key: %q", v)
+	}
+	// Replaying the delete itself is harmless.
+	e.apply(txn(pos("binlog.000002", 100), del(int32(1), "a", int32(11), "on")))
+	if _, ok := e.get(p + "j:1"); ok {
+		t.Errorf("key exists after replayed delete")
+	}
+	cp, ok, err := ReadCheckpoint(context.Background(), rdb, e.ks)
+	if err != nil || !ok {
+		t.Fatalf("ReadCheckpoint: %v %v", ok, err)
+	}
+	// The checkpoint is that of the last batch applied, even a replay.
+	if cp.Pos != pos("binlog.000002", 100) {
+		t.Errorf("checkpoint %s, want binlog.000002:100", cp.Pos)
+	}
+}
+
+func TestApplierPartialTxnNoCheckpoint(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: testenv.StartRedis(t).Addr()})
+	defer rdb.Close()
+	e := startApplier(t, rdb, false, RuleConfig{Table: "shop.goods", Kind: KindMirror, Key: "m:{id}", Column: "stock"})
+	e.apply(txn(pos("binlog.000001", 100), ins(int32(1), "a", int32(1), "on")))
+	piece := txn(pos("binlog.000001", 150), ins(int32(2), "b", int32(2), "on"))
+	piece.Partial = true
+	e.in <- piece
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, ok := e.get("m:2"); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("partial piece not applied")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cp, _, err := ReadCheckpoint(context.Background(), rdb, e.ks)
+	if err != nil || cp.Pos != pos("binlog.000001", 100) {
+		t.Errorf("checkpoint after a partial piece = %s (%v), want binlog.000001:100", cp.Pos, err)
+	}
+	e.apply(txn(pos("binlog.000001", 200), ins(int32(3), "c", int32(3), "on")))
+	cp, _, _ = ReadCheckpoint(context.Background(), rdb, e.ks)
+	if cp.Pos != pos("binlog.000001", 200) {
+		t.Errorf("checkpoint = %s, want binlog.000001:200", cp.Pos)
+	}
+}
+
+func TestApplierDetectsReset(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: testenv.StartRedis(t).Addr()})
+	defer rdb.Close()
+	rule := RuleConfig{Table: "shop.goods", Kind: KindMirror, Key: "m:{id}", Column: "stock"}
+
+	// Told a checkpoint exists, but there is none: a reset.
+	e := startApplier(t, rdb, true, rule)
+	e.in <- txn(pos("binlog.000001", 100), ins(int32(1), "a", int32(1), "on"))
+	select {
+	case err := <-e.done:
+		e.done <- err // for Cleanup
+		if !errors.Is(err, ErrRedisReset) {
+			t.Fatalf("Run = %v, want ErrRedisReset", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return ErrRedisReset")
+	}
+	if _, ok := e.get("m:1"); ok {
+		t.Error("the batch that found the checkpoint missing was applied")
+	}
+
+	// Starting without a checkpoint, the first checkpoint written arms the
+	// check: a later FLUSHALL is detected.
+	e2 := startApplier(t, rdb, false, rule)
+	e2.apply(txn(pos("binlog.000001", 100), ins(int32(1), "a", int32(1), "on")))
+	if err := rdb.FlushAll(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	e2.in <- txn(pos("binlog.000001", 200), ins(int32(2), "b", int32(2), "on"))
+	select {
+	case err := <-e2.done:
+		e2.done <- err
+		if !errors.Is(err, ErrRedisReset) {
+			t.Fatalf("Run = %v, want ErrRedisReset", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return ErrRedisReset after FLUSHALL")
+	}
+	if n, _ := rdb.DBSize(context.Background()).Result(); n != 0 {
+		keys, _ := rdb.Keys(context.Background(), "*").Result()
+		t.Errorf("after the reset was detected Redis holds %q, want nothing written", keys)
+	}
+}
+
+func TestApplierRuleError(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: testenv.StartRedis(t).Addr()})
+	defer rdb.Close()
+	e := startApplier(t, rdb, false,
+		RuleConfig{Table: "shop.goods", Kind: KindMirror, Key: "m:{id}", Column: "stock"},
+		RuleConfig{Table: "shop.goods", Kind: KindMirror, Key: "s:{id}", Column: "status"})
+	e.apply(txn(pos("binlog.000001", 100), ins(int32(1), "a", int32(1), "on")))
+	// The table lost its status column (ALTER TABLE ... DROP COLUMN).
+	dropped := binlog.NewTable("shop", "goods", []string{"id", "name", "stock"}, nil)
+	e.in <- txn(pos("binlog.000001", 200), binlog.Change{Table: dropped, Op: binlog.Insert, After: []any{int32(2), "b", int32(2)}})
+	select {
+	case err := <-e.done:
+		e.done <- err
+		if !errors.Is(err, ErrRule) {
+			t.Fatalf("Run = %v, want ErrRule", err)
+		}
+		for _, want := range []string{`"status"`, "shop.goods", "binlog.000001:200"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q does not mention %s", err, want)
+			}
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not fail")
+	}
+	if _, ok := e.get("m:2"); ok {
+		t.Error("a rule that fits was applied for the failing transaction")
+	}
+	cp, _, _ := ReadCheckpoint(context.Background(), rdb, e.ks)
+	if cp.Pos != pos("binlog.000001", 100) {
+		t.Errorf("checkpoint %s, want binlog.000001:100", cp.Pos)
+	}
+}
+
+// A batch whose script fails is applied not at all, retried, and applied
+// whole once the cause is gone.
+func TestApplierAllOrNothing(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: testenv.StartRedis(t).Addr()})
+	defer rdb.Close()
+	ctx := context.Background()
+	// on_sale is a string, not a set: the member op cannot run.
+	if err := rdb.Set(ctx, "on_sale", "oops", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	e := startApplier(t, rdb, false,
+		RuleConfig{Table: "shop.goods", Kind: KindMirror, Key: "m:{id}", Column: "stock"},
+		RuleConfig{Table: "shop.goods", Kind: KindMember, Key: "on_sale", Member: "{id}", When: &Condition{Column: "status", Equals: "on"}})
+	e.in <- txn(pos("binlog.000001", 100), ins(int32(1), "a", int32(1), "on"), ins(int32(2), "b", int32(2), "off"))
+	deadline := time.Now().Add(5 * time.Second)
+	for e.a.Healthy() {
+		if time.Now().After(deadline) {
+			t.Fatal("applier still healthy though its script fails")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // a few retries
+	for _, k := range []string{"m:1", "m:2", e.ks.Checkpoint()} {
+		if n, _ := rdb.Exists(ctx, k).Result(); n != 0 {
+			t.Errorf("%s was written by a batch that failed", k)
+		}
+	}
+	if err := rdb.Del(ctx, "on_sale").Err(); err != nil {
+		t.Fatal(err)
+	}
+	e.apply(txn(pos("binlog.000001", 200)))
+	if !e.a.Healthy() {
+		t.Error("not healthy after a successful apply")
+	}
+	if v, _ := e.get("m:2"); v != "2" {
+		t.Errorf("m:2 = %q, want 2", v)
+	}
+	if m, _ := rdb.SMembers(ctx, "on_sale").Result(); len(m) != 1 || m[0] != "1" {
+		t.Errorf("on_sale = %q, want [1]", m)
+	}
+}
