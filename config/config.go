@@ -15,6 +15,8 @@ import (
 
 	"github.com/cachesync/cachesync/api"
 	"github.com/cachesync/cachesync/binlog"
+	"github.com/cachesync/cachesync/cache"
+	"github.com/cachesync/cachesync/goods"
 	"github.com/cachesync/cachesync/sink"
 	"gopkg.in/yaml.v3"
 )
@@ -26,6 +28,8 @@ type Config struct {
 	Sink  sink.Config   `yaml:"sink"`
 	HTTP  api.Config    `yaml:"http"`
 	Log   Log           `yaml:"log"`
+	Cache cache.Config  `yaml:"cache"`
+	Goods goods.Config  `yaml:"goods"`
 }
 
 // Redis configures the Redis connection.
@@ -118,6 +122,8 @@ func (c *Config) SetDefaults() {
 	c.MySQL.SetDefaults()
 	c.Sink.SetDefaults()
 	c.HTTP.SetDefaults()
+	c.Cache.SetDefaults()
+	c.Goods.SetDefaults()
 	if c.Redis.Addr == "" {
 		c.Redis.Addr = "127.0.0.1:6379"
 	}
@@ -143,6 +149,12 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("redis.db %d: want 0..15", c.Redis.DB)
 	}
 	if err := c.Sink.Validate(); err != nil {
+		return err
+	}
+	if err := c.Cache.Validate(); err != nil {
+		return err
+	}
+	if err := c.Goods.Validate(); err != nil {
 		return err
 	}
 	if err := c.HTTP.Validate(); err != nil {

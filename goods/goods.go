@@ -54,17 +54,24 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// Reader is the read path the handler goes through (*cache.Cache).
+type Reader interface {
+	Get(ctx context.Context, key string, load cache.Loader) ([]byte, cache.Source, error)
+}
+
+var _ Reader = (*cache.Cache)(nil)
+
 // Handler serves the endpoint.
 type Handler struct {
 	cfg   Config
 	db    *sql.DB
-	cache *cache.Cache
+	cache Reader
 	query string
 	log   zerolog.Logger
 }
 
 // NewHandler builds the handler for a validated, non-empty cfg.
-func NewHandler(cfg Config, db *sql.DB, c *cache.Cache, log zerolog.Logger) *Handler {
+func NewHandler(cfg Config, db *sql.DB, c Reader, log zerolog.Logger) *Handler {
 	s, t, _ := strings.Cut(cfg.Table, ".")
 	q := fmt.Sprintf("SELECT * FROM `%s`.`%s` WHERE `%s` = ?", s, t, cfg.IDColumn)
 	return &Handler{cfg: cfg, db: db, cache: c, query: q, log: log}
@@ -74,25 +81,31 @@ func NewHandler(cfg Config, db *sql.DB, c *cache.Cache, log zerolog.Logger) *Han
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
 	if err != nil || id < 0 {
-		http.Error(w, `{"error":"id must be a non-negative integer"}`, http.StatusBadRequest)
+		writeError(w, http.StatusBadRequest, "id must be a non-negative integer")
 		return
 	}
 	val, src, err := h.cache.Get(r.Context(), h.cfg.KeyPrefix+strconv.FormatInt(id, 10), func(ctx context.Context) ([]byte, bool, error) {
 		return h.load(ctx, id)
 	})
-	w.Header().Set("Content-Type", "application/json")
 	switch {
 	case errors.Is(err, cache.ErrNotFound):
 		w.Header().Set("X-Cache", string(src))
-		w.WriteHeader(http.StatusNotFound)
-		_, _ = w.Write([]byte(`{"error":"no such goods"}`))
+		writeError(w, http.StatusNotFound, "no such goods")
 	case err != nil:
 		h.log.Warn().Err(err).Int64("id", id).Msg("goods read failed")
-		http.Error(w, `{"error":"temporarily unavailable"}`, http.StatusServiceUnavailable)
+		writeError(w, http.StatusServiceUnavailable, "temporarily unavailable")
 	default:
+		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("X-Cache", string(src))
 		_, _ = w.Write(val)
 	}
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	b, _ := json.Marshal(map[string]string{"error": msg})
+	_, _ = w.Write(b)
 }
 
 // load reads the row as a JSON object (column name → value; numbers

@@ -44,5 +44,8 @@ Try it:
   redis-cli -p $redis_port GET goods:stock:1
   redis-cli -p $redis_port SMEMBERS goods:on_sale
 
+  # 4. read through the two-level cache (X-Cache says L1, L2 or DB)
+  curl -si http://127.0.0.1:9090/goods/1
+
 Stop everything with: make stop
 MSG

@@ -15,7 +15,9 @@ import (
 
 	"github.com/cachesync/cachesync/api"
 	"github.com/cachesync/cachesync/binlog"
+	"github.com/cachesync/cachesync/cache"
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/goods"
 	"github.com/cachesync/cachesync/pipeline"
 	"github.com/cachesync/cachesync/sink"
 	"github.com/cenkalti/backoff/v4"
@@ -61,10 +63,12 @@ func run(args []string) int {
 func daemon(cfg *config.Config) int {
 	app := fx.New(
 		fx.WithLogger(func() fxevent.Logger { return fxevent.NopLogger }),
-		fx.Supply(cfg.MySQL, cfg.Sink, cfg.HTTP, cfg.Redis, cfg.Log),
+		fx.Supply(cfg.MySQL, cfg.Sink, cfg.HTTP, cfg.Redis, cfg.Log, cfg.Cache, cfg.Goods),
 		fx.Provide(newLogger, newRedis, newMySQL, newApplier),
 		api.Module,
 		pipeline.Module,
+		cache.Module,
+		goods.Module,
 	)
 	log := newLogger(cfg.Log)
 	if err := app.Err(); err != nil {
