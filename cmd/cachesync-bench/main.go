@@ -12,7 +12,8 @@
 // Output is a Markdown table on stdout (and in -out if given).
 //
 // "cachesync-bench consistency" instead compares the seed's cache schemes
-// with cachesync's (package harness).
+// with cachesync's (package harness); "cachesync-bench http" measures
+// GET /goods/{id} with L1 hits vs L2 only vs DB only.
 package main
 
 import (
@@ -36,12 +37,15 @@ import (
 )
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "consistency" {
-		if err := consistency(os.Args[2:]); err != nil {
-			fmt.Fprintln(os.Stderr, "cachesync-bench consistency:", err)
-			os.Exit(1)
+	if len(os.Args) > 1 {
+		sub := map[string]func([]string) error{"consistency": consistency, "http": httpRead}[os.Args[1]]
+		if sub != nil {
+			if err := sub(os.Args[2:]); err != nil {
+				fmt.Fprintf(os.Stderr, "cachesync-bench %s: %v\n", os.Args[1], err)
+				os.Exit(1)
+			}
+			return
 		}
-		return
 	}
 	rows := flag.Int("rows", 300_000, "row changes in the throughput workload")
 	rate := flag.Int("rate", 2000, "offered load for the latency run, transactions/s")
