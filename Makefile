@@ -28,9 +28,14 @@ stop:
 test: deps
 	CI=$${CI:-true} $(GO) test -race -count=1 -timeout 20m ./...
 
-## bench: raw go-mysql parse rate vs cachesync apply rate, and latency.
-bench: deps build
-	$(GO) run ./cmd/cachesync-bench
+## bench: CDC apply rate vs raw go-mysql parse rate and latency; the cache
+## consistency harness; GET /goods/{id} with L1 vs L2 vs DB. Tables in .dev/.
+bench: build
+	scripts/deps.sh bench
+	mkdir -p .dev
+	$(GO) run ./cmd/cachesync-bench -out .dev/bench-cdc.md
+	$(GO) run ./cmd/cachesync-bench consistency -out .dev/bench-consistency.md
+	$(GO) run ./cmd/cachesync-bench http -out .dev/bench-http.md
 
 lint:
 	gofmt -l . | (! grep .) || (echo "gofmt needed"; exit 1)

@@ -2,7 +2,8 @@
 # Installs the Debian packages that the integration tests and scripts/dev-up.sh
 # need (MariaDB and Redis servers and clients), but only if one of their
 # binaries is missing. Idempotent; prints nothing when everything is present.
-# Uses sudo unless run as root.
+# Uses sudo unless run as root. "deps.sh bench" also installs wrk (HTTP load
+# generator used by the benchmarks) and curl.
 set -euo pipefail
 
 # have NAME: NAME is on PATH or in /usr/sbin or /usr/bin (Debian puts mariadbd
@@ -23,6 +24,12 @@ if ! have redis-server; then
 fi
 if ! have redis-cli; then
 	pkgs+=(redis-tools)
+fi
+if ! have curl; then
+	pkgs+=(curl)
+fi
+if [[ ${1:-} == bench ]] && ! have wrk; then
+	pkgs+=(wrk)
 fi
 if ((${#pkgs[@]} == 0)); then
 	exit 0
