@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"flag"
 	"fmt"
 	"os"
@@ -11,8 +10,6 @@ import (
 
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/harness"
-	"github.com/cachesync/cachesync/internal/testenv"
-	"github.com/redis/go-redis/v9"
 )
 
 // consistency runs the four schemes of package harness, without and with
@@ -29,27 +26,13 @@ func consistency(args []string) error {
 		return err
 	}
 	ctx := context.Background()
-	fmt.Fprintln(os.Stderr, "starting private MariaDB and Redis…")
-	my, err := testenv.NewMariaDB()
+	e, stop, err := startEnv()
 	if err != nil {
 		return err
 	}
-	defer my.Close()
-	rd, err := testenv.NewRedis()
-	if err != nil {
-		return err
-	}
-	defer rd.Close()
-	db, err := sql.Open("mysql", my.DSN(""))
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	db.SetMaxOpenConns(64)
-	rdb := redis.NewClient(&redis.Options{Addr: rd.Addr(), PoolSize: 64})
-	defer rdb.Close()
-	env := harness.Env{DB: db, Redis: rdb, Flavor: "mariadb",
-		MySQL: binlog.Config{Addr: my.Addr(), User: "root", Flavor: "mariadb", ServerID: 9200}}
+	defer stop()
+	env := harness.Env{DB: e.db, Redis: e.rdb, Flavor: "mariadb",
+		MySQL: binlog.Config{Addr: e.my.Addr(), User: "root", Flavor: "mariadb", ServerID: 9200}}
 
 	var b strings.Builder
 	base := harness.Options{Rows: *rows, Readers: *readers, WriteRate: *writeRate, Duration: *dur}

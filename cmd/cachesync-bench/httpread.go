@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"flag"
 	"fmt"
 	"io"
@@ -19,9 +18,7 @@ import (
 
 	"github.com/cachesync/cachesync/cache"
 	"github.com/cachesync/cachesync/goods"
-	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/keyspace"
-	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 )
 
@@ -47,37 +44,19 @@ func httpRead(args []string) error {
 		return err
 	}
 	ctx := context.Background()
-	my, err := testenv.NewMariaDB()
+	e, stop, err := startEnv()
 	if err != nil {
 		return err
 	}
-	defer my.Close()
-	rd, err := testenv.NewRedis()
-	if err != nil {
-		return err
-	}
-	defer rd.Close()
-	db, err := sql.Open("mysql", my.DSN(""))
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	db.SetMaxOpenConns(64)
-	db.SetMaxIdleConns(64)
-	rdb := redis.NewClient(&redis.Options{Addr: rd.Addr(), PoolSize: 64})
-	defer rdb.Close()
+	defer stop()
+	db, rdb := e.db, e.rdb
 	demo, err := os.ReadFile("configs/demo.sql")
 	if err != nil {
 		return fmt.Errorf("run from the repository root: %w", err)
 	}
-	mdb, err := sql.Open("mysql", my.DSN("")+"&multiStatements=true")
-	if err != nil {
+	if _, err := db.ExecContext(ctx, string(demo)); err != nil {
 		return err
 	}
-	if _, err := mdb.ExecContext(ctx, string(demo)); err != nil {
-		return err
-	}
-	mdb.Close()
 	cfg := goods.Config{Table: "shop.t_goods", IDColumn: "goodsId"}
 	cfg.SetDefaults()
 

@@ -71,33 +71,56 @@ func main() {
 	}
 }
 
+// env is a private MariaDB and Redis with clients, shared by every
+// benchmark of one run.
 type env struct {
 	my  *testenv.MariaDB
 	rd  *testenv.Redis
-	db  *sql.DB
+	db  *sql.DB // multiStatements on, 64 connections
 	rdb *redis.Client
+}
+
+// startEnv starts the servers; close stops them.
+func startEnv() (e *env, closeAll func(), err error) {
+	fmt.Fprintln(os.Stderr, "starting private MariaDB and Redis…")
+	e = &env{}
+	closers := []func(){}
+	closeAll = func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			closeAll()
+		}
+	}()
+	if e.my, err = testenv.NewMariaDB(); err != nil {
+		return nil, nil, err
+	}
+	closers = append(closers, e.my.Close)
+	if e.rd, err = testenv.NewRedis(); err != nil {
+		return nil, nil, err
+	}
+	closers = append(closers, e.rd.Close)
+	if e.db, err = sql.Open("mysql", e.my.DSN("")+"&multiStatements=true"); err != nil {
+		return nil, nil, err
+	}
+	e.db.SetMaxOpenConns(64)
+	e.db.SetMaxIdleConns(64)
+	closers = append(closers, func() { e.db.Close() })
+	e.rdb = redis.NewClient(&redis.Options{Addr: e.rd.Addr(), PoolSize: 64})
+	closers = append(closers, func() { e.rdb.Close() })
+	return e, closeAll, nil
 }
 
 func run(rows, rate int, latencyFor time.Duration, outPath string) error {
 	ctx := context.Background()
-	fmt.Fprintln(os.Stderr, "starting private MariaDB and Redis…")
-	my, err := testenv.NewMariaDB()
+	e, stop, err := startEnv()
 	if err != nil {
 		return err
 	}
-	defer my.Close()
-	rd, err := testenv.NewRedis()
-	if err != nil {
-		return err
-	}
-	defer rd.Close()
-	db, err := sql.Open("mysql", my.DSN("")+"&multiStatements=true")
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	e := &env{my: my, rd: rd, db: db, rdb: redis.NewClient(&redis.Options{Addr: rd.Addr(), PoolSize: 32})}
-	defer e.rdb.Close()
+	defer stop()
 
 	start, end, n, took, err := e.workload(ctx, rows)
 	if err != nil {
