@@ -227,18 +227,38 @@ func (a *Applier) rulesFor(t *binlog.Table) ([]*boundRule, error) {
 }
 
 // apply runs the batch's script until it succeeds.
+//
+// While no checkpoint exists (a snapshot in progress), the keys of rule
+// state are first added to the snapshot journal, so that a snapshot cut
+// short can be undone before the next one (DiscardUnfinishedSnapshot);
+// the journal is deleted once the checkpoint is written.
 func (a *Applier) apply(ctx context.Context, b *batch, expect bool) error {
 	b.finish(expect, a.cfg.Channel, a.cfg.TombstoneTTL.Milliseconds())
+	journal := !expect && len(b.state) > 0
 	bo := a.newBackOff()
 	for {
 		// A call in flight is finished even when ctx is cancelled: shutdown
 		// waits for it rather than leave its outcome unknown.
 		callCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		start := time.Now()
-		seq, err := a.script.Run(callCtx, a.rdb, b.keys, b.args...).Int64()
+		var seq int64
+		var err error
+		if journal {
+			err = a.rdb.SAdd(callCtx, a.ks.Snapshot(), b.state...).Err()
+		}
+		if err == nil {
+			seq, err = a.script.Run(callCtx, a.rdb, b.keys, b.args...).Int64()
+		}
 		cancel()
 		if err == nil {
 			a.done(b, seq, time.Since(start))
+			if !expect && b.args[1] == "1" {
+				// Best effort: a journal left behind only makes the next
+				// snapshot delete keys it rewrites anyway.
+				if err := a.rdb.Del(context.WithoutCancel(ctx), a.ks.Snapshot()).Err(); err != nil {
+					a.log.Warn().Err(err).Msg("deleting the snapshot journal")
+				}
+			}
 			return nil
 		}
 		if strings.HasPrefix(err.Error(), "CSRESET") {
@@ -256,6 +276,45 @@ func (a *Applier) apply(ctx context.Context, b *batch, expect bool) error {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// DiscardUnfinishedSnapshot deletes the keys (and their versions) that a
+// snapshot which did not reach its checkpoint wrote, as recorded in the
+// snapshot journal, then the journal; it returns how many keys it deleted.
+// Call it before a snapshot starts: the new snapshot writes only the rows
+// that exist now, so without it a row deleted (or moved out of a member
+// set) since the unfinished snapshot would keep its key (or membership)
+// forever. Interrupted, it is simply called again.
+func (a *Applier) DiscardUnfinishedSnapshot(ctx context.Context) (int, error) {
+	journal := a.ks.Snapshot()
+	n := 0
+	var cursor uint64
+	for {
+		keys, next, err := a.rdb.SScan(ctx, journal, cursor, "", 1000).Result()
+		if err != nil {
+			return n, fmt.Errorf("read snapshot journal: %w", err)
+		}
+		if len(keys) > 0 {
+			_, err := a.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for _, k := range keys { // one key per DEL: Cluster slots
+					p.Del(ctx, k)
+					p.Del(ctx, a.ks.Version(k))
+				}
+				return nil
+			})
+			if err != nil {
+				return n, fmt.Errorf("delete keys of an unfinished snapshot: %w", err)
+			}
+			n += len(keys)
+		}
+		if cursor = next; cursor == 0 {
+			break
+		}
+	}
+	if err := a.rdb.Del(ctx, journal).Err(); err != nil {
+		return n, fmt.Errorf("delete snapshot journal: %w", err)
+	}
+	return n, nil
 }
 
 func (a *Applier) done(b *batch, seq int64, took time.Duration) {

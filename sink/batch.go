@@ -24,6 +24,7 @@ type batch struct {
 	buf     []byte // scratch for rendering
 	buf2    []byte
 	rules   []*boundRule // rules that counted changes in this batch
+	state   []any        // keys of rule state written (data keys, sets; may repeat)
 }
 
 func newBatch(ks keyspace.Keyspace) *batch {
@@ -44,6 +45,7 @@ func (b *batch) reset() {
 		br.applied = 0
 	}
 	b.rules = b.rules[:0]
+	b.state = b.state[:0]
 }
 
 func (b *batch) empty() bool { return len(b.txns) == 0 }
@@ -74,17 +76,20 @@ func (b *batch) invalidate(k string) {
 func (b *batch) set(k, ver, val string) {
 	b.args = append(b.args, "S", b.key(k), b.key(b.ks.Version(k)), ver, val)
 	b.announce(k)
+	b.state = append(b.state, k)
 }
 
 func (b *batch) del(k, ver string) {
 	b.args = append(b.args, "X", b.key(k), b.key(b.ks.Version(k)), ver)
 	b.announce(k)
+	b.state = append(b.state, k)
 }
 
 func (b *batch) hset(k, ver string, fields []any) {
 	b.args = append(b.args, "H", b.key(k), b.key(b.ks.Version(k)), ver, strconv.Itoa(len(fields)/2))
 	b.args = append(b.args, fields...)
 	b.announce(k)
+	b.state = append(b.state, k)
 }
 
 func (b *batch) member(add bool, set, m string) {
@@ -94,6 +99,7 @@ func (b *batch) member(add bool, set, m string) {
 	}
 	b.args = append(b.args, op, b.key(set), m)
 	b.announce(set)
+	b.state = append(b.state, set)
 }
 
 // finish fills the header. expect: the checkpoint must already exist.
