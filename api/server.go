@@ -77,4 +77,7 @@ var Module = fx.Module("api",
 			return s
 		},
 	),
+	// Nothing else depends on the server: without this fx never builds
+	// it, and its start hook never runs.
+	fx.Invoke(func(*Server) {}),
 )
