@@ -8,8 +8,8 @@
 //	P + "lease:" + K  read-path fill lease for K; every invalidation deletes it
 //	P + "checkpoint"  hash: where the sink has applied the binlog up to
 //	P + "seq"         sequence number of the last invalidation message
-//	P + "snapshot"    set: keys written while no checkpoint existed (a
-//	                  snapshot in progress), deleted before the next snapshot
+//	P + "snapshot"    set: keys written while no checkpoint exists (a
+//	                  snapshot in progress); gone with the first checkpoint
 //
 // With Redis Cluster, put a hash tag in K ("goods:{{{id}}}" renders as
 // "goods:{42}"): the prefix has no braces, so K's tag also places its

@@ -77,7 +77,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		reset = errors.Is(err, sink.ErrRedisReset)
 		if reset {
 			p.resets.Inc()
-			p.log.Warn().Msg("redis lost its data (checkpoint gone): rebuilding from a snapshot")
+			p.log.Warn().Msg("redis lost its data (checkpoint or snapshot journal gone): rebuilding from a snapshot")
 			continue
 		}
 		if ctx.Err() != nil {

@@ -136,11 +136,17 @@ func ReadCheckpoint(ctx context.Context, rdb redis.UniversalClient, ks keyspace.
 // are already queued, until in is closed or ctx is done; both return nil
 // after the batch in flight was applied. expect says a checkpoint exists
 // (was read at start): if it vanishes, Redis lost its data and Run returns
-// ErrRedisReset. A failing Redis call is retried with back-off for as long
-// as it takes (Healthy is false meanwhile): nothing is skipped. A rule that
-// does not fit a row returns an error wrapping ErrRule.
+// ErrRedisReset. Without one (a snapshot), the first batch creates the
+// snapshot journal, and if that vanishes before the checkpoint is written,
+// Run returns ErrRedisReset likewise. A failing Redis call is retried with
+// back-off for as long as it takes (Healthy is false meanwhile): nothing is
+// skipped. A rule that does not fit a row returns an error wrapping ErrRule.
 func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, expect bool) error {
 	b := newBatch(a.ks)
+	guard := guardFirst
+	if expect {
+		guard = guardCheckpoint
+	}
 	idle := time.NewTicker(time.Second)
 	defer idle.Stop()
 	for {
@@ -173,11 +179,13 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, expect bool) e
 				break fill
 			}
 		}
-		if err := a.apply(ctx, b, expect); err != nil {
+		if err := a.apply(ctx, b, guard); err != nil {
 			return err
 		}
 		if b.args[1] == "1" {
-			expect = true
+			guard = guardCheckpoint
+		} else if guard == guardFirst {
+			guard = guardJournal
 		}
 	}
 }
@@ -226,39 +234,27 @@ func (a *Applier) rulesFor(t *binlog.Table) ([]*boundRule, error) {
 	return brs, nil
 }
 
+// Guards of a batch: what must exist in Redis, else it lost its data
+// (ARGV[1] of apply.lua).
+const (
+	guardCheckpoint = "1" // the checkpoint
+	guardJournal    = "J" // no checkpoint yet: the snapshot journal
+	guardFirst      = "0" // nothing: first batch without a checkpoint
+)
+
 // apply runs the batch's script until it succeeds.
-//
-// While no checkpoint exists (a snapshot in progress), the keys of rule
-// state are first added to the snapshot journal, so that a snapshot cut
-// short can be undone before the next one (DiscardUnfinishedSnapshot);
-// the journal is deleted once the checkpoint is written.
-func (a *Applier) apply(ctx context.Context, b *batch, expect bool) error {
-	b.finish(expect, a.cfg.Channel, a.cfg.TombstoneTTL.Milliseconds())
-	journal := !expect && len(b.state) > 0
+func (a *Applier) apply(ctx context.Context, b *batch, guard string) error {
+	b.finish(guard, a.cfg.Channel, a.cfg.TombstoneTTL.Milliseconds())
 	bo := a.newBackOff()
 	for {
 		// A call in flight is finished even when ctx is cancelled: shutdown
 		// waits for it rather than leave its outcome unknown.
 		callCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		start := time.Now()
-		var seq int64
-		var err error
-		if journal {
-			err = a.rdb.SAdd(callCtx, a.ks.Snapshot(), b.state...).Err()
-		}
-		if err == nil {
-			seq, err = a.script.Run(callCtx, a.rdb, b.keys, b.args...).Int64()
-		}
+		seq, err := a.script.Run(callCtx, a.rdb, b.keys, b.args...).Int64()
 		cancel()
 		if err == nil {
 			a.done(b, seq, time.Since(start))
-			if !expect && b.args[1] == "1" {
-				// Best effort: a journal left behind only makes the next
-				// snapshot delete keys it rewrites anyway.
-				if err := a.rdb.Del(context.WithoutCancel(ctx), a.ks.Snapshot()).Err(); err != nil {
-					a.log.Warn().Err(err).Msg("deleting the snapshot journal")
-				}
-			}
 			return nil
 		}
 		if strings.HasPrefix(err.Error(), "CSRESET") {
@@ -280,7 +276,8 @@ func (a *Applier) apply(ctx context.Context, b *batch, expect bool) error {
 
 // DiscardUnfinishedSnapshot deletes the keys (and their versions) that a
 // snapshot which did not reach its checkpoint wrote, as recorded in the
-// snapshot journal, then the journal; it returns how many keys it deleted.
+// snapshot journal (apply.lua adds them while no checkpoint exists), then
+// the journal; it returns how many keys it deleted.
 // Call it before a snapshot starts: the new snapshot writes only the rows
 // that exist now, so without it a row deleted (or moved out of a member
 // set) since the unfinished snapshot would keep its key (or membership)
@@ -297,15 +294,17 @@ func (a *Applier) DiscardUnfinishedSnapshot(ctx context.Context) (int, error) {
 		if len(keys) > 0 {
 			_, err := a.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 				for _, k := range keys { // one key per DEL: Cluster slots
-					p.Del(ctx, k)
-					p.Del(ctx, a.ks.Version(k))
+					if k != "" { // "" marks the journal's existence
+						p.Del(ctx, k)
+						p.Del(ctx, a.ks.Version(k))
+						n++
+					}
 				}
 				return nil
 			})
 			if err != nil {
 				return n, fmt.Errorf("delete keys of an unfinished snapshot: %w", err)
 			}
-			n += len(keys)
 		}
 		if cursor = next; cursor == 0 {
 			break

@@ -1,9 +1,14 @@
 -- Applies one batch of binlog transactions to Redis, atomically, together
 -- with the checkpoint and the invalidation message.
 --
--- KEYS[1] checkpoint hash, KEYS[2] sequence counter, KEYS[3..] keys the
--- ops name by index.
--- ARGV[1]  "1": the checkpoint must exist (else Redis lost its data)
+-- KEYS[1] checkpoint hash, KEYS[2] sequence counter, KEYS[3] snapshot
+-- journal, KEYS[4..] keys the ops name by index.
+-- ARGV[1]  what must exist, else Redis lost its data: "1" the checkpoint;
+--          "J" the snapshot journal (no checkpoint yet); "0" nothing (the
+--          first batch without a checkpoint). Unless "1", the key of every
+--          S, H, X, A and R op is added to the journal, which the first
+--          batch creates and writing the checkpoint deletes: a snapshot cut
+--          short can be undone (see Applier.DiscardUnfinishedSnapshot).
 -- ARGV[2]  "1": write the checkpoint (ARGV[3..7])
 -- ARGV[3]  file, ARGV[4] pos, ARGV[5] version, ARGV[6] gtid, ARGV[7] commit µs
 -- ARGV[8]  tombstone TTL in ms
@@ -19,6 +24,9 @@
 -- applied whole or not at all.
 if ARGV[1] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('CSRESET checkpoint missing: Redis lost its data')
+end
+if ARGV[1] == 'J' and redis.call('EXISTS', KEYS[3]) == 0 then
+  return redis.error_reply('CSRESET snapshot journal missing: Redis lost its data')
 end
 local n = #ARGV
 local i = 11
@@ -39,6 +47,15 @@ while i <= n do
     return redis.error_reply('ERR bad op ' .. tostring(op))
   end
 end
+local journal = ARGV[1] ~= '1'
+if journal then
+  redis.call('SADD', KEYS[3], '') -- exists from the first batch on
+end
+local function note(k)
+  if journal then
+    redis.call('SADD', KEYS[3], k)
+  end
+end
 local function newer(vk, ver)
   local cur = redis.call('GET', vk)
   return (not cur) or tonumber(ver) >= tonumber(cur)
@@ -55,6 +72,7 @@ while i <= n do
       redis.call('SET', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 4])
       redis.call('SET', vk, ver)
     end
+    note(KEYS[tonumber(ARGV[i + 1])])
     i = i + 5
   elseif op == 'H' then
     local vk, ver, nf = KEYS[tonumber(ARGV[i + 2])], ARGV[i + 3], tonumber(ARGV[i + 4])
@@ -66,6 +84,7 @@ while i <= n do
       end
       redis.call('SET', vk, ver)
     end
+    note(KEYS[tonumber(ARGV[i + 1])])
     i = i + 5 + 2 * nf
   elseif op == 'X' then
     local vk, ver = KEYS[tonumber(ARGV[i + 2])], ARGV[i + 3]
@@ -73,17 +92,23 @@ while i <= n do
       redis.call('DEL', KEYS[tonumber(ARGV[i + 1])])
       redis.call('SET', vk, ver, 'PX', ARGV[8])
     end
+    note(KEYS[tonumber(ARGV[i + 1])])
     i = i + 4
   elseif op == 'A' then
     redis.call('SADD', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
+    note(KEYS[tonumber(ARGV[i + 1])])
     i = i + 3
   else -- 'R'
     redis.call('SREM', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
+    note(KEYS[tonumber(ARGV[i + 1])])
     i = i + 3
   end
 end
 if ARGV[2] == '1' then
   redis.call('HSET', KEYS[1], 'file', ARGV[3], 'pos', ARGV[4], 'version', ARGV[5], 'gtid', ARGV[6], 'commit_us', ARGV[7])
+  if journal then
+    redis.call('DEL', KEYS[3])
+  end
 end
 if ARGV[10] ~= '' then
   local seq = redis.call('INCR', KEYS[2])

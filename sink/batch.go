@@ -24,7 +24,6 @@ type batch struct {
 	buf     []byte // scratch for rendering
 	buf2    []byte
 	rules   []*boundRule // rules that counted changes in this batch
-	state   []any        // keys of rule state written (data keys, sets; may repeat)
 }
 
 func newBatch(ks keyspace.Keyspace) *batch {
@@ -34,7 +33,7 @@ func newBatch(ks keyspace.Keyspace) *batch {
 }
 
 func (b *batch) reset() {
-	b.keys = append(b.keys[:0], b.ks.Checkpoint(), b.ks.Seq())
+	b.keys = append(b.keys[:0], b.ks.Checkpoint(), b.ks.Seq(), b.ks.Snapshot())
 	clear(b.keyIdx)
 	clear(b.pub)
 	b.pubList = b.pubList[:0]
@@ -45,7 +44,6 @@ func (b *batch) reset() {
 		br.applied = 0
 	}
 	b.rules = b.rules[:0]
-	b.state = b.state[:0]
 }
 
 func (b *batch) empty() bool { return len(b.txns) == 0 }
@@ -76,20 +74,17 @@ func (b *batch) invalidate(k string) {
 func (b *batch) set(k, ver, val string) {
 	b.args = append(b.args, "S", b.key(k), b.key(b.ks.Version(k)), ver, val)
 	b.announce(k)
-	b.state = append(b.state, k)
 }
 
 func (b *batch) del(k, ver string) {
 	b.args = append(b.args, "X", b.key(k), b.key(b.ks.Version(k)), ver)
 	b.announce(k)
-	b.state = append(b.state, k)
 }
 
 func (b *batch) hset(k, ver string, fields []any) {
 	b.args = append(b.args, "H", b.key(k), b.key(b.ks.Version(k)), ver, strconv.Itoa(len(fields)/2))
 	b.args = append(b.args, fields...)
 	b.announce(k)
-	b.state = append(b.state, k)
 }
 
 func (b *batch) member(add bool, set, m string) {
@@ -99,11 +94,11 @@ func (b *batch) member(add bool, set, m string) {
 	}
 	b.args = append(b.args, op, b.key(set), m)
 	b.announce(set)
-	b.state = append(b.state, set)
 }
 
-// finish fills the header. expect: the checkpoint must already exist.
-func (b *batch) finish(expect bool, channel string, tombstoneMS int64) {
+// finish fills the header. guard says what must already exist (see
+// apply.lua, ARGV[1]).
+func (b *batch) finish(guard string, channel string, tombstoneMS int64) {
 	// The checkpoint is that of the last complete transaction: a piece of
 	// a split one is never a resume point.
 	var last *binlog.Txn
@@ -118,7 +113,7 @@ func (b *batch) finish(expect bool, channel string, tombstoneMS int64) {
 		}
 		return "0"
 	}
-	b.args[0] = flag(expect)
+	b.args[0] = guard
 	b.args[1] = flag(last != nil)
 	b.args[2], b.args[3], b.args[4], b.args[5], b.args[6] = "", "", "", "", ""
 	if last != nil {
