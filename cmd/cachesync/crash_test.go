@@ -316,13 +316,7 @@ func TestKillDuringSnapshot(t *testing.T) {
 	const rows = 60_000
 	e := newCrashEnv(t, 200) // small snapshot chunks: many script calls
 	ctx := context.Background()
-	for start := 0; start < rows; start += 1000 {
-		var args []any
-		for id := start; id < start+1000; id++ {
-			args = append(args, id, "n", id, "1.00", id%groups, "active")
-		}
-		mustExec(t, e.db, "INSERT INTO items (id, name, qty, price, grp, status) VALUES "+strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?),", 1000), ","), args...)
-	}
+	preloadSimple(t, e.db, rows)
 	r := e.d.start()
 	deadline := time.Now().Add(60 * time.Second)
 	for e.rdb.Exists(ctx, "item:0").Val() == 0 || checkpointExists(ctx, e.rdb) {
@@ -375,6 +369,62 @@ func TestKillDuringSnapshot(t *testing.T) {
 	}
 	r.term(t)
 	e.d.checkLogs(t)
+}
+
+// TestRedisLossDuringSnapshot restarts Redis (without persistence: it comes
+// back empty) while the daemon's first snapshot is half written. The daemon
+// must notice that the rows it already wrote are gone and snapshot again,
+// rather than complete the snapshot and checkpoint over missing keys.
+func TestRedisLossDuringSnapshot(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kill -9 test: skipped in -short mode")
+	}
+	const rows = 60_000
+	e := newCrashEnv(t, 200)
+	ctx := context.Background()
+	preloadSimple(t, e.db, rows)
+	r := e.d.start()
+	deadline := time.Now().Add(60 * time.Second)
+	for e.rdb.Exists(ctx, "item:0").Val() == 0 || checkpointExists(ctx, e.rdb) {
+		if r.exited() || time.Now().After(deadline) {
+			t.Fatalf("snapshot did not start writing (exited: %v)%s", r.exited(), r.tail())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := e.rs.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rs.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitUntil(60*time.Second, func() bool { return checkpointExists(ctx, e.rdb) || r.exited() }); err != nil || r.exited() {
+		t.Fatalf("run %d: no checkpoint (%v)%s", r.n, err, r.tail())
+	}
+	mustExec(t, e.db, "INSERT INTO markers (id, v) VALUES (1, 1)")
+	if err := waitUntil(30*time.Second, func() bool { return e.rdb.Get(ctx, "marker:1").Val() == "1" }); err != nil {
+		t.Fatalf("marker not applied%s", r.tail())
+	}
+	mism, stats := compare(t, e.db, e.rdb, nil)
+	t.Logf("checked %s; mismatches: %d", stats, len(mism))
+	if len(mism) > 0 {
+		t.Fatalf("%d keys differ from MySQL after Redis lost its data during the snapshot; first ones:\n  %s", len(mism), strings.Join(mism[:min(len(mism), 25)], "\n  "))
+	}
+	if line := r.grep("redis lost its data"); line == "" {
+		t.Errorf("run %d did not log that Redis lost its data%s", r.n, r.tail())
+	}
+	r.term(t)
+}
+
+// preloadSimple inserts items 0..n-1: active, grp id%groups, qty id.
+func preloadSimple(t *testing.T, db *sql.DB, n int) {
+	t.Helper()
+	for start := 0; start < n; start += 1000 {
+		var args []any
+		for id := start; id < min(start+1000, n); id++ {
+			args = append(args, id, "n", id, "1.00", id%groups, "active")
+		}
+		mustExec(t, db, "INSERT INTO items (id, name, qty, price, grp, status) VALUES "+strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?),", len(args)/6), ","), args...)
+	}
 }
 
 // writer changes rows of its own id partition (id % writerCount == n), so
@@ -1004,6 +1054,7 @@ func buildDaemon(t *testing.T) string {
 // crashEnv is the daemon binary with private MariaDB and Redis servers,
 // the crash schema and a configuration file.
 type crashEnv struct {
+	rs  *testenv.Redis
 	db  *sql.DB
 	rdb *redis.Client
 	d   *daemonProc
@@ -1015,7 +1066,7 @@ func newCrashEnv(t *testing.T, batchChanges int) *crashEnv {
 	bin := buildDaemon(t)
 	my := testenv.StartMariaDB(t)
 	rs := testenv.StartRedis(t)
-	e := &crashEnv{db: my.DB(t, crashSchema), rdb: redis.NewClient(&redis.Options{Addr: rs.Addr()})}
+	e := &crashEnv{rs: rs, db: my.DB(t, crashSchema), rdb: redis.NewClient(&redis.Options{Addr: rs.Addr()})}
 	t.Cleanup(func() { e.rdb.Close() })
 	mustExec(t, e.db, `CREATE TABLE items (
 		id INT PRIMARY KEY, name VARCHAR(64) NULL, qty INT NULL, price DECIMAL(10,2) NULL,
