@@ -471,7 +471,7 @@ func (w *writer) txn(ctx context.Context) error {
 	touched := map[int]bool{}
 	notesOn := w.notesOn.Load()
 	n := 0
-	exec := func(q string, args ...any) error {
+	do := func(q string, args ...any) error {
 		res, err := tx.ExecContext(ctx, q, args...)
 		if err != nil {
 			return err
@@ -481,6 +481,9 @@ func (w *writer) txn(ctx context.Context) error {
 		return err
 	}
 	for n < target {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		var err error
 		switch p := w.rng.IntN(100); {
 		case p < 30: // update one row, some columns
@@ -499,20 +502,20 @@ func (w *writer) txn(ctx context.Context) error {
 			}
 			// An update that changes nothing writes no row event and
 			// counts 0 rows affected: the loop simply goes on.
-			err = exec("UPDATE items SET "+strings.Join(set, ", ")+" WHERE id = ?", append(args, id)...)
+			err = do("UPDATE items SET "+strings.Join(set, ", ")+" WHERE id = ?", append(args, id)...)
 		case p < 45: // insert one
 			id, ok := w.pick(items, false)
 			if !ok {
 				continue
 			}
-			err = exec("INSERT INTO items (id, name, qty, price, grp, status) VALUES (?,?,?,?,?,?)", append([]any{id}, randomItem(w.rng)...)...)
+			err = do("INSERT INTO items (id, name, qty, price, grp, status) VALUES (?,?,?,?,?,?)", append([]any{id}, randomItem(w.rng)...)...)
 			items.over[id] = true
 		case p < 55: // delete one
 			id, ok := w.pick(items, true)
 			if !ok {
 				continue
 			}
-			err = exec("DELETE FROM items WHERE id = ?", id)
+			err = do("DELETE FROM items WHERE id = ?", id)
 			items.over[id] = false
 		case p < 65: // update several rows in one statement
 			ids := w.pickN(items, true, 2+w.rng.IntN(5))
@@ -520,13 +523,13 @@ func (w *writer) txn(ctx context.Context) error {
 				continue
 			}
 			args := []any{statuses[w.rng.IntN(len(statuses))]}
-			err = exec("UPDATE items SET qty = IFNULL(qty, 0) + 1, status = ? WHERE id IN ("+marks(len(ids))+")", append(args, ids...)...)
+			err = do("UPDATE items SET qty = IFNULL(qty, 0) + 1, status = ? WHERE id IN ("+marks(len(ids))+")", append(args, ids...)...)
 		case p < 70: // delete several rows in one statement
 			ids := w.pickN(items, true, 2+w.rng.IntN(4))
 			if len(ids) == 0 {
 				continue
 			}
-			err = exec("DELETE FROM items WHERE id IN ("+marks(len(ids))+")", ids...)
+			err = do("DELETE FROM items WHERE id IN ("+marks(len(ids))+")", ids...)
 			for _, id := range ids {
 				items.over[id.(int)] = false
 			}
@@ -540,14 +543,14 @@ func (w *writer) txn(ctx context.Context) error {
 				args = append(args, append([]any{id}, randomItem(w.rng)...)...)
 				items.over[id.(int)] = true
 			}
-			err = exec("INSERT INTO items (id, name, qty, price, grp, status) VALUES "+strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?),", len(ids)), ","), args...)
+			err = do("INSERT INTO items (id, name, qty, price, grp, status) VALUES "+strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?),", len(ids)), ","), args...)
 		case p < 80: // change a primary key: the old keys go, new ones come
 			from, ok1 := w.pick(items, true)
 			to, ok2 := w.pick(items, false)
 			if !ok1 || !ok2 {
 				continue
 			}
-			err = exec("UPDATE items SET id = ? WHERE id = ?", to, from)
+			err = do("UPDATE items SET id = ? WHERE id = ?", to, from)
 			items.over[from], items.over[to] = false, true
 		default: // notes: invalidate rule
 			if !notesOn {
@@ -560,13 +563,13 @@ func (w *writer) txn(ctx context.Context) error {
 			}
 			switch {
 			case !exists:
-				err = exec("INSERT INTO notes (id, body, rev) VALUES (?, ?, 0)", id, "new")
+				err = do("INSERT INTO notes (id, body, rev) VALUES (?, ?, 0)", id, "new")
 				notes.over[id] = true
 			case w.rng.IntN(3) == 0:
-				err = exec("DELETE FROM notes WHERE id = ?", id)
+				err = do("DELETE FROM notes WHERE id = ?", id)
 				notes.over[id] = false
 			default:
-				err = exec("UPDATE notes SET rev = rev + 1, body = ? WHERE id = ?", names[w.rng.IntN(len(names))], id)
+				err = do("UPDATE notes SET rev = rev + 1, body = ? WHERE id = ?", names[w.rng.IntN(len(names))], id)
 			}
 			touched[id] = true
 		}
