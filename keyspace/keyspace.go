@@ -8,6 +8,8 @@
 //	P + "lease:" + K  read-path fill lease for K; every invalidation deletes it
 //	P + "checkpoint"  hash: where the sink has applied the binlog up to
 //	P + "seq"         sequence number of the last invalidation message
+//	P + "snapshot"    set: keys written while no checkpoint exists (a
+//	                  snapshot in progress); gone with the first checkpoint
 //
 // With Redis Cluster, put a hash tag in K ("goods:{{{id}}}" renders as
 // "goods:{42}"): the prefix has no braces, so K's tag also places its
@@ -30,3 +32,6 @@ func (s Keyspace) Checkpoint() string { return s.Prefix + "checkpoint" }
 
 // Seq is the counter of invalidation messages.
 func (s Keyspace) Seq() string { return s.Prefix + "seq" }
+
+// Snapshot is the set of keys a snapshot in progress has written.
+func (s Keyspace) Snapshot() string { return s.Prefix + "snapshot" }

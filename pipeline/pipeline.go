@@ -77,7 +77,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		reset = errors.Is(err, sink.ErrRedisReset)
 		if reset {
 			p.resets.Inc()
-			p.log.Warn().Msg("redis lost its data (checkpoint gone): rebuilding from a snapshot")
+			p.log.Warn().Msg("redis lost its data (checkpoint or snapshot journal gone): rebuilding from a snapshot")
 			continue
 		}
 		if ctx.Err() != nil {
@@ -156,6 +156,14 @@ func (p *Pipeline) startPoint(ctx context.Context, reset bool) (start binlog.Sta
 		stateful := len(p.applier.Rules().Stateful()) > 0
 		if stateful && (reset || p.cfg.Start.From == binlog.FromCheckpoint) {
 			snapshot = true
+			n, err := p.applier.DiscardUnfinishedSnapshot(ctx)
+			if err != nil {
+				p.log.Warn().Err(err).Msg("discarding an unfinished snapshot; retrying")
+				return err
+			}
+			if n > 0 {
+				p.log.Info().Int("keys", n).Msg("deleted the keys of an unfinished snapshot")
+			}
 			return nil
 		}
 		switch p.cfg.Start.From {

@@ -136,11 +136,17 @@ func ReadCheckpoint(ctx context.Context, rdb redis.UniversalClient, ks keyspace.
 // are already queued, until in is closed or ctx is done; both return nil
 // after the batch in flight was applied. expect says a checkpoint exists
 // (was read at start): if it vanishes, Redis lost its data and Run returns
-// ErrRedisReset. A failing Redis call is retried with back-off for as long
-// as it takes (Healthy is false meanwhile): nothing is skipped. A rule that
-// does not fit a row returns an error wrapping ErrRule.
+// ErrRedisReset. Without one (a snapshot), the first batch creates the
+// snapshot journal, and if that vanishes before the checkpoint is written,
+// Run returns ErrRedisReset likewise. A failing Redis call is retried with
+// back-off for as long as it takes (Healthy is false meanwhile): nothing is
+// skipped. A rule that does not fit a row returns an error wrapping ErrRule.
 func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, expect bool) error {
 	b := newBatch(a.ks)
+	guard := guardFirst
+	if expect {
+		guard = guardCheckpoint
+	}
 	idle := time.NewTicker(time.Second)
 	defer idle.Stop()
 	for {
@@ -175,11 +181,13 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, expect bool) e
 				break fill
 			}
 		}
-		if err := a.apply(ctx, b, expect); err != nil {
+		if err := a.apply(ctx, b, guard); err != nil {
 			return err
 		}
 		if b.args[1] == "1" {
-			expect = true
+			guard = guardCheckpoint
+		} else if guard == guardFirst {
+			guard = guardJournal
 		}
 	}
 }
@@ -231,9 +239,17 @@ func (a *Applier) rulesFor(t *binlog.Table) ([]*boundRule, error) {
 	return brs, nil
 }
 
+// Guards of a batch: what must exist in Redis, else it lost its data
+// (ARGV[1] of apply.lua).
+const (
+	guardCheckpoint = "1" // the checkpoint
+	guardJournal    = "J" // no checkpoint yet: the snapshot journal
+	guardFirst      = "0" // nothing: first batch without a checkpoint
+)
+
 // apply runs the batch's script until it succeeds.
-func (a *Applier) apply(ctx context.Context, b *batch, expect bool) error {
-	b.finish(expect, a.cfg.Channel, a.cfg.TombstoneTTL.Milliseconds())
+func (a *Applier) apply(ctx context.Context, b *batch, guard string) error {
+	b.finish(guard, a.cfg.Channel, a.cfg.TombstoneTTL.Milliseconds())
 	bo := a.newBackOff()
 	for {
 		// A call in flight is finished even when ctx is cancelled: shutdown
@@ -261,6 +277,48 @@ func (a *Applier) apply(ctx context.Context, b *batch, expect bool) error {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// DiscardUnfinishedSnapshot deletes the keys (and their versions) that a
+// snapshot which did not reach its checkpoint wrote, as recorded in the
+// snapshot journal (apply.lua adds them while no checkpoint exists), then
+// the journal; it returns how many keys it deleted.
+// Call it before a snapshot starts: the new snapshot writes only the rows
+// that exist now, so without it a row deleted (or moved out of a member
+// set) since the unfinished snapshot would keep its key (or membership)
+// forever. Interrupted, it is simply called again.
+func (a *Applier) DiscardUnfinishedSnapshot(ctx context.Context) (int, error) {
+	journal := a.ks.Snapshot()
+	n := 0
+	var cursor uint64
+	for {
+		keys, next, err := a.rdb.SScan(ctx, journal, cursor, "", 1000).Result()
+		if err != nil {
+			return n, fmt.Errorf("read snapshot journal: %w", err)
+		}
+		if len(keys) > 0 {
+			_, err := a.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for _, k := range keys { // one key per DEL: Cluster slots
+					if k != "" { // "" marks the journal's existence
+						p.Del(ctx, k)
+						p.Del(ctx, a.ks.Version(k))
+						n++
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return n, fmt.Errorf("delete keys of an unfinished snapshot: %w", err)
+			}
+		}
+		if cursor = next; cursor == 0 {
+			break
+		}
+	}
+	if err := a.rdb.Del(ctx, journal).Err(); err != nil {
+		return n, fmt.Errorf("delete snapshot journal: %w", err)
+	}
+	return n, nil
 }
 
 func (a *Applier) done(b *batch, seq int64, took time.Duration) {

@@ -1,9 +1,15 @@
 -- Applies one batch of binlog transactions to Redis, atomically, together
 -- with the checkpoint and the invalidation message.
 --
--- KEYS[1] checkpoint hash, KEYS[2] sequence counter, then the keys of the
--- ops, consumed in order (every op names its keys by position).
--- ARGV[1]  "1": the checkpoint must exist (else Redis lost its data)
+-- KEYS[1] checkpoint hash, KEYS[2] sequence counter, KEYS[3] snapshot
+-- journal, then the keys of the ops, consumed in order (every op names its
+-- keys by position).
+-- ARGV[1]  what must exist, else Redis lost its data: "1" the checkpoint;
+--          "J" the snapshot journal (no checkpoint yet); "0" nothing (the
+--          first batch without a checkpoint). Unless "1", the key of every
+--          S, H, X, A and R op is added to the journal, which the first
+--          batch creates and writing the checkpoint deletes: a snapshot cut
+--          short can be undone (see Applier.DiscardUnfinishedSnapshot).
 -- ARGV[2]  "1": write the checkpoint (ARGV[3..7])
 -- ARGV[3]  file, ARGV[4] pos, ARGV[5] version, ARGV[6] gtid, ARGV[7] commit µs
 -- ARGV[8]  tombstone TTL in ms
@@ -20,8 +26,11 @@
 if ARGV[1] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('CSRESET checkpoint missing: Redis lost its data')
 end
+if ARGV[1] == 'J' and redis.call('EXISTS', KEYS[3]) == 0 then
+  return redis.error_reply('CSRESET snapshot journal missing: Redis lost its data')
+end
 local n = #ARGV
-local i, k = 11, 3
+local i, k = 11, 4
 while i <= n do
   local op = ARGV[i]
   if op == 'D' then i, k = i + 1, k + 2
@@ -38,11 +47,20 @@ while i <= n do
     return redis.error_reply('ERR bad op ' .. tostring(op))
   end
 end
+local journal = ARGV[1] ~= '1'
+if journal then
+  redis.call('SADD', KEYS[3], '') -- exists from the first batch on
+end
+local function note(k)
+  if journal then
+    redis.call('SADD', KEYS[3], k)
+  end
+end
 local function newer(vk, ver)
   local cur = redis.call('GET', vk)
   return (not cur) or tonumber(ver) >= tonumber(cur)
 end
-i, k = 11, 3
+i, k = 11, 4
 while i <= n do
   local op = ARGV[i]
   if op == 'D' then
@@ -54,6 +72,7 @@ while i <= n do
       redis.call('SET', KEYS[k], ARGV[i + 2])
       redis.call('SET', KEYS[k + 1], ver)
     end
+    note(KEYS[k])
     i, k = i + 3, k + 2
   elseif op == 'H' then
     local ver, nf = ARGV[i + 1], tonumber(ARGV[i + 2])
@@ -64,6 +83,7 @@ while i <= n do
       end
       redis.call('SET', KEYS[k + 1], ver)
     end
+    note(KEYS[k])
     i, k = i + 3 + 2 * nf, k + 2
   elseif op == 'X' then
     local ver = ARGV[i + 1]
@@ -71,17 +91,23 @@ while i <= n do
       redis.call('DEL', KEYS[k])
       redis.call('SET', KEYS[k + 1], ver, 'PX', ARGV[8])
     end
+    note(KEYS[k])
     i, k = i + 2, k + 2
   elseif op == 'A' then
     redis.call('SADD', KEYS[k], ARGV[i + 1])
+    note(KEYS[k])
     i, k = i + 2, k + 1
   else -- 'R'
     redis.call('SREM', KEYS[k], ARGV[i + 1])
+    note(KEYS[k])
     i, k = i + 2, k + 1
   end
 end
 if ARGV[2] == '1' then
   redis.call('HSET', KEYS[1], 'file', ARGV[3], 'pos', ARGV[4], 'version', ARGV[5], 'gtid', ARGV[6], 'commit_us', ARGV[7])
+  if journal then
+    redis.call('DEL', KEYS[3])
+  end
 end
 if ARGV[10] ~= '' then
   local seq = redis.call('INCR', KEYS[2])

@@ -32,7 +32,7 @@ func newBatch(ks keyspace.Keyspace) *batch {
 }
 
 func (b *batch) reset() {
-	b.keys = append(b.keys[:0], b.ks.Checkpoint(), b.ks.Seq())
+	b.keys = append(b.keys[:0], b.ks.Checkpoint(), b.ks.Seq(), b.ks.Snapshot())
 	clear(b.pub)
 	b.pubList = b.pubList[:0]
 	b.args = append(b.args[:0], make([]any, header)...)
@@ -88,8 +88,9 @@ func (b *batch) member(add bool, set, m string) {
 	b.announce(set)
 }
 
-// finish fills the header. expect: the checkpoint must already exist.
-func (b *batch) finish(expect bool, channel string, tombstoneMS int64) {
+// finish fills the header. guard says what must already exist (see
+// apply.lua, ARGV[1]).
+func (b *batch) finish(guard string, channel string, tombstoneMS int64) {
 	// The checkpoint is that of the last complete transaction: a piece of
 	// a split one is never a resume point.
 	var last *binlog.Txn
@@ -104,7 +105,7 @@ func (b *batch) finish(expect bool, channel string, tombstoneMS int64) {
 		}
 		return "0"
 	}
-	b.args[0] = flag(expect)
+	b.args[0] = guard
 	b.args[1] = flag(last != nil)
 	b.args[2], b.args[3], b.args[4], b.args[5], b.args[6] = "", "", "", "", ""
 	if last != nil {

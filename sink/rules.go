@@ -101,7 +101,7 @@ func compileRule(c RuleConfig) (*rule, error) {
 			return nil
 		}
 		if s == "" {
-			err = fmt.Errorf("%s: required for %s rule", field, article(c.Kind))
+			err = fmt.Errorf("%s: required for a %s rule", field, c.Kind)
 			return nil
 		}
 		t, perr := ParseTemplate(s)
@@ -112,7 +112,7 @@ func compileRule(c RuleConfig) (*rule, error) {
 	}
 	forbid := func(field string, set bool) {
 		if err == nil && set {
-			err = fmt.Errorf("%s: not used by %s rule", field, article(c.Kind))
+			err = fmt.Errorf("%s: not used by a %s rule", field, c.Kind)
 		}
 	}
 	switch c.Kind {
@@ -190,14 +190,6 @@ func compileRule(c RuleConfig) (*rule, error) {
 		return nil, err
 	}
 	return r, nil
-}
-
-// article prefixes a rule kind with "a" or "an".
-func article(kind string) string {
-	if kind == KindInvalidate {
-		return "an " + kind
-	}
-	return "a " + kind
 }
 
 // columns lists every column the rule reads.
