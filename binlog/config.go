@@ -96,7 +96,11 @@ func (c *Config) Validate() error {
 	switch c.Start.From {
 	case FromCheckpoint, FromCurrent:
 	case FromPosition:
-		if _, err := ParsePosition(c.Start.Position); err != nil {
+		pos, err := ParsePosition(c.Start.Position)
+		if err == nil {
+			_, err = pos.Version()
+		}
+		if err != nil {
 			return fmt.Errorf("mysql.start.position: %w", err)
 		}
 	case FromGTID:

@@ -57,6 +57,7 @@ func TestBadConfigs(t *testing.T) {
 		"start_position_missing.yaml":       {"mysql.start.position", "file:pos"},
 		"start_position_bad.yaml":           {"mysql.start.position", "bad offset"},
 		"start_position_no_offset.yaml":     {"mysql.start.position", "file:pos"},
+		"start_position_no_number.yaml":     {"mysql.start.position", "numeric suffix"},
 		"start_gtid_missing.yaml":           {"mysql.start.gtid", "required"},
 		"heartbeat_too_short.yaml":          {"mysql.heartbeat", "10ms"},
 		"heartbeat_too_long.yaml":           {"mysql.heartbeat", "5m"},
