@@ -132,7 +132,13 @@ func convertText(b []byte, typ string) any {
 		if v, err := strconv.ParseFloat(string(b), 64); err == nil {
 			return v
 		}
-	case "BLOB", "TINYBLOB", "MEDIUMBLOB", "LONGBLOB", "BINARY", "VARBINARY", "BIT", "GEOMETRY":
+	case "BIT": // the binlog decoder reads BIT as a big-endian integer
+		var v uint64
+		for _, c := range b {
+			v = v<<8 | uint64(c)
+		}
+		return int64(v)
+	case "BLOB", "TINYBLOB", "MEDIUMBLOB", "LONGBLOB", "BINARY", "VARBINARY", "GEOMETRY":
 		return append([]byte(nil), b...)
 	}
 	return string(b)
