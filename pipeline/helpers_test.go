@@ -634,13 +634,15 @@ func (e *env) checkConsistent(rules []sink.RuleConfig, table string) {
 
 // ---- a workload over the standard items table ----
 
+// itemsTable has a latin1 text column and an ENUM: the binlog holds them as
+// latin1 bytes and as a number, the snapshot reads them as UTF-8 text.
 const itemsTable = `CREATE TABLE items (
 	id INT PRIMARY KEY,
 	cat INT NULL,
-	name VARCHAR(64) NULL,
+	name VARCHAR(64) CHARACTER SET latin1 NULL,
 	price DECIMAL(10,2) NOT NULL,
 	stock INT NULL,
-	status VARCHAR(16) NOT NULL,
+	status ENUM('on_sale', 'promo', 'off', 'sold_out') NOT NULL,
 	qty TINYINT NOT NULL DEFAULT 0,
 	big BIGINT UNSIGNED NULL,
 	ratio DOUBLE NULL
