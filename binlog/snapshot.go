@@ -30,6 +30,11 @@ func Snapshot(ctx context.Context, db *sql.DB, tables []string, chunk int, out c
 	if err != nil {
 		return Position{}, fmt.Errorf("snapshot: %w", err)
 	}
+	// TIMESTAMP columns are read in UTC, as the stream renders them.
+	if _, err := conn.ExecContext(ctx, "SET SESSION time_zone = '+00:00'"); err != nil {
+		return Position{}, fmt.Errorf("snapshot: %w", err)
+	}
+	defer conn.ExecContext(context.WithoutCancel(ctx), "SET SESSION time_zone = DEFAULT") //nolint:errcheck // restores the pool's connection
 	for _, q := range []string{
 		"SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
 		"START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",

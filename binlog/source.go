@@ -130,6 +130,8 @@ func (r *reader) stream(ctx context.Context, start Start) error {
 			}
 			return e.DecodeData(pos, data)
 		},
+		// TIMESTAMP values are rendered in UTC, as Snapshot reads them.
+		TimestampStringLocation: time.UTC,
 	}
 	syncer := replication.NewBinlogSyncer(cfg)
 	defer syncer.Close()
