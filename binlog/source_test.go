@@ -129,8 +129,9 @@ func TestSource(t *testing.T) {
 	mustExec(`CREATE TABLE w (id INT PRIMARY KEY, name VARCHAR(20), price DECIMAL(10,2), t8 TINYINT, t16 SMALLINT,
 		u64 BIGINT UNSIGNED, f DOUBLE, bin VARBINARY(8))`)
 	mustExec("CREATE TABLE u (id INT PRIMARY KEY, v INT)")
+	mustExec("CREATE TABLE my (id INT PRIMARY KEY, v INT) ENGINE=MyISAM")
 	mustExec("INSERT INTO u VALUES (1, 1)")
-	e := startSource(t, m, db, 100, "src.w")
+	e := startSource(t, m, db, 100, "src.w", "SRC.My")
 
 	// One transaction: the unwatched table's rows are dropped, the rest
 	// arrive in order as one Txn.
@@ -190,6 +191,12 @@ func TestSource(t *testing.T) {
 		t.Errorf("unwatched txn: %d changes at %s, want 0 after %s", len(tx.Changes), tx.Pos, end)
 	}
 
+	// A non-transactional table: BEGIN ... COMMIT as query events.
+	e.exec("INSERT INTO my VALUES (1, 1), (2, 2)")
+	if tx = e.next(); len(tx.Changes) != 2 || tx.Changes[1].After[1] != int32(2) || tx.Changes[0].Table.FullName() != "src.my" {
+		t.Errorf("MyISAM insert: %+v", tx)
+	}
+
 	// DDL is its own transaction; later rows are named by the new layout
 	// while rows written before it keep the old one.
 	e.tx("INSERT INTO w (id, name) VALUES (10, 'before')")
@@ -245,6 +252,13 @@ func TestSource(t *testing.T) {
 func TestSnapshotMatchesStream(t *testing.T) {
 	m := mariadb
 	m.DB(t, "snap") // creates the database
+	// A server time zone other than the daemon's (UTC here): TIMESTAMPs
+	// must still read the same from both sides.
+	admin := m.DB(t, "")
+	if _, err := admin.Exec("SET GLOBAL time_zone = '+08:00'"); err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Exec("SET GLOBAL time_zone = 'SYSTEM'")
 	// Like the daemon, without parseTime: with it the driver hands
 	// DATETIME to Snapshot as time.Time, formatted as RFC 3339.
 	db, err := sql.Open("mysql", "root@tcp("+m.Addr()+")/snap")
@@ -257,17 +271,18 @@ func TestSnapshotMatchesStream(t *testing.T) {
 		bin VARBINARY(8), dt DATETIME, dt6 DATETIME(6), da DATE, tm TIME, txt TEXT, ch CHAR(3), js JSON,
 		st ENUM('on_sale', 'off'), bits BIT(8), tags SET('a', 'b', 'c'), l1 VARCHAR(20) CHARACTER SET latin1,
 		lt TEXT CHARACTER SET latin1, le ENUM('é', 'ß') CHARACTER SET latin1, ls SET('ä', 'ö') CHARACTER SET latin1,
-		big BIT(64))`); err != nil {
+		big BIT(64), ts TIMESTAMP NULL, ts3 TIMESTAMP(3) NULL)`); err != nil {
 		t.Fatal(err)
 	}
 	e := startSource(t, m, db, 1000, "snap.t")
 	e.exec(`INSERT INTO t VALUES (1, 'nm', 379.00, -5, 250, -300, 70000, 18446744073709551615, 2024, 1.5, 0.25,
 		x'0102', '2024-01-02 03:04:05', '2024-01-02 03:04:05.123456', '2024-02-29', '12:34:56', 'long text', 'abc',
-		'{"a": 1}', 'on_sale', b'00000101', 'a,c', 'é€Ÿÿ ok', 'Ä\nœ', 'ß', 'ä,ö', x'8000000000000001'),
+		'{"a": 1}', 'on_sale', b'00000101', 'a,c', 'é€Ÿÿ ok', 'Ä\nœ', 'ß', 'ä,ö', x'8000000000000001',
+		'2024-01-02 03:04:05', '2024-07-01 00:00:00.125'),
 		(2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-		NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+		NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
 		(3, '', 0, 0, 0, 0, 0, 0, 0, 0, 0, '', '2000-01-01', '2000-01-01', '2000-01-01', '00:00:00', '', '', '[]',
-		'off', b'0', '', '', '', 'é', '', 0)`)
+		'off', b'0', '', '', '', 'é', '', 0, '2000-01-01 08:00:00', '1970-01-01 08:00:01.000')`)
 	stream := e.next()
 
 	out := make(chan *Txn, 10)
@@ -291,6 +306,9 @@ func TestSnapshotMatchesStream(t *testing.T) {
 				t.Errorf("row %d column %s: snapshot %#v (%q), stream %#v (%q)", r+1, c, sv, render(sv), tv, render(tv))
 			}
 		}
+	}
+	if got := render(stream.Changes[0].After[len(cols)-2]); got != "2024-01-01 19:04:05" {
+		t.Errorf("TIMESTAMP written as 03:04:05 at +08:00 reads %q, want it in UTC", got)
 	}
 	if done := <-out; done.Partial || len(done.Changes) != 0 {
 		t.Errorf("snapshot did not end with one empty complete Txn: %+v", done)
