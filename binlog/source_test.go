@@ -41,6 +41,25 @@ type streamEnv struct {
 	src  *Source
 }
 
+// freshDB (re)creates database name and returns a pool on it, opened like
+// the daemon's (no parseTime: with it the driver hands DATETIME values to
+// Snapshot as time.Time, formatted as RFC 3339).
+func freshDB(t *testing.T, name string) *sql.DB {
+	t.Helper()
+	admin := mariadb.DB(t, "")
+	for _, q := range []string{"DROP DATABASE IF EXISTS " + name, "CREATE DATABASE " + name} {
+		if _, err := admin.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db, err := sql.Open("mysql", "root@tcp("+mariadb.Addr()+")/"+name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
 func startSource(t *testing.T, m *testenv.MariaDB, db *sql.DB, maxTxn int, watched ...string) *streamEnv {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -119,7 +138,7 @@ func render(v any) string {
 
 func TestSource(t *testing.T) {
 	m := mariadb
-	db := m.DB(t, "src")
+	db := freshDB(t, "src")
 	mustExec := func(q string) {
 		t.Helper()
 		if _, err := db.Exec(q); err != nil {
@@ -251,7 +270,6 @@ func TestSource(t *testing.T) {
 // decodes them, so a key or value does not depend on where a row came from.
 func TestSnapshotMatchesStream(t *testing.T) {
 	m := mariadb
-	m.DB(t, "snap") // creates the database
 	// A server time zone other than the daemon's (UTC here): TIMESTAMPs
 	// must still read the same from both sides.
 	admin := m.DB(t, "")
@@ -259,14 +277,8 @@ func TestSnapshotMatchesStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer admin.Exec("SET GLOBAL time_zone = 'SYSTEM'")
-	// Like the daemon, without parseTime: with it the driver hands
-	// DATETIME to Snapshot as time.Time, formatted as RFC 3339.
-	db, err := sql.Open("mysql", "root@tcp("+m.Addr()+")/snap")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if _, err = db.Exec(`CREATE TABLE t (id INT PRIMARY KEY, name VARCHAR(20), price DECIMAL(10,2), t8 TINYINT,
+	db := freshDB(t, "snap")
+	if _, err := db.Exec(`CREATE TABLE t (id INT PRIMARY KEY, name VARCHAR(20), price DECIMAL(10,2), t8 TINYINT,
 		u8 TINYINT UNSIGNED, t16 SMALLINT, m24 MEDIUMINT, u64 BIGINT UNSIGNED, y YEAR, fl FLOAT, d DOUBLE,
 		bin VARBINARY(8), dt DATETIME, dt6 DATETIME(6), da DATE, tm TIME, txt TEXT, ch CHAR(3), js JSON,
 		st ENUM('on_sale', 'off'), bits BIT(8), tags SET('a', 'b', 'c'), l1 VARCHAR(20) CHARACTER SET latin1,

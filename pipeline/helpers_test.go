@@ -104,6 +104,17 @@ func newEnv(t *testing.T, my *testenv.MariaDB, rs *testenv.Redis) *env {
 	e.pdb = openDB(t, my, "")
 	e.rdb = redis.NewClient(&redis.Options{Addr: rs.Addr()})
 	t.Cleanup(func() { e.rdb.Close() })
+	// Keys left by an earlier run of the same test (go test -count=N).
+	ctx := context.Background()
+	iter := e.rdb.Scan(ctx, 0, e.p+"*", 1000).Iterator()
+	for iter.Next(ctx) {
+		if err := e.rdb.Del(ctx, iter.Val()).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := iter.Err(); err != nil {
+		t.Fatal(err)
+	}
 	e.exec("CREATE TABLE _marker (id INT PRIMARY KEY, n BIGINT NOT NULL)")
 	return e
 }
