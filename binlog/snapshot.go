@@ -30,6 +30,11 @@ func Snapshot(ctx context.Context, db *sql.DB, tables []string, chunk int, out c
 	if err != nil {
 		return Position{}, fmt.Errorf("snapshot: %w", err)
 	}
+	// TIMESTAMP columns are read in UTC, as the stream renders them.
+	if _, err := conn.ExecContext(ctx, "SET SESSION time_zone = '+00:00'"); err != nil {
+		return Position{}, fmt.Errorf("snapshot: %w", err)
+	}
+	defer conn.ExecContext(context.WithoutCancel(ctx), "SET SESSION time_zone = DEFAULT") //nolint:errcheck // restores the pool's connection
 	for _, q := range []string{
 		"SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
 		"START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
@@ -132,7 +137,13 @@ func convertText(b []byte, typ string) any {
 		if v, err := strconv.ParseFloat(string(b), 64); err == nil {
 			return v
 		}
-	case "BLOB", "TINYBLOB", "MEDIUMBLOB", "LONGBLOB", "BINARY", "VARBINARY", "BIT", "GEOMETRY":
+	case "BIT": // the binlog decoder reads BIT as a big-endian integer
+		var v uint64
+		for _, c := range b {
+			v = v<<8 | uint64(c)
+		}
+		return int64(v)
+	case "BLOB", "TINYBLOB", "MEDIUMBLOB", "LONGBLOB", "BINARY", "VARBINARY", "GEOMETRY":
 		return append([]byte(nil), b...)
 	}
 	return string(b)

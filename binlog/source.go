@@ -131,6 +131,8 @@ func (r *reader) stream(ctx context.Context, start Start) error {
 			}
 			return e.DecodeData(pos, data)
 		},
+		// TIMESTAMP values are rendered in UTC, as Snapshot reads them.
+		TimestampStringLocation: time.UTC,
 	}
 	syncer := replication.NewBinlogSyncer(cfg)
 	defer syncer.Close()
@@ -292,7 +294,8 @@ func (r *reader) tableMap(e *replication.TableMapEvent) error {
 		return fmt.Errorf("%w: table map of %s.%s has %d column names for %d columns: set binlog_row_metadata=FULL on the server",
 			ErrFatal, e.Schema, e.Table, len(cols), e.ColumnCount)
 	}
-	if old := r.tables[e.TableID]; old != nil && equalStrings(old.Columns, cols) {
+	conv := valueConvs(e)
+	if old := r.tables[e.TableID]; old != nil && equalStrings(old.Columns, cols) && equalConvs(old.conv, conv) {
 		return nil
 	}
 	// A new table id, or the same id with other columns (after DDL).
@@ -301,13 +304,15 @@ func (r *reader) tableMap(e *replication.TableMapEvent) error {
 		dec[i] = t == mysql.MYSQL_TYPE_NEWDECIMAL || t == mysql.MYSQL_TYPE_DECIMAL
 	}
 	for id, t := range r.tables { // reuse the *Table when only the id moved
-		if t != nil && t.Schema == string(e.Schema) && t.Name == string(e.Table) && equalStrings(t.Columns, cols) {
+		if t != nil && t.Schema == string(e.Schema) && t.Name == string(e.Table) && equalStrings(t.Columns, cols) && equalConvs(t.conv, conv) {
 			r.tables[e.TableID] = t
 			delete(r.tables, id)
 			return nil
 		}
 	}
-	r.tables[e.TableID] = NewTable(string(e.Schema), string(e.Table), cols, dec)
+	t := NewTable(string(e.Schema), string(e.Table), cols, dec)
+	t.conv = conv
+	r.tables[e.TableID] = t
 	return nil
 }
 
@@ -323,6 +328,7 @@ func (r *reader) rows(ctx context.Context, ev *replication.BinlogEvent, e *repli
 		if len(row) != len(t.Columns) {
 			return fmt.Errorf("%w: row of %s has %d values for %d named columns", ErrFatal, t.FullName(), len(row), len(t.Columns))
 		}
+		t.convert(row)
 	}
 	switch ev.Header.EventType {
 	case replication.WRITE_ROWS_EVENTv0, replication.WRITE_ROWS_EVENTv1, replication.WRITE_ROWS_EVENTv2, replication.MARIADB_WRITE_ROWS_COMPRESSED_EVENT_V1:

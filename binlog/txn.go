@@ -90,6 +90,7 @@ type Table struct {
 	// are numbers (rendered unquoted in JSON).
 	Decimal []bool
 	index   map[string]int
+	conv    map[int]valueConv // columns whose binlog value needs converting
 }
 
 // NewTable builds a Table; columns are the names in row order.

@@ -52,21 +52,21 @@ func startApplier(t *testing.T, rdb *redis.Client, expect bool, rules ...RuleCon
 	return e
 }
 
-// apply sends txn and waits until the applier wrote its checkpoint (or, for
-// a partial one, until Redis shows cond).
+// apply sends a complete txn and waits until the applier has written its
+// checkpoint (a new one, even when replaying a position).
 func (e *applierEnv) apply(txn *binlog.Txn) {
 	e.t.Helper()
+	prev := e.a.Applied()
 	e.in <- txn
-	want, _ := txn.Pos.Version()
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		if cp := e.a.Applied(); cp != nil && cp.Version >= want {
+		if cp := e.a.Applied(); cp != prev && cp.Pos == txn.Pos {
 			return
 		}
 		select {
 		case err := <-e.done:
 			e.t.Fatalf("applier stopped: %v", err)
-		case <-time.After(5 * time.Millisecond):
+		case <-time.After(2 * time.Millisecond):
 		}
 	}
 	e.t.Fatalf("transaction at %s not applied within 5s", txn.Pos)

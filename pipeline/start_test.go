@@ -1,0 +1,109 @@
+package pipeline_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/cachesync/cachesync/binlog"
+	"github.com/cachesync/cachesync/sink"
+)
+
+// TestStartModes: without a checkpoint an invalidate-only pipeline starts
+// where mysql.start says (current, position, gtid); once a checkpoint
+// exists it wins. An idle stream stays connected (heartbeats).
+func TestStartModes(t *testing.T) {
+	e := newEnv(t, nil, nil)
+	ctx := context.Background()
+	e.exec("CREATE TABLE s (id INT PRIMARY KEY, v INT NOT NULL)",
+		"INSERT INTO s VALUES (1, 0), (2, 0), (3, 0), (4, 0)")
+	rules := []sink.RuleConfig{{Table: e.schema + ".s", Kind: sink.KindInvalidate, Keys: []string{e.p + "k:{id}"}}}
+	prime := func(ids ...int) {
+		t.Helper()
+		for _, id := range ids {
+			if err := e.rdb.Set(ctx, fmt.Sprintf("%sk:%d", e.p, id), "cached", 0).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cached := func(id int) bool {
+		t.Helper()
+		n, err := e.rdb.Exists(ctx, fmt.Sprintf("%sk:%d", e.p, id)).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
+	}
+	reset := func() {
+		t.Helper()
+		if err := e.rdb.Del(ctx, e.ks.Checkpoint()).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var gtid string
+	if err := e.db.QueryRow("SELECT @@gtid_binlog_pos").Scan(&gtid); err != nil {
+		t.Fatal(err)
+	}
+	pos := e.position()
+	e.exec("UPDATE s SET v = 1 WHERE id = 1") // before every start below
+	prime(1, 2)
+
+	// current: the earlier update is not replayed.
+	r := e.start(rules, func(b *binlog.Config, _ *sink.Config) { b.Start.From = binlog.FromCurrent })
+	r.ready(t)
+	e.exec("UPDATE s SET v = 1 WHERE id = 2")
+	e.sync(r)
+	if !cached(1) || cached(2) {
+		t.Errorf("from=current: k:1 cached %v (want true), k:2 cached %v (want false)", cached(1), cached(2))
+	}
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		name  string
+		start binlog.StartConfig
+	}{
+		{"position", binlog.StartConfig{From: binlog.FromPosition, Position: pos.String()}},
+		{"gtid", binlog.StartConfig{From: binlog.FromGTID, GTID: gtid}},
+	} {
+		reset()
+		prime(1, 2)
+		r := e.start(rules, func(b *binlog.Config, _ *sink.Config) { b.Start = tc.start })
+		e.sync(r)
+		if cached(1) || cached(2) {
+			t.Errorf("from=%s: updates after the start point not replayed: k:1 cached %v, k:2 cached %v", tc.name, cached(1), cached(2))
+		}
+		if cp, _ := e.checkpoint(); cp.Pos.File == "" || cp.Version == 0 {
+			t.Errorf("from=%s: checkpoint %+v", tc.name, cp)
+		}
+		if err := r.stop(t); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// A checkpoint wins over mysql.start.
+	prime(1, 2, 3)
+	e.exec("UPDATE s SET v = 2 WHERE id = 3")
+	r = e.start(rules, func(b *binlog.Config, _ *sink.Config) {
+		b.Start = binlog.StartConfig{From: binlog.FromPosition, Position: pos.String()}
+	})
+	e.sync(r)
+	if !cached(1) || !cached(2) || cached(3) {
+		t.Errorf("resume from checkpoint: k:1 %v k:2 %v (want cached: not replayed), k:3 %v (want invalidated)", cached(1), cached(2), cached(3))
+	}
+
+	// Idle for more than 3 heartbeats: no reconnect.
+	time.Sleep(3500 * time.Millisecond)
+	e.exec("UPDATE s SET v = 3 WHERE id = 4")
+	prime(4)
+	e.exec("UPDATE s SET v = 4 WHERE id = 4")
+	e.sync(r)
+	if cached(4) {
+		t.Error("k:4 not invalidated after an idle period")
+	}
+	if n := r.metric(t, "cachesync_binlog_reconnects_total"); n != 0 {
+		t.Errorf("%v reconnects of an idle stream: heartbeats do not keep it alive\n%s", n, r.log.tail(5))
+	}
+}
