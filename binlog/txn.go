@@ -114,8 +114,9 @@ func (t *Table) Column(name string) (int, bool) {
 	return i, ok
 }
 
-// Change is one row change. Row values are nil (NULL), int64, uint64,
-// float32, float64, string (text and DECIMAL) or []byte (binary).
+// Change is one row change. Row values are nil (NULL), a signed or
+// unsigned integer of any width, float32, float64, string (text, DECIMAL,
+// ENUM, SET, temporal types) or []byte (binary).
 type Change struct {
 	Table  *Table
 	Op     Op
