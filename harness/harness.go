@@ -276,6 +276,9 @@ func (r *run) writer(ctx context.Context) error {
 		time.Sleep(time.Until(next))
 		id := rand.IntN(r.o.Rows)
 		if err := r.write(ctx, id); err != nil {
+			if ctx.Err() != nil { // the phase ended mid-write (database/sql rolled back)
+				return nil
+			}
 			return err
 		}
 		r.writes.Add(1)
@@ -323,6 +326,9 @@ func (r *run) reader(ctx context.Context, lat *[]time.Duration) error {
 		start := time.Now()
 		v, err := r.read(ctx, id)
 		if err != nil {
+			if ctx.Err() != nil { // the phase ended mid-read (database/sql rolled back)
+				return nil
+			}
 			return err
 		}
 		*lat = append(*lat, time.Since(start))
