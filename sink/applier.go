@@ -184,7 +184,7 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, expect bool) e
 		if err := a.apply(ctx, b, guard); err != nil {
 			return err
 		}
-		if b.args[1] == "1" {
+		if b.cp != nil {
 			guard = guardCheckpoint
 		} else if guard == guardFirst {
 			guard = guardJournal
@@ -340,13 +340,9 @@ func (a *Applier) done(b *batch, seq int64, took time.Duration) {
 	}
 	last := b.txns[len(b.txns)-1]
 	a.m.lag.Set(max(0, now.Sub(last.Commit).Seconds()))
-	if b.args[1] == "1" {
-		ver, _ := strconv.ParseUint(b.args[4].(string), 10, 64)
-		pos, _ := strconv.ParseUint(b.args[3].(string), 10, 32)
-		cp := &Checkpoint{Pos: binlog.Position{File: b.args[2].(string), Pos: uint32(pos)}, Version: ver, GTID: b.args[5].(string)}
-		us, _ := strconv.ParseInt(b.args[6].(string), 10, 64)
-		cp.Commit = time.UnixMicro(us)
-		a.applied.Store(cp)
+	if t := b.cp; t != nil {
+		ver, _ := t.Pos.Version() // checked when the transaction was added
+		a.applied.Store(&Checkpoint{Pos: t.Pos, Version: ver, GTID: t.GTID, Commit: t.Commit})
 		a.m.cpFile.Set(float64(ver >> 32))
 		a.m.cpOffset.Set(float64(ver & 0xffffffff))
 	}

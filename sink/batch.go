@@ -19,6 +19,7 @@ type batch struct {
 	pub     map[string]struct{}
 	pubList []string
 	txns    []*binlog.Txn
+	cp      *binlog.Txn // set by finish: the transaction the checkpoint names, nil for none
 	rows    int
 	buf     []byte // scratch for rendering
 	buf2    []byte
@@ -93,12 +94,13 @@ func (b *batch) member(add bool, set, m string) {
 func (b *batch) finish(guard string, channel string, tombstoneMS int64) {
 	// The checkpoint is that of the last complete transaction: a piece of
 	// a split one is never a resume point.
-	var last *binlog.Txn
-	for i := len(b.txns) - 1; i >= 0 && last == nil; i-- {
+	b.cp = nil
+	for i := len(b.txns) - 1; i >= 0 && b.cp == nil; i-- {
 		if !b.txns[i].Partial {
-			last = b.txns[i]
+			b.cp = b.txns[i]
 		}
 	}
+	last := b.cp
 	flag := func(v bool) string {
 		if v {
 			return "1"
