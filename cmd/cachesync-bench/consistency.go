@@ -59,9 +59,5 @@ func consistency(args []string) error {
 	}
 	fmt.Fprintf(&b, "\nScheme 4 read throughput without delay: %.2f× scheme 1, %.1f× scheme 2.\n",
 		rates[harness.CDCLease]/rates[harness.DeleteAfterUpdate], rates[harness.CDCLease]/rates[harness.ForUpdate])
-	fmt.Print(b.String())
-	if *out != "" {
-		return os.WriteFile(*out, []byte(b.String()), 0o644)
-	}
-	return nil
+	return emit(b.String(), *out)
 }

@@ -135,11 +135,7 @@ func httpRead(args []string) error {
 	for _, r := range rows {
 		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %.2f× |\n", r.name, r.rate, ms(r.p50), ms(r.p99), r.rate/l2)
 	}
-	fmt.Print(b.String())
-	if *out != "" {
-		return os.WriteFile(*out, []byte(b.String()), 0o644)
-	}
-	return nil
+	return emit(b.String(), *out)
 }
 
 // hammer runs clients for d and checks every response came from source

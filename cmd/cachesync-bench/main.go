@@ -155,11 +155,7 @@ func run(rows, rate int, latencyFor time.Duration, outPath string) error {
 	}
 	res.latency = lat
 	table := res.markdown()
-	fmt.Print(table)
-	if outPath != "" {
-		return os.WriteFile(outPath, []byte(table), 0o644)
-	}
-	return nil
+	return emit(table, outPath)
 }
 
 // workload creates bench.t and writes rows single-row UPDATEs (one rows
@@ -256,4 +252,13 @@ func splitAddr(addr string) (string, uint16) {
 	var p int
 	fmt.Sscanf(addr[i+1:], "%d", &p)
 	return addr[:i], uint16(p)
+}
+
+// emit prints a result table and, if path is set, writes it there too.
+func emit(table, path string) error {
+	fmt.Print(table)
+	if path == "" {
+		return nil
+	}
+	return os.WriteFile(path, []byte(table), 0o644)
 }
