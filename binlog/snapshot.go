@@ -21,6 +21,30 @@ import (
 // streamed again and overwrite the snapshot's values with their own, which
 // can show older values for a moment but ends in the same state.
 func Snapshot(ctx context.Context, db *sql.DB, tables []string, chunk int, out chan<- *Txn) (Position, error) {
+	start := time.Now()
+	pos, err := ReadConsistent(ctx, db, func(conn *sql.Conn, pos Position) error {
+		for _, name := range tables {
+			if err := snapshotTable(ctx, conn, name, pos, chunk, out); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return Position{}, err
+	}
+	if err := sendTxn(ctx, out, &Txn{Pos: pos, Commit: start}); err != nil {
+		return Position{}, err
+	}
+	return pos, nil
+}
+
+// ReadConsistent runs read inside one REPEATABLE READ transaction started
+// WITH CONSISTENT SNAPSHOT, in UTC, and returns the binlog position the
+// snapshot corresponds to: exact where the server reports it (MariaDB,
+// Percona), else the position read just before the snapshot began (which
+// may be slightly earlier than the snapshot).
+func ReadConsistent(ctx context.Context, db *sql.DB, read func(conn *sql.Conn, pos Position) error) (Position, error) {
 	conn, err := db.Conn(ctx)
 	if err != nil {
 		return Position{}, fmt.Errorf("snapshot: %w", err)
@@ -52,13 +76,7 @@ func Snapshot(ctx context.Context, db *sql.DB, tables []string, chunk int, out c
 			pos = p
 		}
 	}
-	start := time.Now()
-	for _, name := range tables {
-		if err := snapshotTable(ctx, conn, name, pos, chunk, out); err != nil {
-			return Position{}, err
-		}
-	}
-	if err := sendTxn(ctx, out, &Txn{Pos: pos, Commit: start}); err != nil {
+	if err := read(conn, pos); err != nil {
 		return Position{}, err
 	}
 	return pos, nil

@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -87,6 +88,9 @@ type Cache struct {
 	slot    [slots]atomic.Uint64 // epoch of the last invalidation per key hash
 	live    atomic.Bool          // subscribed: L1 may be filled
 	lastSeq atomic.Int64
+
+	mu        sync.Mutex
+	listeners []func(keys []string, flush bool)
 }
 
 type entry struct {

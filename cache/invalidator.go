@@ -102,7 +102,28 @@ func (c *Cache) handle(payload string) {
 		}
 	}
 	c.m.invalidated.Add(float64(len(msg.Keys)))
+	c.notify(msg.Keys, false)
 	c.lastSeq.Store(msg.Seq) // last: once seen, the message is fully handled
+}
+
+// Listen registers fn to be told, after L1, of every invalidation message
+// (flush false) and of every flush (keys nil, flush true): other local
+// state derived from Redis (e.g. seckill's sold-out flags) follows the
+// same channel with the same guarantees. fn runs on the subscriber's
+// goroutine and must not block.
+func (c *Cache) Listen(fn func(keys []string, flush bool)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.listeners = append(c.listeners, fn)
+}
+
+func (c *Cache) notify(keys []string, flush bool) {
+	c.mu.Lock()
+	ls := c.listeners
+	c.mu.Unlock()
+	for _, fn := range ls {
+		fn(keys, flush)
+	}
 }
 
 // flush drops every L1 entry and fences loads that began before it.
@@ -111,6 +132,7 @@ func (c *Cache) flush(reason string) {
 	if c.l1 != nil {
 		c.l1.InvalidateAll()
 	}
+	c.notify(nil, true)
 	c.m.flushes.WithLabelValues(reason).Inc()
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/cache"
 	"github.com/cachesync/cachesync/goods"
+	"github.com/cachesync/cachesync/seckill"
 	"github.com/cachesync/cachesync/sink"
 	"gopkg.in/yaml.v3"
 )
@@ -30,6 +31,8 @@ type Config struct {
 	Log   Log           `yaml:"log"`
 	Cache cache.Config  `yaml:"cache"`
 	Goods goods.Config  `yaml:"goods"`
+	// Seckill is the flash sale (off unless seckill.enabled).
+	Seckill seckill.Config `yaml:"seckill"`
 }
 
 // Redis configures the Redis connection.
@@ -59,6 +62,10 @@ var envOverrides = []struct {
 	{"CACHESYNC_REDIS_USERNAME", "redis.username", func(c *Config, v string) { c.Redis.Username = v }},
 	{"CACHESYNC_REDIS_PASSWORD", "redis.password", func(c *Config, v string) { c.Redis.Password = v }},
 	{"CACHESYNC_HTTP_ADDR", "http.addr", func(c *Config, v string) { c.HTTP.Addr = v }},
+	{"CACHESYNC_KAFKA_BROKERS", "seckill.kafka.brokers", func(c *Config, v string) { c.Seckill.Kafka.Brokers = strings.Split(v, ",") }},
+	{"CACHESYNC_KAFKA_USERNAME", "seckill.kafka.username", func(c *Config, v string) { c.Seckill.Kafka.Username = v }},
+	{"CACHESYNC_KAFKA_PASSWORD", "seckill.kafka.password", func(c *Config, v string) { c.Seckill.Kafka.Password = v }},
+	{"CACHESYNC_ADMIN_TOKEN", "seckill.admin_token", func(c *Config, v string) { c.Seckill.AdminToken = v }},
 }
 
 // EnvNames lists the environment variables that override the file.
@@ -124,6 +131,7 @@ func (c *Config) SetDefaults() {
 	c.HTTP.SetDefaults()
 	c.Cache.SetDefaults()
 	c.Goods.SetDefaults()
+	c.Seckill.SetDefaults()
 	if c.Redis.Addr == "" {
 		c.Redis.Addr = "127.0.0.1:6379"
 	}
@@ -158,6 +166,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.HTTP.Validate(); err != nil {
+		return err
+	}
+	if err := c.Seckill.Validate(); err != nil {
 		return err
 	}
 	switch strings.ToLower(c.Log.Level) {

@@ -223,6 +223,10 @@ func TestEnvOverrides(t *testing.T) {
 		"CACHESYNC_REDIS_USERNAME": "envredisuser",
 		"CACHESYNC_REDIS_PASSWORD": "envredispass",
 		"CACHESYNC_HTTP_ADDR":      "127.0.0.1:9999",
+		"CACHESYNC_KAFKA_BROKERS":  "k1:9092,k2:9092",
+		"CACHESYNC_KAFKA_USERNAME": "envkafkauser",
+		"CACHESYNC_KAFKA_PASSWORD": "envkafkapass",
+		"CACHESYNC_ADMIN_TOKEN":    "envtoken",
 	}
 	c, err := Load("testdata/good/full.yaml", envMap(env))
 	if err != nil {
@@ -236,6 +240,10 @@ func TestEnvOverrides(t *testing.T) {
 		"CACHESYNC_REDIS_USERNAME": c.Redis.Username,
 		"CACHESYNC_REDIS_PASSWORD": c.Redis.Password,
 		"CACHESYNC_HTTP_ADDR":      c.HTTP.Addr,
+		"CACHESYNC_KAFKA_BROKERS":  strings.Join(c.Seckill.Kafka.Brokers, ","),
+		"CACHESYNC_KAFKA_USERNAME": c.Seckill.Kafka.Username,
+		"CACHESYNC_KAFKA_PASSWORD": c.Seckill.Kafka.Password,
+		"CACHESYNC_ADMIN_TOKEN":    c.Seckill.AdminToken,
 	}
 	for k, v := range env {
 		if got[k] != v {

@@ -2,29 +2,22 @@
 //
 //	cachesync [run] -config FILE     run the daemon
 //	cachesync validate -config FILE  check the file, the server and the rules
+//	cachesync check [-item ID,...]   compare the sale's Redis keys with MySQL (exit 1 on drift)
+//	cachesync resync -item ID        rebuild an item's Redis keys from MySQL
 package main
 
 import (
 	"context"
-	"database/sql"
 	"flag"
 	"fmt"
 	"os"
 	"strings"
 	"time"
 
-	"github.com/cachesync/cachesync/api"
-	"github.com/cachesync/cachesync/binlog"
-	"github.com/cachesync/cachesync/cache"
 	"github.com/cachesync/cachesync/config"
-	"github.com/cachesync/cachesync/goods"
-	"github.com/cachesync/cachesync/pipeline"
+	"github.com/cachesync/cachesync/internal/daemon"
 	"github.com/cachesync/cachesync/sink"
-	"github.com/cenkalti/backoff/v4"
-	"github.com/go-sql-driver/mysql"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
-	"github.com/rs/zerolog"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxevent"
 )
@@ -40,6 +33,8 @@ func run(args []string) int {
 	}
 	fs := flag.NewFlagSet("cachesync "+cmd, flag.ContinueOnError)
 	path := fs.String("config", "configs/cachesync.yaml", "configuration file")
+	items := fs.String("item", "", "check, resync: item id(s), comma-separated (check: all items when empty)")
+	rounds := fs.Int("rounds", 3, "check: drift must persist across this many rounds")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -50,27 +45,32 @@ func run(args []string) int {
 	}
 	switch cmd {
 	case "run":
-		return daemon(cfg)
+		return runDaemon(cfg)
 	case "validate":
 		return validate(cfg)
+	case "check", "resync":
+		ids, err := parseItems(*items)
+		if err != nil || (cmd == "resync" && len(ids) == 0) {
+			fmt.Fprintf(os.Stderr, "cachesync %s: -item: want item ids like 7 or 7,8 (%v)\n", cmd, err)
+			return 2
+		}
+		if cmd == "check" {
+			return check(cfg, ids, *rounds)
+		}
+		return resync(cfg, ids)
 	default:
-		fmt.Fprintf(os.Stderr, "cachesync: unknown command %q (want run or validate)\n", cmd)
+		fmt.Fprintf(os.Stderr, "cachesync: unknown command %q (want run, validate, check or resync)\n", cmd)
 		return 2
 	}
 }
 
-// daemon runs until SIGINT/SIGTERM (exit 0) or a fatal pipeline error (1).
-func daemon(cfg *config.Config) int {
+// runDaemon runs until SIGINT/SIGTERM (exit 0) or a fatal pipeline error (1).
+func runDaemon(cfg *config.Config) int {
 	app := fx.New(
 		fx.WithLogger(func() fxevent.Logger { return fxevent.NopLogger }),
-		fx.Supply(cfg.MySQL, cfg.Sink, cfg.HTTP, cfg.Redis, cfg.Log, cfg.Cache, cfg.Goods),
-		fx.Provide(newLogger, newRedis, newMySQL, newApplier),
-		api.Module,
-		pipeline.Module,
-		cache.Module,
-		goods.Module,
+		daemon.Options(cfg),
 	)
-	log := newLogger(cfg.Log)
+	log := daemon.NewLogger(cfg.Log)
 	if err := app.Err(); err != nil {
 		log.Error().Err(err).Msg("start-up failed")
 		return 1
@@ -96,7 +96,7 @@ func daemon(cfg *config.Config) int {
 func validate(cfg *config.Config) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	db, info, err := openMySQL(ctx, cfg.MySQL)
+	db, info, err := daemon.OpenMySQL(ctx, cfg.MySQL)
 	if err == nil {
 		defer db.Close()
 		var rules *sink.Rules
@@ -105,7 +105,7 @@ func validate(cfg *config.Config) int {
 		}
 	}
 	if err == nil {
-		rdb := redis.NewClient(redisOptions(cfg.Redis))
+		rdb := redis.NewClient(daemon.RedisOptions(cfg.Redis))
 		defer rdb.Close()
 		err = rdb.Ping(ctx).Err()
 	}
@@ -115,81 +115,4 @@ func validate(cfg *config.Config) int {
 	}
 	fmt.Printf("ok: %s %s, %d rules\n", info.Flavor, info.Version, len(cfg.Sink.Rules))
 	return 0
-}
-
-func newLogger(cfg config.Log) zerolog.Logger {
-	lvl, err := zerolog.ParseLevel(strings.ToLower(cfg.Level))
-	if err != nil {
-		lvl = zerolog.InfoLevel
-	}
-	var log zerolog.Logger
-	if cfg.Format == "console" {
-		log = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.TimeOnly})
-	} else {
-		log = zerolog.New(os.Stderr)
-	}
-	return log.Level(lvl).With().Timestamp().Logger()
-}
-
-func redisOptions(cfg config.Redis) *redis.Options {
-	return &redis.Options{Addr: cfg.Addr, Username: cfg.Username, Password: cfg.Password, DB: cfg.DB}
-}
-
-func newRedis(cfg config.Redis, health *api.Health, lc fx.Lifecycle) redis.UniversalClient {
-	rdb := redis.NewClient(redisOptions(cfg))
-	lc.Append(fx.StopHook(rdb.Close))
-	health.Register("redis", func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		return rdb.Ping(ctx).Err()
-	})
-	return rdb
-}
-
-// openMySQL connects (retrying for up to the ctx deadline) and checks that
-// the server writes a binlog cachesync can read.
-func openMySQL(ctx context.Context, cfg binlog.Config) (*sql.DB, binlog.ServerInfo, error) {
-	dsn := mysql.NewConfig()
-	dsn.User, dsn.Passwd, dsn.Net, dsn.Addr = cfg.User, cfg.Password, "tcp", cfg.Addr
-	dsn.InterpolateParams = true
-	db, err := sql.Open("mysql", dsn.FormatDSN())
-	if err != nil {
-		return nil, binlog.ServerInfo{}, err
-	}
-	db.SetMaxOpenConns(4)
-	bo := backoff.NewExponentialBackOff()
-	bo.MaxInterval = 2 * time.Second
-	if err := backoff.Retry(func() error { return db.PingContext(ctx) }, backoff.WithContext(bo, ctx)); err != nil {
-		db.Close()
-		return nil, binlog.ServerInfo{}, fmt.Errorf("connect to mysql %s: %w", cfg.Addr, err)
-	}
-	info, err := binlog.CheckServer(ctx, db)
-	if err != nil {
-		db.Close()
-		return nil, info, err
-	}
-	return db, info, nil
-}
-
-func newMySQL(cfg binlog.Config, sc sink.Config, log zerolog.Logger, lc fx.Lifecycle) (*sql.DB, binlog.ServerInfo, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	db, info, err := openMySQL(ctx, cfg)
-	if err != nil {
-		return nil, info, err
-	}
-	lc.Append(fx.StopHook(db.Close))
-	rules, err := sink.CompileRules(sc.Rules)
-	if err == nil {
-		err = rules.CheckSchema(ctx, db)
-	}
-	if err != nil {
-		return nil, info, err
-	}
-	log.Info().Str("component", "mysql").Str("flavor", info.Flavor).Str("version", info.Version).Msg("connected")
-	return db, info, nil
-}
-
-func newApplier(cfg sink.Config, rdb redis.UniversalClient, log zerolog.Logger, reg prometheus.Registerer) (*sink.Applier, error) {
-	return sink.NewApplier(cfg, rdb, log.With().Str("component", "sink").Logger(), reg)
 }

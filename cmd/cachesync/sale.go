@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/daemon"
+	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/seckill"
+	"github.com/redis/go-redis/v9"
+)
+
+func parseItems(s string) ([]int64, error) {
+	var ids []int64
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		id, err := strconv.ParseInt(f, 10, 64)
+		if err != nil || id <= 0 {
+			return nil, fmt.Errorf("%q is not a positive integer", f)
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
+// saleDeps opens what check and resync share.
+func saleDeps(ctx context.Context, cfg *config.Config) (*seckill.Store, redis.UniversalClient, func(), error) {
+	if !cfg.Seckill.Enabled {
+		return nil, nil, nil, fmt.Errorf("seckill.enabled is false in the configuration")
+	}
+	db, err := seckill.OpenDB(ctx, cfg.MySQL)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	rdb := redis.NewClient(daemon.RedisOptions(cfg.Redis))
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		db.Close()
+		rdb.Close()
+		return nil, nil, nil, fmt.Errorf("redis %s: %w", cfg.Redis.Addr, err)
+	}
+	return seckill.NewStore(db, cfg.Seckill.Database), rdb, func() { db.Close(); rdb.Close() }, nil
+}
+
+// check prints the drift table; exit 0 no drift, 1 drift, 2 error.
+func check(cfg *config.Config, items []int64, rounds int) int {
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	ctx, cancel2 := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel2()
+	store, rdb, closeAll, err := saleDeps(ctx, cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cachesync check:", err)
+		return 2
+	}
+	defer closeAll()
+	ck := seckill.NewChecker(cfg.Seckill, keyspace.Keyspace{Prefix: cfg.Sink.KeyPrefix}, rdb, store.DB(), store)
+	if rounds > 0 {
+		ck.Rounds = rounds
+	}
+	res, err := ck.Check(ctx, items)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cachesync check:", err)
+		return 2
+	}
+	fmt.Print(res.Format())
+	if os.Getenv("CACHESYNC_CHECK_JSON") != "" {
+		_ = json.NewEncoder(os.Stderr).Encode(res)
+	}
+	if len(res.Drift) > 0 {
+		return 1
+	}
+	return 0
+}
+
+// resync rebuilds each item, then checks it.
+func resync(cfg *config.Config, items []int64) int {
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	ctx, cancel2 := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel2()
+	store, rdb, closeAll, err := saleDeps(ctx, cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cachesync resync:", err)
+		return 2
+	}
+	defer closeAll()
+	ks := keyspace.Keyspace{Prefix: cfg.Sink.KeyPrefix}
+	log := daemon.NewLogger(cfg.Log).With().Str("component", "resync").Logger()
+	rb, err := seckill.NewRebuilder(cfg.Seckill, ks, cfg.Sink.Channel, rdb, store.DB(), store, log)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cachesync resync:", err)
+		return 2
+	}
+	defer rb.Close()
+	for _, item := range items {
+		if err := rb.Rebuild(ctx, item); err != nil {
+			fmt.Fprintln(os.Stderr, "cachesync resync:", err)
+			return 2
+		}
+	}
+	res, err := seckill.NewChecker(cfg.Seckill, ks, rdb, store.DB(), store).Check(ctx, items)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cachesync resync: check after rebuild:", err)
+		return 2
+	}
+	fmt.Print(res.Format())
+	if len(res.Drift) > 0 {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,119 @@
+// Package daemon wires cachesync's components into one fx application, for
+// the cachesync command and for tests that run the daemon in process.
+package daemon
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/cachesync/cachesync/api"
+	"github.com/cachesync/cachesync/binlog"
+	"github.com/cachesync/cachesync/cache"
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/goods"
+	"github.com/cachesync/cachesync/pipeline"
+	"github.com/cachesync/cachesync/seckill"
+	"github.com/cachesync/cachesync/sink"
+	"github.com/cenkalti/backoff/v4"
+	"github.com/go-sql-driver/mysql"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+	"go.uber.org/fx"
+)
+
+// Options are the daemon's fx options for cfg.
+func Options(cfg *config.Config) fx.Option {
+	return fx.Options(
+		fx.Supply(cfg.MySQL, cfg.Sink, cfg.HTTP, cfg.Redis, cfg.Log, cfg.Cache, cfg.Goods, cfg.Seckill),
+		fx.Provide(NewLogger, newRedis, newMySQL, newApplier),
+		api.Module,
+		pipeline.Module,
+		cache.Module,
+		goods.Module,
+		seckill.Module,
+	)
+}
+
+// NewLogger builds the logger the configuration asks for.
+func NewLogger(cfg config.Log) zerolog.Logger {
+	lvl, err := zerolog.ParseLevel(strings.ToLower(cfg.Level))
+	if err != nil {
+		lvl = zerolog.InfoLevel
+	}
+	var log zerolog.Logger
+	if cfg.Format == "console" {
+		log = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.TimeOnly})
+	} else {
+		log = zerolog.New(os.Stderr)
+	}
+	return log.Level(lvl).With().Timestamp().Logger()
+}
+
+// RedisOptions are go-redis options for cfg.
+func RedisOptions(cfg config.Redis) *redis.Options {
+	return &redis.Options{Addr: cfg.Addr, Username: cfg.Username, Password: cfg.Password, DB: cfg.DB}
+}
+
+func newRedis(cfg config.Redis, health *api.Health, lc fx.Lifecycle) redis.UniversalClient {
+	rdb := redis.NewClient(RedisOptions(cfg))
+	lc.Append(fx.StopHook(rdb.Close))
+	health.Register("redis", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		return rdb.Ping(ctx).Err()
+	})
+	return rdb
+}
+
+// OpenMySQL connects (retrying for up to the ctx deadline) and checks that
+// the server writes a binlog cachesync can read.
+func OpenMySQL(ctx context.Context, cfg binlog.Config) (*sql.DB, binlog.ServerInfo, error) {
+	dsn := mysql.NewConfig()
+	dsn.User, dsn.Passwd, dsn.Net, dsn.Addr = cfg.User, cfg.Password, "tcp", cfg.Addr
+	dsn.InterpolateParams = true
+	db, err := sql.Open("mysql", dsn.FormatDSN())
+	if err != nil {
+		return nil, binlog.ServerInfo{}, err
+	}
+	db.SetMaxOpenConns(4)
+	bo := backoff.NewExponentialBackOff()
+	bo.MaxInterval = 2 * time.Second
+	if err := backoff.Retry(func() error { return db.PingContext(ctx) }, backoff.WithContext(bo, ctx)); err != nil {
+		db.Close()
+		return nil, binlog.ServerInfo{}, fmt.Errorf("connect to mysql %s: %w", cfg.Addr, err)
+	}
+	info, err := binlog.CheckServer(ctx, db)
+	if err != nil {
+		db.Close()
+		return nil, info, err
+	}
+	return db, info, nil
+}
+
+func newMySQL(cfg binlog.Config, sc sink.Config, log zerolog.Logger, lc fx.Lifecycle) (*sql.DB, binlog.ServerInfo, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	db, info, err := OpenMySQL(ctx, cfg)
+	if err != nil {
+		return nil, info, err
+	}
+	lc.Append(fx.StopHook(db.Close))
+	rules, err := sink.CompileRules(sc.Rules)
+	if err == nil {
+		err = rules.CheckSchema(ctx, db)
+	}
+	if err != nil {
+		return nil, info, err
+	}
+	log.Info().Str("component", "mysql").Str("flavor", info.Flavor).Str("version", info.Version).Msg("connected")
+	return db, info, nil
+}
+
+func newApplier(cfg sink.Config, rdb redis.UniversalClient, log zerolog.Logger, reg prometheus.Registerer) (*sink.Applier, error) {
+	return sink.NewApplier(cfg, rdb, log.With().Str("component", "sink").Logger(), reg)
+}

@@ -1,0 +1,216 @@
+package seckill
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Config configures the flash sale: reservations over HTTP, the Kafka
+// order pipeline, the lifecycle jobs and the drift check.
+type Config struct {
+	// Enabled switches the whole feature on.
+	Enabled bool `yaml:"enabled"`
+	// Database holds the sk_items, sk_orders and sk_failures tables
+	// (seckill/schema.sql).
+	Database string `yaml:"database"`
+	// KeyPrefix starts every Redis key of the sale; an item's keys are
+	// "<prefix>{<id>}:stock|pending|buyers|ready" (one Cluster hash slot).
+	KeyPrefix string `yaml:"key_prefix"`
+	// Roles run in this process; all by default. A daemon that only
+	// serves reservations leaves "consumer" and "jobs" to another.
+	Roles []string `yaml:"roles"`
+	Kafka Kafka    `yaml:"kafka"`
+	// ProduceTimeout bounds the wait for Kafka to acknowledge an order;
+	// past it the reservation is released and the client gets 503.
+	ProduceTimeout time.Duration `yaml:"produce_timeout"`
+	// UnpaidTimeout is how long a created order may stay unpaid before
+	// the timeout job cancels it and returns its unit of stock.
+	UnpaidTimeout time.Duration `yaml:"unpaid_timeout"`
+	// OrphanAge is how old a pending reservation without an order row
+	// must be before the reaper releases it (a crash between reserve and
+	// produce, or an order sent to the dead-letter topic).
+	OrphanAge time.Duration `yaml:"orphan_age"`
+	// JobInterval is how often the timeout and orphan jobs run.
+	JobInterval time.Duration `yaml:"job_interval"`
+	// CheckInterval runs the drift check inside the daemon this often;
+	// 0 disables it (the `cachesync check` command still works).
+	CheckInterval time.Duration `yaml:"check_interval"`
+	// Retry governs transient consumer failures before dead-lettering.
+	Retry Retry `yaml:"retry"`
+	// Limits are per user and per client IP, in requests per second.
+	Limits Limits `yaml:"limits"`
+	// AdminToken protects /admin endpoints (Bearer token); empty
+	// disables them.
+	AdminToken string `yaml:"admin_token"`
+}
+
+// Kafka configures the brokers and topics.
+type Kafka struct {
+	Brokers []string `yaml:"brokers"`
+	Topic   string   `yaml:"topic"`
+	// DeadLetterTopic receives orders that could not be stored.
+	DeadLetterTopic string `yaml:"dead_letter_topic"`
+	Group           string `yaml:"group"`
+	// SessionTimeout of the consumer group: how long a dead member
+	// keeps its partitions.
+	SessionTimeout time.Duration `yaml:"session_timeout"`
+	Username       string        `yaml:"username"`
+	Password       string        `yaml:"password"`
+	// Mechanism is the SASL mechanism when a username is set:
+	// SCRAM-SHA-256 (default), SCRAM-SHA-512 or PLAIN.
+	Mechanism string `yaml:"mechanism"`
+}
+
+// Retry is an exponential backoff with a bounded number of attempts.
+type Retry struct {
+	Attempts int           `yaml:"attempts"`
+	Initial  time.Duration `yaml:"initial"`
+	Max      time.Duration `yaml:"max"`
+}
+
+// Limits are token-bucket rates; 0 disables a limit.
+type Limits struct {
+	PerUser  float64 `yaml:"per_user"`
+	UserBurst int    `yaml:"user_burst"`
+	PerIP    float64 `yaml:"per_ip"`
+	IPBurst  int     `yaml:"ip_burst"`
+}
+
+// Roles.
+const (
+	RoleAPI      = "api"      // reservation, order and admin endpoints
+	RoleConsumer = "consumer" // Kafka → MySQL
+	RoleJobs     = "jobs"     // unpaid timeout, orphan reaper, rebuilds, periodic check
+)
+
+// SetDefaults fills unset fields.
+func (c *Config) SetDefaults() {
+	if c.Database == "" {
+		c.Database = "shop"
+	}
+	if c.KeyPrefix == "" {
+		c.KeyPrefix = "sk:"
+	}
+	if len(c.Roles) == 0 {
+		c.Roles = []string{RoleAPI, RoleConsumer, RoleJobs}
+	}
+	if len(c.Kafka.Brokers) == 0 {
+		c.Kafka.Brokers = []string{"127.0.0.1:9092"}
+	}
+	if c.Kafka.Topic == "" {
+		c.Kafka.Topic = "cachesync.orders"
+	}
+	if c.Kafka.DeadLetterTopic == "" {
+		c.Kafka.DeadLetterTopic = c.Kafka.Topic + ".dlq"
+	}
+	if c.Kafka.Group == "" {
+		c.Kafka.Group = "cachesync-orders"
+	}
+	if c.Kafka.SessionTimeout == 0 {
+		c.Kafka.SessionTimeout = 10 * time.Second
+	}
+	if c.Kafka.Username != "" && c.Kafka.Mechanism == "" {
+		c.Kafka.Mechanism = "SCRAM-SHA-256"
+	}
+	if c.ProduceTimeout == 0 {
+		c.ProduceTimeout = 3 * time.Second
+	}
+	if c.UnpaidTimeout == 0 {
+		c.UnpaidTimeout = 15 * time.Minute
+	}
+	if c.OrphanAge == 0 {
+		c.OrphanAge = 10 * time.Minute
+	}
+	if c.JobInterval == 0 {
+		c.JobInterval = 5 * time.Second
+	}
+	if c.Retry.Attempts == 0 {
+		c.Retry.Attempts = 5
+	}
+	if c.Retry.Initial == 0 {
+		c.Retry.Initial = 100 * time.Millisecond
+	}
+	if c.Retry.Max == 0 {
+		c.Retry.Max = 5 * time.Second
+	}
+}
+
+var identRE = regexp.MustCompile(`^[A-Za-z0-9_]+$`)
+
+// Validate reports the first problem, naming the field.
+func (c *Config) Validate() error {
+	if !c.Enabled {
+		return nil
+	}
+	if !identRE.MatchString(c.Database) {
+		return fmt.Errorf("seckill.database %q: want letters, digits and _", c.Database)
+	}
+	if strings.ContainsAny(c.KeyPrefix, "{}") {
+		return fmt.Errorf("seckill.key_prefix %q: must not contain braces (the item id is the hash tag)", c.KeyPrefix)
+	}
+	seen := map[string]bool{}
+	for _, r := range c.Roles {
+		switch r {
+		case RoleAPI, RoleConsumer, RoleJobs:
+		default:
+			return fmt.Errorf("seckill.roles: %q: want api, consumer or jobs", r)
+		}
+		if seen[r] {
+			return fmt.Errorf("seckill.roles: %q listed twice", r)
+		}
+		seen[r] = true
+	}
+	for _, b := range c.Kafka.Brokers {
+		if !strings.Contains(b, ":") {
+			return fmt.Errorf("seckill.kafka.brokers: %q: want host:port", b)
+		}
+	}
+	if c.Kafka.Topic == c.Kafka.DeadLetterTopic {
+		return fmt.Errorf("seckill.kafka.dead_letter_topic: must differ from topic %q", c.Kafka.Topic)
+	}
+	if c.Kafka.SessionTimeout < time.Second {
+		return fmt.Errorf("seckill.kafka.session_timeout %s: want at least 1s", c.Kafka.SessionTimeout)
+	}
+	switch c.Kafka.Mechanism {
+	case "", "SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN":
+	default:
+		return fmt.Errorf("seckill.kafka.mechanism %q: want SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN", c.Kafka.Mechanism)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"produce_timeout", c.ProduceTimeout}, {"unpaid_timeout", c.UnpaidTimeout},
+		{"orphan_age", c.OrphanAge}, {"job_interval", c.JobInterval},
+		{"retry.initial", c.Retry.Initial}, {"retry.max", c.Retry.Max},
+	} {
+		if d.v < time.Millisecond {
+			return fmt.Errorf("seckill.%s %s: want at least 1ms", d.name, d.v)
+		}
+	}
+	if c.OrphanAge <= c.ProduceTimeout {
+		return fmt.Errorf("seckill.orphan_age %s: must exceed produce_timeout %s, or reservations still being produced are reaped", c.OrphanAge, c.ProduceTimeout)
+	}
+	if c.CheckInterval < 0 {
+		return fmt.Errorf("seckill.check_interval %s: want 0 (off) or more", c.CheckInterval)
+	}
+	if c.Retry.Attempts < 1 || c.Retry.Attempts > 100 {
+		return fmt.Errorf("seckill.retry.attempts %d: want 1..100", c.Retry.Attempts)
+	}
+	if c.Limits.PerUser < 0 || c.Limits.PerIP < 0 || c.Limits.UserBurst < 0 || c.Limits.IPBurst < 0 {
+		return fmt.Errorf("seckill.limits: rates and bursts must not be negative")
+	}
+	return nil
+}
+
+// has reports whether role runs here.
+func (c *Config) has(role string) bool {
+	for _, r := range c.Roles {
+		if r == role {
+			return true
+		}
+	}
+	return false
+}

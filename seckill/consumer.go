@@ -1,0 +1,172 @@
+package seckill
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/cenkalti/backoff/v4"
+	"github.com/rs/zerolog"
+)
+
+// Consumer stores the orders of the Kafka topic in MySQL with a sarama
+// consumer group. A message is marked only after its transaction
+// committed (or after it was dead-lettered), so a crash redelivers it and
+// the redelivery is a no-op (the order id is the primary key).
+type Consumer struct {
+	cfg   Config
+	store *Store
+	group sarama.ConsumerGroup
+	dlq   sarama.SyncProducer
+	m     *metrics
+	log   zerolog.Logger
+}
+
+// NewConsumer joins the consumer group (it consumes once Run is called).
+func NewConsumer(cfg Config, store *Store, m *metrics, log zerolog.Logger) (*Consumer, error) {
+	c := saramaConfig(cfg.Kafka, "cachesync-consumer")
+	c.Consumer.Offsets.Initial = sarama.OffsetOldest
+	c.Consumer.Offsets.AutoCommit.Enable = true
+	c.Consumer.Offsets.AutoCommit.Interval = 200 * time.Millisecond
+	c.Consumer.Group.Session.Timeout = cfg.Kafka.SessionTimeout
+	c.Consumer.Group.Heartbeat.Interval = cfg.Kafka.SessionTimeout / 5
+	c.Consumer.Group.Rebalance.Timeout = 2 * cfg.Kafka.SessionTimeout
+	c.Consumer.Return.Errors = true
+	group, err := sarama.NewConsumerGroup(cfg.Kafka.Brokers, cfg.Kafka.Group, c)
+	if err != nil {
+		return nil, fmt.Errorf("kafka consumer group %s: %w", cfg.Kafka.Group, err)
+	}
+	pc := saramaConfig(cfg.Kafka, "cachesync-dlq")
+	pc.Producer.RequiredAcks = sarama.WaitForAll
+	pc.Producer.Idempotent = true
+	pc.Net.MaxOpenRequests = 1
+	pc.Producer.Return.Successes = true
+	dlq, err := sarama.NewSyncProducer(cfg.Kafka.Brokers, pc)
+	if err != nil {
+		group.Close()
+		return nil, fmt.Errorf("kafka dead-letter producer: %w", err)
+	}
+	return &Consumer{cfg: cfg, store: store, group: group, dlq: dlq, m: m, log: log}, nil
+}
+
+// Run consumes until ctx is done, rejoining after every rebalance.
+func (c *Consumer) Run(ctx context.Context) error {
+	go func() {
+		for err := range c.group.Errors() {
+			c.log.Warn().Err(err).Msg("consumer group")
+		}
+	}()
+	for ctx.Err() == nil {
+		if err := c.group.Consume(ctx, []string{c.cfg.Kafka.Topic}, c); err != nil {
+			if errors.Is(err, sarama.ErrClosedConsumerGroup) {
+				return nil
+			}
+			c.log.Warn().Err(err).Msg("consume; rejoining")
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+	return nil
+}
+
+// Close leaves the group and closes the dead-letter producer.
+func (c *Consumer) Close() error {
+	return errors.Join(c.group.Close(), c.dlq.Close())
+}
+
+// Setup implements sarama.ConsumerGroupHandler.
+func (c *Consumer) Setup(sarama.ConsumerGroupSession) error { return nil }
+
+// Cleanup implements sarama.ConsumerGroupHandler.
+func (c *Consumer) Cleanup(sarama.ConsumerGroupSession) error { return nil }
+
+// ConsumeClaim stores each message, then marks it. It returns when the
+// claim ends (rebalance) or the session's context is done; a message not
+// yet stored then is left unmarked and redelivered to the next owner.
+func (c *Consumer) ConsumeClaim(s sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) error {
+	for {
+		select {
+		case <-s.Context().Done():
+			return nil
+		case msg, ok := <-claim.Messages():
+			if !ok {
+				return nil
+			}
+			if err := c.handle(s.Context(), msg); err != nil {
+				return err // not marked: redelivered
+			}
+			s.MarkMessage(msg, "")
+		}
+	}
+}
+
+// handle stores one message, retrying transient failures; after the last
+// attempt (or at once for a message that can never be stored) it goes to
+// the dead-letter topic and the failure table. An error means neither
+// worked and the message must not be marked.
+func (c *Consumer) handle(ctx context.Context, msg *sarama.ConsumerMessage) error {
+	start := time.Now()
+	m, err := decode(msg.Value)
+	if err != nil {
+		return c.deadLetter(ctx, msg, m, 0, err)
+	}
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = c.cfg.Retry.Initial, c.cfg.Retry.Max, 0
+	attempts := 0
+	var out Outcome
+	err = backoff.Retry(func() error {
+		attempts++
+		var err error
+		out, err = c.store.PlaceOrder(ctx, m.order())
+		if err != nil && !transient(err) {
+			return backoff.Permanent(err)
+		}
+		if err != nil {
+			c.m.retries.Inc()
+			c.log.Warn().Err(err).Str("order", m.Order).Int("attempt", attempts).Msg("store order; retrying")
+		}
+		return err
+	}, backoff.WithContext(backoff.WithMaxRetries(bo, uint64(c.cfg.Retry.Attempts-1)), ctx))
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err != nil {
+		return c.deadLetter(ctx, msg, m, attempts, err)
+	}
+	c.m.consumed.WithLabelValues(outcomeName[out]).Inc()
+	c.m.storeSeconds.Observe(time.Since(start).Seconds())
+	return nil
+}
+
+var outcomeName = map[Outcome]string{Stored: "created", SoldOut: "failed", Duplicate: "duplicate"}
+
+func (c *Consumer) deadLetter(ctx context.Context, msg *sarama.ConsumerMessage, m message, attempts int, cause error) error {
+	c.m.deadLettered.Inc()
+	c.log.Error().Err(cause).Str("order", m.Order).Int64("item", m.Item).Int64("user", m.User).
+		Int32("partition", msg.Partition).Int64("offset", msg.Offset).Int("attempts", attempts).
+		Msg("order given up on: sent to the dead-letter topic and the failure table")
+	_, _, err := c.dlq.SendMessage(&sarama.ProducerMessage{
+		Topic: c.cfg.Kafka.DeadLetterTopic,
+		Key:   sarama.ByteEncoder(msg.Key),
+		Value: sarama.ByteEncoder(msg.Value),
+		Headers: []sarama.RecordHeader{
+			{Key: []byte("error"), Value: []byte(cause.Error())},
+			{Key: []byte("attempts"), Value: []byte(strconv.Itoa(attempts))},
+			{Key: []byte("source"), Value: []byte(fmt.Sprintf("%s/%d/%d", msg.Topic, msg.Partition, msg.Offset))},
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("dead-letter order %s: %w", m.Order, err)
+	}
+	// The failure row is best effort: MySQL may be the reason we are here;
+	// the dead-letter topic already holds the message.
+	if ferr := c.store.RecordFailure(ctx, m.order(), attempts, cause.Error(), msg.Value); ferr != nil {
+		c.log.Error().Err(ferr).Str("order", m.Order).Msg("failure table row not written (the message is on the dead-letter topic)")
+	}
+	return nil
+}

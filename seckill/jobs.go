@@ -1,0 +1,213 @@
+package seckill
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+)
+
+// Jobs runs the sale's background work on one ticker each: cancel unpaid
+// orders, reap orphaned reservations, rebuild items that are not ready,
+// and (optionally) check drift.
+type Jobs struct {
+	cfg     Config
+	rdb     redis.UniversalClient
+	store   *Store
+	rebuild *Rebuilder
+	check   *Checker
+	m       *metrics
+	log     zerolog.Logger
+	now     func() time.Time
+
+	kickMu  sync.Mutex
+	kicked  map[int64]bool
+	kickCh  chan struct{}
+	running sync.Map // item → struct{}: a rebuild in progress
+}
+
+func newJobs(cfg Config, rdb redis.UniversalClient, store *Store, rb *Rebuilder, ck *Checker, m *metrics, log zerolog.Logger) *Jobs {
+	return &Jobs{cfg: cfg, rdb: rdb, store: store, rebuild: rb, check: ck, m: m, log: log, now: time.Now,
+		kicked: map[int64]bool{}, kickCh: make(chan struct{}, 1)}
+}
+
+// Kick asks for a rebuild of item (a reservation found it not ready).
+// It never blocks.
+func (j *Jobs) Kick(item int64) {
+	j.kickMu.Lock()
+	j.kicked[item] = true
+	j.kickMu.Unlock()
+	select {
+	case j.kickCh <- struct{}{}:
+	default:
+	}
+}
+
+// Run runs every job until ctx is done and they all returned.
+func (j *Jobs) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	loop := func(every time.Duration, fn func(context.Context)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := time.NewTicker(every)
+			defer t.Stop()
+			for {
+				fn(ctx)
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+			}
+		}()
+	}
+	loop(j.cfg.JobInterval, j.cancelUnpaid)
+	loop(j.cfg.JobInterval, j.reapOrphans)
+	loop(j.cfg.JobInterval, j.ensureReady)
+	if j.cfg.CheckInterval > 0 {
+		loop(j.cfg.CheckInterval, j.runCheck)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-j.kickCh:
+			}
+			j.kickMu.Lock()
+			items := make([]int64, 0, len(j.kicked))
+			for it := range j.kicked {
+				items = append(items, it)
+			}
+			clear(j.kicked)
+			j.kickMu.Unlock()
+			for _, it := range items {
+				j.startRebuild(ctx, it, &wg)
+			}
+		}
+	}()
+	wg.Wait()
+}
+
+func (j *Jobs) cancelUnpaid(ctx context.Context) {
+	for ctx.Err() == nil {
+		done, err := j.store.CancelUnpaid(ctx, j.cfg.UnpaidTimeout, 500)
+		j.m.canceled.Add(float64(len(done)))
+		for _, o := range done {
+			j.log.Info().Str("order", o.ID).Int64("item", o.Item).Int64("user", o.User).Msg("unpaid order canceled; stock returned")
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				j.log.Warn().Err(err).Msg("unpaid-order job")
+			}
+			return
+		}
+		if len(done) < 500 {
+			return
+		}
+	}
+}
+
+// reapOrphans releases pending reservations older than OrphanAge that
+// have no order row, by fencing the order in MySQL (a canceled row): the
+// order can no longer be created, and CDC removes the entry from pending
+// and the user from buyers in one step.
+func (j *Jobs) reapOrphans(ctx context.Context) {
+	items, err := j.store.Items(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			j.log.Warn().Err(err).Msg("orphan reaper: list items")
+		}
+		return
+	}
+	cutoff := strconv.FormatInt(j.now().Add(-j.cfg.OrphanAge).UnixMilli(), 10)
+	for _, item := range items {
+		k := KeysFor(j.cfg.KeyPrefix, item)
+		old, err := j.rdb.ZRangeByScoreWithScores(ctx, k.Pending, &redis.ZRangeBy{Min: "-inf", Max: cutoff, Count: 1000}).Result()
+		if err != nil {
+			if ctx.Err() == nil {
+				j.log.Warn().Err(err).Int64("item", item).Msg("orphan reaper: read pending")
+			}
+			return
+		}
+		for _, z := range old {
+			m, _ := z.Member.(string)
+			order, user, ok := parseMember(m)
+			if !ok {
+				continue // reported by the drift check
+			}
+			o := Order{ID: order, User: user, Item: item, ReservedAt: time.UnixMilli(int64(z.Score)).UTC()}
+			fenced, err := j.store.Fence(ctx, o, "reservation orphaned: no order arrived")
+			if err != nil {
+				j.log.Warn().Err(err).Str("order", order).Msg("orphan reaper: fence")
+				return
+			}
+			if fenced {
+				j.m.reaped.Inc()
+				j.log.Warn().Str("order", order).Int64("item", item).Int64("user", user).Msg("orphaned reservation released")
+			}
+			// Not fenced: the order row exists and CDC removes the entry.
+		}
+	}
+}
+
+// ensureReady rebuilds items whose ready marker is missing: new items, and
+// every item after Redis lost its data.
+func (j *Jobs) ensureReady(ctx context.Context) {
+	items, err := j.store.Items(ctx)
+	if err != nil {
+		return
+	}
+	for _, item := range items {
+		n, err := j.rdb.Exists(ctx, KeysFor(j.cfg.KeyPrefix, item).Ready).Result()
+		if err != nil {
+			return
+		}
+		if n == 0 {
+			j.Kick(item)
+		}
+	}
+}
+
+func (j *Jobs) startRebuild(ctx context.Context, item int64, wg *sync.WaitGroup) {
+	if _, busy := j.running.LoadOrStore(item, struct{}{}); busy {
+		return
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer j.running.Delete(item)
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		defer cancel()
+		if err := j.rebuild.Rebuild(rctx, item); err != nil {
+			if !errors.Is(err, context.Canceled) {
+				j.m.rebuildErrors.Inc()
+				j.log.Error().Err(err).Int64("item", item).Msg("rebuild failed; retried on the next reservation or job tick")
+			}
+			return
+		}
+		j.m.rebuilds.Inc()
+	}()
+}
+
+func (j *Jobs) runCheck(ctx context.Context) {
+	res, err := j.check.Check(ctx, nil)
+	if err != nil {
+		if ctx.Err() == nil {
+			j.log.Warn().Err(err).Msg("drift check")
+		}
+		return
+	}
+	j.m.observeCheck(res)
+	for _, d := range res.Drift {
+		j.log.Error().Int64("item", d.Item).Str("kind", d.Kind).Str("detail", d.Detail).Str("redis", d.Redis).Str("mysql", d.MySQL).
+			Msg("drift between Redis and MySQL; repair with `cachesync resync --item ID`")
+	}
+}

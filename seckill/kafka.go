@@ -1,0 +1,155 @@
+package seckill
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/sha512"
+	"errors"
+	"fmt"
+	"hash"
+	"strconv"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/xdg-go/scram"
+)
+
+// saramaConfig is the client configuration shared by producer, consumer
+// and admin.
+func saramaConfig(k Kafka, clientID string) *sarama.Config {
+	c := sarama.NewConfig()
+	c.ClientID = clientID
+	c.Version = sarama.V3_6_0_0
+	c.Net.DialTimeout = 3 * time.Second
+	c.Metadata.Retry.Max = 3
+	c.Metadata.Retry.Backoff = 100 * time.Millisecond
+	if k.Username != "" {
+		c.Net.SASL.Enable = true
+		c.Net.SASL.User, c.Net.SASL.Password = k.Username, k.Password
+		switch k.Mechanism {
+		case "PLAIN":
+			c.Net.SASL.Mechanism = sarama.SASLTypePlaintext
+		case "SCRAM-SHA-512":
+			c.Net.SASL.Mechanism = sarama.SASLTypeSCRAMSHA512
+			c.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{hash: sha512.New} }
+		default:
+			c.Net.SASL.Mechanism = sarama.SASLTypeSCRAMSHA256
+			c.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{hash: sha256.New} }
+		}
+	}
+	return c
+}
+
+type scramClient struct {
+	hash func() hash.Hash
+	conv *scram.ClientConversation
+}
+
+func (s *scramClient) Begin(user, password, authzID string) error {
+	c, err := scram.HashGeneratorFcn(s.hash).NewClient(user, password, authzID)
+	if err != nil {
+		return err
+	}
+	s.conv = c.NewConversation()
+	return nil
+}
+
+func (s *scramClient) Step(challenge string) (string, error) { return s.conv.Step(challenge) }
+func (s *scramClient) Done() bool                            { return s.conv.Done() }
+
+// Producer sends orders with an idempotent, acks=all AsyncProducer and
+// reports each message's own result, so concurrent requests share
+// batches instead of paying a round trip each.
+type Producer struct {
+	ap      sarama.AsyncProducer
+	topic   string
+	timeout time.Duration
+	done    chan struct{}
+}
+
+type pending struct{ ch chan error }
+
+// NewProducer connects to the brokers.
+func NewProducer(k Kafka, timeout time.Duration) (*Producer, error) {
+	c := saramaConfig(k, "cachesync-producer")
+	c.Producer.Idempotent = true
+	c.Producer.RequiredAcks = sarama.WaitForAll
+	c.Net.MaxOpenRequests = 1
+	c.Producer.Retry.Max = 5
+	c.Producer.Retry.Backoff = 50 * time.Millisecond
+	c.Producer.Return.Successes = true
+	c.Producer.Return.Errors = true
+	c.Producer.Timeout = timeout
+	c.Producer.Flush.Frequency = time.Millisecond // batch concurrent requests; results are per message
+	c.Producer.Partitioner = sarama.NewHashPartitioner
+	ap, err := sarama.NewAsyncProducer(k.Brokers, c)
+	if err != nil {
+		return nil, fmt.Errorf("kafka producer %v: %w", k.Brokers, err)
+	}
+	p := &Producer{ap: ap, topic: k.Topic, timeout: timeout, done: make(chan struct{})}
+	go p.results()
+	return p, nil
+}
+
+func (p *Producer) results() {
+	defer close(p.done)
+	succ, errs := p.ap.Successes(), p.ap.Errors()
+	for succ != nil || errs != nil {
+		select {
+		case m, ok := <-succ:
+			if !ok {
+				succ = nil
+				continue
+			}
+			m.Metadata.(pending).ch <- nil
+		case e, ok := <-errs:
+			if !ok {
+				errs = nil
+				continue
+			}
+			e.Msg.Metadata.(pending).ch <- e.Err
+		}
+	}
+}
+
+// ErrProduceTimeout: Kafka did not acknowledge in time. The message may
+// still be written later; callers fence the order.
+var ErrProduceTimeout = errors.New("kafka did not acknowledge the order in time")
+
+// Send produces m and waits for its acknowledgement.
+func (p *Producer) Send(ctx context.Context, m message, body []byte) error {
+	ch := make(chan error, 1)
+	msg := &sarama.ProducerMessage{
+		Topic:    p.topic,
+		Key:      sarama.StringEncoder(strconv.FormatInt(m.Item, 10)),
+		Value:    sarama.ByteEncoder(body),
+		Metadata: pending{ch},
+	}
+	t := time.NewTimer(p.timeout)
+	defer t.Stop()
+	select {
+	case p.ap.Input() <- msg:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return ErrProduceTimeout
+	}
+	select {
+	case err := <-ch:
+		return err
+	case <-t.C:
+		return ErrProduceTimeout
+	}
+}
+
+// Close flushes and stops the producer.
+func (p *Producer) Close() error {
+	err := p.ap.Close()
+	<-p.done
+	return err
+}
+
+// partitionOf returns the partition the producer sends item's orders to.
+func partitionOf(topic string, item int64, partitions int32) (int32, error) {
+	return sarama.NewHashPartitioner(topic).Partition(&sarama.ProducerMessage{Key: sarama.StringEncoder(strconv.FormatInt(item, 10))}, partitions)
+}

@@ -1,0 +1,65 @@
+package seckill
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	reservations  *prometheus.CounterVec
+	consumed      *prometheus.CounterVec
+	retries       prometheus.Counter
+	deadLettered  prometheus.Counter
+	storeSeconds  prometheus.Histogram
+	canceled      prometheus.Counter
+	reaped        prometheus.Counter
+	rebuilds      prometheus.Counter
+	rebuildErrors prometheus.Counter
+	limited       *prometheus.CounterVec
+	drift         *prometheus.GaugeVec
+	checks        prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		reservations: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachesync_seckill_reservations_total",
+			Help: "Reservation attempts by result: reserved, already_bought, sold_out, sold_out_local (answered from the local flag), not_ready, redis_error, produce_failed."}, []string{"result"}),
+		consumed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachesync_seckill_orders_consumed_total",
+			Help: "Orders the consumer stored, by outcome: created, failed (no MySQL stock), duplicate (redelivery, no-op)."}, []string{"outcome"}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachesync_seckill_order_retries_total",
+			Help: "Transient failures storing an order that were retried."}),
+		deadLettered: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachesync_seckill_orders_dead_lettered_total",
+			Help: "Orders given up on: sent to the dead-letter topic and the failure table."}),
+		storeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cachesync_seckill_order_store_seconds",
+			Help: "Time to store one order in MySQL, retries included.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		canceled: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachesync_seckill_unpaid_canceled_total",
+			Help: "Orders canceled for not being paid in time (their stock returned)."}),
+		reaped: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachesync_seckill_orphans_reaped_total",
+			Help: "Pending reservations released because no order arrived."}),
+		rebuilds: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachesync_seckill_rebuilds_total",
+			Help: "Items whose Redis keys were rebuilt from MySQL."}),
+		rebuildErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachesync_seckill_rebuild_errors_total",
+			Help: "Rebuilds that failed (retried later)."}),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachesync_seckill_rate_limited_total",
+			Help: "Requests refused with 429, by limit (user, ip)."}, []string{"limit"}),
+		drift: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cachesync_seckill_drift",
+			Help: "Disagreements between Redis and MySQL found by the last drift check, by kind."}, []string{"kind"}),
+		checks: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachesync_seckill_drift_checks_total",
+			Help: "Drift checks completed."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.reservations, m.consumed, m.retries, m.deadLettered, m.storeSeconds, m.canceled, m.reaped,
+			m.rebuilds, m.rebuildErrors, m.limited, m.drift, m.checks)
+	}
+	return m
+}
+
+var driftKinds = []string{"stock", "pending", "orphan", "buyer_extra", "buyer_missing", "not_ready"}
+
+func (m *metrics) observeCheck(r Result) {
+	counts := map[string]int{}
+	for _, d := range r.Drift {
+		counts[d.Kind]++
+	}
+	for _, k := range driftKinds {
+		m.drift.WithLabelValues(k).Set(float64(counts[k]))
+	}
+	m.checks.Inc()
+}

@@ -1,0 +1,163 @@
+package seckill
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	"github.com/cachesync/cachesync/api"
+	"github.com/cachesync/cachesync/binlog"
+	"github.com/cachesync/cachesync/cache"
+	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/sink"
+	"github.com/cenkalti/backoff/v4"
+	"github.com/go-sql-driver/mysql"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+	"go.uber.org/fx"
+)
+
+// OpenDB opens the sale's own MySQL pool (the CDC pool is small and reads
+// no timestamps): UTC, parsed times, enough connections for the consumer.
+func OpenDB(ctx context.Context, mc binlog.Config) (*sql.DB, error) {
+	dsn := mysql.NewConfig()
+	dsn.User, dsn.Passwd, dsn.Net, dsn.Addr = mc.User, mc.Password, "tcp", mc.Addr
+	dsn.ParseTime, dsn.Loc = true, time.UTC
+	dsn.InterpolateParams = true
+	dsn.Params = map[string]string{"time_zone": "'+00:00'"}
+	db, err := sql.Open("mysql", dsn.FormatDSN())
+	if err != nil {
+		return nil, err
+	}
+	db.SetMaxOpenConns(32)
+	db.SetMaxIdleConns(32)
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("seckill: connect to mysql %s: %w", mc.Addr, err)
+	}
+	return db, nil
+}
+
+// Params are the sale's dependencies.
+type Params struct {
+	fx.In
+	Config     Config
+	MySQL      binlog.Config
+	Sink       sink.Config
+	Redis      redis.UniversalClient
+	Cache      *cache.Cache
+	Server     *api.Server
+	Log        zerolog.Logger
+	Registerer prometheus.Registerer
+	Lifecycle  fx.Lifecycle
+}
+
+// Module runs the roles named in the configuration; nothing when the sale
+// is disabled.
+var Module = fx.Module("seckill", fx.Invoke(func(p Params) error {
+	if !p.Config.Enabled {
+		return nil
+	}
+	return start(p)
+}))
+
+func start(p Params) error {
+	cfg := p.Config
+	log := p.Log.With().Str("component", "seckill").Logger()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	db, err := OpenDB(ctx, p.MySQL)
+	if err != nil {
+		return err
+	}
+	p.Lifecycle.Append(fx.StopHook(db.Close))
+	m := newMetrics(p.Registerer)
+	store := NewStore(db, cfg.Database)
+	ks := keyspace.Keyspace{Prefix: p.Sink.KeyPrefix}
+	var (
+		waits []<-chan struct{}
+		stop  context.CancelFunc = func() {}
+	)
+	var jobs *Jobs
+	if cfg.has(RoleJobs) {
+		rb, err := retry(ctx, func() (*Rebuilder, error) {
+			return NewRebuilder(cfg, ks, p.Sink.Channel, p.Redis, db, store, log.With().Str("role", "rebuild").Logger())
+		})
+		if err != nil {
+			return err
+		}
+		p.Lifecycle.Append(fx.StopHook(rb.Close))
+		jobs = newJobs(cfg, p.Redis, store, rb, NewChecker(cfg, ks, p.Redis, db, store), m, log.With().Str("role", "jobs").Logger())
+	}
+	if cfg.has(RoleAPI) {
+		prod, err := retry(ctx, func() (*Producer, error) { return NewProducer(cfg.Kafka, cfg.ProduceTimeout) })
+		if err != nil {
+			return err
+		}
+		p.Lifecycle.Append(fx.StopHook(prod.Close))
+		so := newSoldOut(cfg.KeyPrefix, p.Cache.Live)
+		p.Cache.Listen(so.invalidated)
+		res := &Reserver{cfg: cfg, rdb: p.Redis, producer: prod, store: store, soldOut: so, m: m,
+			log: log.With().Str("role", "api").Logger(), now: time.Now}
+		if jobs != nil {
+			res.kick = jobs.Kick
+		}
+		h := &Handler{cfg: cfg, res: res, store: store, rdb: p.Redis, m: m, log: res.log,
+			perUser: newLimiter(cfg.Limits.PerUser, cfg.Limits.UserBurst), perIP: newLimiter(cfg.Limits.PerIP, cfg.Limits.IPBurst)}
+		h.Routes(p.Server.Mux)
+	}
+	var cons *Consumer
+	if cfg.has(RoleConsumer) {
+		cons, err = retry(ctx, func() (*Consumer, error) {
+			return NewConsumer(cfg, store, m, log.With().Str("role", "consumer").Logger())
+		})
+		if err != nil {
+			return err
+		}
+	}
+	p.Lifecycle.Append(fx.Hook{
+		OnStart: func(context.Context) error {
+			var runCtx context.Context
+			runCtx, stop = context.WithCancel(context.Background())
+			run := func(fn func(context.Context)) {
+				done := make(chan struct{})
+				waits = append(waits, done)
+				go func() { defer close(done); fn(runCtx) }()
+			}
+			if cons != nil {
+				run(func(ctx context.Context) { _ = cons.Run(ctx) })
+			}
+			if jobs != nil {
+				run(jobs.Run)
+			}
+			log.Info().Strs("roles", cfg.Roles).Strs("brokers", cfg.Kafka.Brokers).Str("topic", cfg.Kafka.Topic).Msg("seckill started")
+			return nil
+		},
+		OnStop: func(stopCtx context.Context) error {
+			stop()
+			var err error
+			if cons != nil {
+				err = cons.Close()
+			}
+			for _, w := range waits {
+				select {
+				case <-w:
+				case <-stopCtx.Done():
+					return stopCtx.Err()
+				}
+			}
+			return err
+		},
+	})
+	return nil
+}
+
+// retry builds a Kafka client, retrying while the brokers are unreachable
+// (the daemon may start before them) until ctx ends.
+func retry[T any](ctx context.Context, mk func() (T, error)) (T, error) {
+	bo := backoff.NewExponentialBackOff()
+	bo.MaxInterval = 2 * time.Second
+	return backoff.RetryWithData(mk, backoff.WithContext(bo, ctx))
+}

@@ -1,0 +1,233 @@
+package seckill
+
+import (
+	"context"
+	"database/sql"
+	_ "embed"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/cachesync/cachesync/binlog"
+	"github.com/cachesync/cachesync/keyspace"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+)
+
+var (
+	//go:embed rebuild.lua
+	rebuildSrc    string
+	rebuildScript = redis.NewScript(rebuildSrc)
+	//go:embed inspect.lua
+	inspectSrc    string
+	inspectScript = redis.NewScript(inspectSrc)
+)
+
+// Rebuilder repairs an item's Redis keys from MySQL: pause reservations
+// of the item, wait until every order already produced for it is stored,
+// wait until CDC has applied MySQL's current position, then rewrite
+// stock, pending and buyers from one consistent MySQL read and resume.
+// It is what `cachesync resync` runs and what the daemon runs by itself
+// when a reservation finds an item's keys missing (Redis lost its data).
+type Rebuilder struct {
+	cfg     Config
+	ks      keyspace.Keyspace
+	channel string
+	rdb     redis.UniversalClient
+	db      *sql.DB // binlog-position queries need SHOW MASTER STATUS rights
+	store   *Store
+	lag     *lagReader
+	log     zerolog.Logger
+	// Grace is how long in-flight produces may still land after the
+	// pause; ProduceTimeout by default.
+	Grace time.Duration
+}
+
+// NewRebuilder connects a Kafka client for the drain wait.
+func NewRebuilder(cfg Config, ks keyspace.Keyspace, channel string, rdb redis.UniversalClient, db *sql.DB, store *Store, log zerolog.Logger) (*Rebuilder, error) {
+	lag, err := newLagReader(cfg.Kafka)
+	if err != nil {
+		return nil, err
+	}
+	return &Rebuilder{cfg: cfg, ks: ks, channel: channel, rdb: rdb, db: db, store: store, lag: lag, log: log, Grace: cfg.ProduceTimeout}, nil
+}
+
+// Close releases the Kafka client.
+func (r *Rebuilder) Close() error { return r.lag.Close() }
+
+// Rebuild runs the whole repair for item; reservations of the item get
+// 503 until it returns nil.
+func (r *Rebuilder) Rebuild(ctx context.Context, item int64) error {
+	k := KeysFor(r.cfg.KeyPrefix, item)
+	if err := r.rdb.Del(ctx, k.Ready).Err(); err != nil {
+		return fmt.Errorf("pause item %d: %w", item, err)
+	}
+	r.log.Info().Int64("item", item).Msg("rebuild: reservations paused")
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(r.Grace):
+	}
+	if err := r.lag.waitDrained(ctx, r.cfg.Kafka.Topic, r.cfg.Kafka.Group, item); err != nil {
+		return fmt.Errorf("rebuild item %d: wait for the consumer: %w", item, err)
+	}
+	if err := WaitApplied(ctx, r.db, r.rdb, r.ks); err != nil {
+		return fmt.Errorf("rebuild item %d: %w", item, err)
+	}
+	for attempt := 1; ; attempt++ {
+		done, err := r.rebuildOnce(ctx, item, k)
+		if err != nil {
+			return fmt.Errorf("rebuild item %d: %w", item, err)
+		}
+		if done {
+			r.log.Info().Int64("item", item).Int("attempts", attempt).Msg("rebuild: keys rewritten from MySQL; reservations resumed")
+			return nil
+		}
+		if attempt == 100 {
+			return fmt.Errorf("rebuild item %d: CDC applied newer changes during each of %d attempts", item, attempt)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(attempt) * 5 * time.Millisecond):
+		}
+	}
+}
+
+// rebuildOnce reads MySQL in one consistent snapshot and writes the keys,
+// unless CDC applied something newer than the snapshot meanwhile.
+func (r *Rebuilder) rebuildOnce(ctx context.Context, item int64, k Keys) (bool, error) {
+	pending, err := r.rdb.ZRange(ctx, k.Pending, 0, -1).Result()
+	if err != nil {
+		return false, err
+	}
+	orders := make([]string, 0, len(pending))
+	byOrder := map[string]string{}
+	for _, m := range pending {
+		if o, _, ok := parseMember(m); ok {
+			orders = append(orders, o)
+			byOrder[o] = m
+		}
+	}
+	var st ItemState
+	pos, err := binlog.ReadConsistent(ctx, r.db, func(conn *sql.Conn, _ binlog.Position) error {
+		var err error
+		st, err = r.store.readItem(ctx, conn, item, orders)
+		return err
+	})
+	if err != nil {
+		return false, err
+	}
+	ver, err := pos.Version()
+	if err != nil {
+		return false, err
+	}
+	args := []any{ver, st.Stock, r.channel, 0}
+	drop := 0
+	for o := range st.Orders {
+		args = append(args, byOrder[o])
+		drop++
+	}
+	args[3] = drop
+	for u, o := range st.Live {
+		args = append(args, u, o)
+	}
+	n, err := rebuildScript.Run(ctx, r.rdb, []string{k.Stock, r.ks.Version(k.Stock), k.Pending, k.Buyers, k.Ready, r.ks.Checkpoint(), r.ks.Seq()}, args...).Int()
+	return n == 1, err
+}
+
+// WaitApplied waits until the daemon's CDC checkpoint in Redis has reached
+// MySQL's current binlog position (read once, now).
+func WaitApplied(ctx context.Context, db *sql.DB, rdb redis.UniversalClient, ks keyspace.Keyspace) error {
+	pos, err := binlog.CurrentPosition(ctx, db)
+	if err != nil {
+		return err
+	}
+	want, err := pos.Version()
+	if err != nil {
+		return err
+	}
+	return waitCheckpoint(ctx, rdb, ks, want)
+}
+
+func waitCheckpoint(ctx context.Context, rdb redis.UniversalClient, ks keyspace.Keyspace, want uint64) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		v, err := rdb.HGet(ctx, ks.Checkpoint(), "version").Uint64()
+		if err == nil && v >= want {
+			return nil
+		}
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("CDC has not applied binlog version %d (is the daemon running?): %w", want, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// lagReader compares a partition's end offset with the group's committed
+// offset.
+type lagReader struct {
+	client sarama.Client
+	admin  sarama.ClusterAdmin
+}
+
+func newLagReader(k Kafka) (*lagReader, error) {
+	client, err := sarama.NewClient(k.Brokers, saramaConfig(k, "cachesync-admin"))
+	if err != nil {
+		return nil, fmt.Errorf("kafka client %v: %w", k.Brokers, err)
+	}
+	admin, err := sarama.NewClusterAdminFromClient(client)
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("kafka admin: %w", err)
+	}
+	return &lagReader{client: client, admin: admin}, nil
+}
+
+func (l *lagReader) Close() error { return l.admin.Close() } // closes the client too
+
+// waitDrained waits until the group has committed every message that was
+// in item's partition when it was called.
+func (l *lagReader) waitDrained(ctx context.Context, topic, group string, item int64) error {
+	parts, err := l.client.Partitions(topic)
+	if err != nil {
+		return err
+	}
+	p, err := partitionOf(topic, item, int32(len(parts)))
+	if err != nil {
+		return err
+	}
+	end, err := l.client.GetOffset(topic, p, sarama.OffsetNewest)
+	if err != nil {
+		return err
+	}
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		resp, err := l.admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: {p}})
+		if err != nil {
+			return err
+		}
+		if b := resp.GetBlock(topic, p); b != nil && b.Err == sarama.ErrNoError && b.Offset >= end {
+			return nil
+		}
+		if end == 0 {
+			return nil // nothing was ever produced to the partition
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("partition %d of %s not consumed up to offset %d by group %s: %w", p, topic, end, group, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// itemString formats an item id for logs and keys.
+func itemString(item int64) string { return strconv.FormatInt(item, 10) }

@@ -1,0 +1,197 @@
+package seckill
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+)
+
+var (
+	//go:embed reserve.lua
+	reserveSrc    string
+	reserveScript = redis.NewScript(reserveSrc)
+	//go:embed release.lua
+	releaseSrc    string
+	releaseScript = redis.NewScript(releaseSrc)
+)
+
+// Reservation errors; the HTTP layer maps each to a status.
+var (
+	ErrAlreadyBought = errors.New("already bought")
+	ErrSoldOut       = errors.New("sold out")
+	ErrNotReady      = errors.New("item not ready: its Redis keys are being rebuilt from MySQL")
+	ErrUnavailable   = errors.New("unavailable")
+)
+
+// Reserved is a successful reservation.
+type Reserved struct {
+	Order     string `json:"order_id"`
+	Item      int64  `json:"item_id"`
+	User      int64  `json:"user_id"`
+	Available int64  `json:"available"`
+}
+
+// sender is what Reserver needs from Kafka.
+type sender interface {
+	Send(ctx context.Context, m message, body []byte) error
+}
+
+// Reserver takes reservations: one Lua call in Redis, then the order to
+// Kafka; a failed produce releases the reservation.
+type Reserver struct {
+	cfg      Config
+	rdb      redis.UniversalClient
+	producer sender
+	store    *Store
+	soldOut  *soldOut
+	kick     func(item int64) // asks for a rebuild of an item that is not ready
+	m        *metrics
+	log      zerolog.Logger
+	now      func() time.Time
+}
+
+// Reserve reserves one unit of item for user.
+func (r *Reserver) Reserve(ctx context.Context, item, user int64) (Reserved, error) {
+	if r.soldOut.has(item) {
+		r.m.reservations.WithLabelValues("sold_out_local").Inc()
+		return Reserved{}, ErrSoldOut
+	}
+	id, err := uuid.NewV7()
+	if err != nil {
+		return Reserved{}, fmt.Errorf("%w: order id: %v", ErrUnavailable, err)
+	}
+	now := r.now()
+	order := fmt.Sprintf("%d-%s", item, id)
+	k := KeysFor(r.cfg.KeyPrefix, item)
+	epoch := r.soldOut.epoch()
+	res, err := reserveScript.Run(ctx, r.rdb, []string{k.Stock, k.Pending, k.Buyers, k.Ready}, user, order, now.UnixMilli()).Slice()
+	if err != nil {
+		r.m.reservations.WithLabelValues("redis_error").Inc()
+		return Reserved{}, fmt.Errorf("%w: redis: %v", ErrUnavailable, err)
+	}
+	code, _ := res[0].(int64)
+	switch code {
+	case -1:
+		r.m.reservations.WithLabelValues("already_bought").Inc()
+		prior, _ := res[1].(string)
+		return Reserved{Order: prior, Item: item, User: user}, ErrAlreadyBought
+	case -2:
+		r.soldOut.set(item, epoch)
+		r.m.reservations.WithLabelValues("sold_out").Inc()
+		return Reserved{}, ErrSoldOut
+	case -3:
+		r.m.reservations.WithLabelValues("not_ready").Inc()
+		if r.kick != nil {
+			r.kick(item)
+		}
+		return Reserved{}, ErrNotReady
+	case 1:
+	default:
+		return Reserved{}, fmt.Errorf("%w: reserve script returned %v", ErrUnavailable, res)
+	}
+	avail, _ := res[1].(int64)
+	m := message{Order: order, User: user, Item: item, ReservedMS: now.UnixMilli()}
+	body, _ := json.Marshal(m)
+	if err := r.producer.Send(ctx, m, body); err != nil {
+		r.release(m, err)
+		r.m.reservations.WithLabelValues("produce_failed").Inc()
+		return Reserved{}, fmt.Errorf("%w: kafka: %v", ErrUnavailable, err)
+	}
+	r.m.reservations.WithLabelValues("reserved").Inc()
+	return Reserved{Order: order, Item: item, User: user, Available: avail}, nil
+}
+
+// release undoes a reservation whose order was not acknowledged by Kafka.
+// The order is first fenced in MySQL (a canceled row), so that a message
+// that was written after all is a duplicate when consumed; then the Redis
+// entries go at once instead of waiting for CDC.
+func (r *Reserver) release(m message, cause error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	log := r.log.Warn().Err(cause).Str("order", m.Order)
+	if _, err := r.store.Fence(ctx, m.order(), "not accepted by kafka"); err != nil {
+		log = log.AnErr("fence", err) // the orphan reaper fences it later
+	}
+	k := KeysFor(r.cfg.KeyPrefix, m.Item)
+	if err := releaseScript.Run(ctx, r.rdb, []string{k.Pending, k.Buyers}, m.User, m.Order).Err(); err != nil {
+		log = log.AnErr("release", err) // CDC of the fence row releases it
+	}
+	log.Msg("order not produced; reservation released")
+}
+
+// soldOut remembers items Redis called sold out, so their requests are
+// answered without a round trip. A flag is dropped when an invalidation
+// names one of the item's keys (CDC raised the stock, or an order left
+// pending); all are dropped when invalidations may have been missed, and
+// none is trusted while not subscribed. A flag is set only if no
+// invalidation of the item arrived since its Redis call began (epoch), so
+// an answer that raced a restock cannot outlive it.
+type soldOut struct {
+	mu      sync.RWMutex
+	flags   map[int64]bool
+	lastInv map[int64]uint64 // item → clock at its last invalidation
+	flushAt uint64
+	clock   uint64
+	live    func() bool
+	prefix  string
+}
+
+func newSoldOut(prefix string, live func() bool) *soldOut {
+	return &soldOut{flags: map[int64]bool{}, lastInv: map[int64]uint64{}, live: live, prefix: prefix}
+}
+
+func (s *soldOut) has(item int64) bool {
+	if s.live != nil && !s.live() {
+		return false
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.flags[item]
+}
+
+func (s *soldOut) epoch() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.clock
+}
+
+func (s *soldOut) set(item int64, since uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lastInv[item] <= since && s.flushAt <= since {
+		s.flags[item] = true
+	}
+}
+
+// count is the number of items flagged.
+func (s *soldOut) count() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.flags)
+}
+
+// invalidated handles one invalidation message; flush drops everything.
+func (s *soldOut) invalidated(keys []string, flush bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.clock++
+	if flush {
+		clear(s.flags)
+		s.flushAt = s.clock
+		return
+	}
+	for _, k := range keys {
+		if item, ok := itemOfKey(s.prefix, k); ok {
+			delete(s.flags, item)
+			s.lastInv[item] = s.clock
+		}
+	}
+}
