@@ -72,10 +72,10 @@ type Retry struct {
 
 // Limits are token-bucket rates; 0 disables a limit.
 type Limits struct {
-	PerUser  float64 `yaml:"per_user"`
-	UserBurst int    `yaml:"user_burst"`
-	PerIP    float64 `yaml:"per_ip"`
-	IPBurst  int     `yaml:"ip_burst"`
+	PerUser   float64 `yaml:"per_user"`
+	UserBurst int     `yaml:"user_burst"`
+	PerIP     float64 `yaml:"per_ip"`
+	IPBurst   int     `yaml:"ip_burst"`
 }
 
 // Roles.
