@@ -7,7 +7,7 @@
 -- ARGV[1]  what must exist, else Redis lost its data: "1" the checkpoint;
 --          "J" the snapshot journal (no checkpoint yet); "0" nothing (the
 --          first batch without a checkpoint). Unless "1", the key of every
---          S, H, X, A and R op is added to the journal, which the first
+--          S, H, X, A, R, HA and HR op is added to the journal, which the first
 --          batch creates and writing the checkpoint deletes: a snapshot cut
 --          short can be undone (see Applier.DiscardUnfinishedSnapshot).
 -- ARGV[2]  "1": write the checkpoint (ARGV[3..7])
@@ -20,9 +20,17 @@
 --   S ver val          keys k, v: if ver >= version(v): SET k val, SET v ver
 --   H ver n f1 x1 ..   keys k, v: same, as a hash of n fields
 --   X ver              keys k, v: if ver >= version(v): DEL k, SET v ver PX ttl
---   A m / R m          key k: SADD / SREM member m of set k
+--   A m                key k: SADD member m to set k (k: set or none)
+--   R m                key k: SREM, or ZREM if k is a sorted set, member m
+--                      (k: set, zset or none)
+--   HA m v             key k: HSET field m of hash k to v (k: hash or none)
+--   HR m v             key k: HDEL field m of hash k if it holds v (compare
+--                      and delete: an older row never removes what a newer
+--                      one wrote) (k: hash or none)
 -- Every check that can fail runs before the first write, so a batch is
--- applied whole or not at all.
+-- applied whole or not at all. The checks follow the member ops' keys
+-- through the batch: an A or HA on a missing key makes it a set or a hash
+-- for the ops after it.
 if ARGV[1] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('CSRESET checkpoint missing: Redis lost its data')
 end
@@ -30,6 +38,18 @@ if ARGV[1] == 'J' and redis.call('EXISTS', KEYS[3]) == 0 then
   return redis.error_reply('CSRESET snapshot journal missing: Redis lost its data')
 end
 local n = #ARGV
+local types = {} -- key of a member op -> what it holds at this point of the batch
+local function typeof(key)
+  local t = types[key]
+  if not t then
+    t = redis.call('TYPE', key).ok
+    types[key] = t
+  end
+  return t
+end
+local function wrongtype(key, t, want)
+  return redis.error_reply('WRONGTYPE member rule: ' .. key .. ' holds a ' .. t .. ', not a ' .. want)
+end
 local i, k = 11, 4
 while i <= n do
   local op = ARGV[i]
@@ -37,12 +57,28 @@ while i <= n do
   elseif op == 'S' then i, k = i + 3, k + 2
   elseif op == 'X' then i, k = i + 2, k + 2
   elseif op == 'H' then i, k = i + 3 + 2 * tonumber(ARGV[i + 2]), k + 2
-  elseif op == 'A' or op == 'R' then
-    local t = redis.call('TYPE', KEYS[k]).ok
+  elseif op == 'A' then
+    local t = typeof(KEYS[k])
     if t ~= 'set' and t ~= 'none' then
-      return redis.error_reply('WRONGTYPE member rule: ' .. KEYS[k] .. ' holds a ' .. t .. ', not a set')
+      return wrongtype(KEYS[k], t, 'set')
+    end
+    types[KEYS[k]] = 'set'
+    i, k = i + 2, k + 1
+  elseif op == 'R' then
+    local t = typeof(KEYS[k])
+    if t ~= 'set' and t ~= 'zset' and t ~= 'none' then
+      return wrongtype(KEYS[k], t, 'set or sorted set')
     end
     i, k = i + 2, k + 1
+  elseif op == 'HA' or op == 'HR' then
+    local t = typeof(KEYS[k])
+    if t ~= 'hash' and t ~= 'none' then
+      return wrongtype(KEYS[k], t, 'hash')
+    end
+    if op == 'HA' then
+      types[KEYS[k]] = 'hash'
+    end
+    i, k = i + 3, k + 1
   else
     return redis.error_reply('ERR bad op ' .. tostring(op))
   end
@@ -97,10 +133,24 @@ while i <= n do
     redis.call('SADD', KEYS[k], ARGV[i + 1])
     note(KEYS[k])
     i, k = i + 2, k + 1
-  else -- 'R'
-    redis.call('SREM', KEYS[k], ARGV[i + 1])
+  elseif op == 'R' then
+    if types[KEYS[k]] == 'zset' then -- nothing in a batch makes a zset
+      redis.call('ZREM', KEYS[k], ARGV[i + 1])
+    else
+      redis.call('SREM', KEYS[k], ARGV[i + 1])
+    end
     note(KEYS[k])
     i, k = i + 2, k + 1
+  elseif op == 'HA' then
+    redis.call('HSET', KEYS[k], ARGV[i + 1], ARGV[i + 2])
+    note(KEYS[k])
+    i, k = i + 3, k + 1
+  else -- 'HR'
+    if redis.call('HGET', KEYS[k], ARGV[i + 1]) == ARGV[i + 2] then
+      redis.call('HDEL', KEYS[k], ARGV[i + 1])
+    end
+    note(KEYS[k])
+    i, k = i + 3, k + 1
   end
 end
 if ARGV[2] == '1' then

@@ -79,14 +79,21 @@ func (b *batch) hset(k string, ver any, fields []any) {
 	b.announce(k)
 }
 
-func (b *batch) member(add bool, set, m string) {
-	op := "R"
-	if add {
-		op = "A"
+// member adds or removes e: "A"/"R" on a set (or sorted set, for "R"),
+// "HA"/"HR" on a hash.
+func (b *batch) member(add bool, e entry) {
+	switch {
+	case e.hash && add:
+		b.args = append(b.args, "HA", e.m, e.v)
+	case e.hash:
+		b.args = append(b.args, "HR", e.m, e.v)
+	case add:
+		b.args = append(b.args, "A", e.m)
+	default:
+		b.args = append(b.args, "R", e.m)
 	}
-	b.args = append(b.args, op, m)
-	b.keys = append(b.keys, set)
-	b.announce(set)
+	b.keys = append(b.keys, e.key)
+	b.announce(e.key)
 }
 
 // finish fills the header. guard says what must already exist (see

@@ -46,32 +46,37 @@ func (b *batch) add(br *boundRule, ch *binlog.Change, ver any) (skipped int) {
 			b.set(after, ver, string(b.buf2))
 		}
 	case KindMember:
-		var setB, memB, setA, memA string
+		if br.remove { // the after-image alone decides; a delete does nothing
+			if !br.matches(ch.After, b.buf2) {
+				return skipped
+			}
+			e, ok := b.entry(br, ch.After)
+			if !ok {
+				return skipped + 1
+			}
+			b.member(false, e)
+			return skipped
+		}
+		var eB, eA entry
 		inB := br.matches(ch.Before, b.buf2)
 		inA := br.matches(ch.After, b.buf2)
 		if inB {
-			var ok1, ok2 bool
-			setB, ok1 = b.render(br.key, ch.Before)
-			memB, ok2 = b.render(br.member, ch.Before)
-			if !ok1 || !ok2 {
-				inB = false
+			if eB, inB = b.entry(br, ch.Before); !inB {
 				skipped++
 			}
 		}
 		if inA {
-			var ok1, ok2 bool
-			setA, ok1 = b.render(br.key, ch.After)
-			memA, ok2 = b.render(br.member, ch.After)
-			if !ok1 || !ok2 {
-				inA = false
+			if eA, inA = b.entry(br, ch.After); !inA {
 				skipped++
 			}
 		}
-		if inB && (!inA || setA != setB || memA != memB) {
-			b.member(false, setB, memB)
+		// A changed value is removed (if still current) and set again: the
+		// hash ends with the after-image's value.
+		if inB && (!inA || eA != eB) {
+			b.member(false, eB)
 		}
-		if inA && (!inB || setA != setB || memA != memB) {
-			b.member(true, setA, memA)
+		if inA && (!inB || eA != eB) {
+			b.member(true, eA)
 		}
 	}
 	return skipped
@@ -89,6 +94,29 @@ func (b *batch) render(t bound, row []any) (string, bool) {
 		return "", false
 	}
 	return string(out), true
+}
+
+// entry is what a member rule keeps for one row: member m of key, with
+// value v when the key is a hash.
+type entry struct {
+	key, m, v string
+	hash      bool
+}
+
+// entry renders the rule's entry for row; ok is false when a column of
+// the key, the member or the value is NULL.
+func (b *batch) entry(br *boundRule, row []any) (e entry, ok bool) {
+	var ok1, ok2 bool
+	e.key, ok1 = b.render(br.key, row)
+	e.m, ok2 = b.render(br.member, row)
+	ok = ok1 && ok2
+	if br.rule.value != nil {
+		e.hash = true
+		var ok3 bool
+		e.v, ok3 = b.render(br.value, row)
+		ok = ok && ok3
+	}
+	return e, ok
 }
 
 func missing(row []any, ok bool) int {

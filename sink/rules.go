@@ -16,7 +16,13 @@ const (
 	KindInvalidate = "invalidate" // delete keys (and their leases)
 	KindRewrite    = "rewrite"    // store the after-image; delete on row delete
 	KindMirror     = "mirror"     // store one column's value
-	KindMember     = "member"     // keep a templated member in a set
+	KindMember     = "member"     // keep a templated member in a set or hash
+)
+
+// Ops of a member rule.
+const (
+	OpSync   = "sync"   // add on entering the condition, remove on leaving it (default)
+	OpRemove = "remove" // remove when the after-image matches; never add
 )
 
 // RuleConfig is one rule as written in the configuration file.
@@ -26,8 +32,8 @@ type RuleConfig struct {
 	Kind  string `yaml:"kind"`
 	// Keys are the key templates an invalidate rule deletes.
 	Keys []string `yaml:"keys"`
-	// Key is the key template of a rewrite or mirror rule, or the set of a
-	// member rule.
+	// Key is the key template of a rewrite or mirror rule, or the set
+	// (hash, with Value) of a member rule.
 	Key string `yaml:"key"`
 	// Format of a rewrite rule: "json" (a string holding a JSON object,
 	// the default) or "hash" (one field per column; NULLs are omitted).
@@ -41,6 +47,15 @@ type RuleConfig struct {
 	// When restricts a member rule to rows matching the condition: a row
 	// entering the condition adds its member, a row leaving it removes it.
 	When *Condition `yaml:"when"`
+	// Op of a member rule: OpSync (the default) or OpRemove, which removes
+	// the member of every inserted or updated row whose after-image matches
+	// When, never adds, and ignores deletes.
+	Op string `yaml:"op"`
+	// Value template of a member rule: Key is then a hash of member ->
+	// value. Adding is HSET; removing deletes the field only while it
+	// still holds the row's value, so an older row never removes the entry
+	// a newer one wrote.
+	Value string `yaml:"value"`
 }
 
 // Condition matches a row whose column's text equals one of the values.
@@ -53,12 +68,14 @@ type Condition struct {
 
 // rule is a compiled RuleConfig.
 type rule struct {
-	name   string // for metrics and errors: "schema.table/kind:key"
+	name   string // for metrics and errors: "schema.table/kind:key" ("member-remove" for op remove)
 	kind   string
 	table  string // lower-case schema.table
 	keys   []*Template
 	key    *Template
 	member *Template
+	value  *Template // member rule: the key is a hash member -> value
+	remove bool      // member rule: op remove
 	hash   bool
 	cols   []string
 	column string
@@ -129,6 +146,8 @@ func compileRule(c RuleConfig) (*rule, error) {
 		forbid("column", c.Column != "")
 		forbid("member", c.Member != "")
 		forbid("when", c.When != nil)
+		forbid("op", c.Op != "")
+		forbid("value", c.Value != "")
 		r.name = c.Table + "/invalidate:" + strings.Join(c.Keys, ",")
 	case KindRewrite:
 		r.key = tmpl("key", c.Key)
@@ -144,6 +163,8 @@ func compileRule(c RuleConfig) (*rule, error) {
 		forbid("column", c.Column != "")
 		forbid("member", c.Member != "")
 		forbid("when", c.When != nil)
+		forbid("op", c.Op != "")
+		forbid("value", c.Value != "")
 		r.name = c.Table + "/rewrite:" + c.Key
 	case KindMirror:
 		r.key = tmpl("key", c.Key)
@@ -156,6 +177,8 @@ func compileRule(c RuleConfig) (*rule, error) {
 		forbid("columns", len(c.Columns) > 0)
 		forbid("member", c.Member != "")
 		forbid("when", c.When != nil)
+		forbid("op", c.Op != "")
+		forbid("value", c.Value != "")
 		r.name = c.Table + "/mirror:" + c.Key
 	case KindMember:
 		r.key = tmpl("key", c.Key)
@@ -176,11 +199,26 @@ func compileRule(c RuleConfig) (*rule, error) {
 				}
 			}
 		}
+		switch c.Op {
+		case "", OpSync:
+		case OpRemove:
+			r.remove = true
+		default:
+			if err == nil {
+				err = fmt.Errorf("op %q: want sync or remove", c.Op)
+			}
+		}
+		if c.Value != "" {
+			r.value = tmpl("value", c.Value)
+		}
 		forbid("keys", len(c.Keys) > 0)
 		forbid("format", c.Format != "")
 		forbid("columns", len(c.Columns) > 0)
 		forbid("column", c.Column != "")
 		r.name = c.Table + "/member:" + c.Key
+		if r.remove {
+			r.name = c.Table + "/member-remove:" + c.Key
+		}
 	case "":
 		return nil, fmt.Errorf("kind: required (invalidate, rewrite, mirror or member)")
 	default:
@@ -203,6 +241,9 @@ func (r *rule) columns() []string {
 	}
 	if r.member != nil {
 		cols = append(cols, r.member.Columns()...)
+	}
+	if r.value != nil {
+		cols = append(cols, r.value.Columns()...)
 	}
 	cols = append(cols, r.cols...)
 	if r.column != "" {
@@ -283,6 +324,7 @@ type boundRule struct {
 	keys    []bound
 	key     bound
 	member  bound
+	value   bound // valid when rule.value != nil
 	cols    []int // rewrite: column indexes, mirror: one
 	names   [][]byte
 	decimal []bool
@@ -308,6 +350,11 @@ func (r *rule) bind(t *binlog.Table) (*boundRule, error) {
 	}
 	if r.member != nil {
 		if b.member, err = r.member.bind(t); err != nil {
+			return nil, fmt.Errorf("rule %s: %w", r.name, err)
+		}
+	}
+	if r.value != nil {
+		if b.value, err = r.value.bind(t); err != nil {
 			return nil, fmt.Errorf("rule %s: %w", r.name, err)
 		}
 	}

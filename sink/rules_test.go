@@ -31,6 +31,8 @@ func TestCompileRulesErrors(t *testing.T) {
 		{"invalidate with column", RuleConfig{Table: "s.t", Kind: KindInvalidate, Keys: []string{"a:{id}"}, Column: "x"}, "rules[0]: column: not used"},
 		{"invalidate with member", RuleConfig{Table: "s.t", Kind: KindInvalidate, Keys: []string{"a:{id}"}, Member: "{id}"}, "rules[0]: member: not used"},
 		{"invalidate with when", RuleConfig{Table: "s.t", Kind: KindInvalidate, Keys: []string{"a:{id}"}, When: when("s", "x")}, "rules[0]: when: not used"},
+		{"invalidate with op", RuleConfig{Table: "s.t", Kind: KindInvalidate, Keys: []string{"a:{id}"}, Op: OpRemove}, "rules[0]: op: not used by a invalidate rule"},
+		{"invalidate with value", RuleConfig{Table: "s.t", Kind: KindInvalidate, Keys: []string{"a:{id}"}, Value: "{v}"}, "rules[0]: value: not used by a invalidate rule"},
 
 		{"rewrite without key", RuleConfig{Table: "s.t", Kind: KindRewrite}, "rules[0]: key: required for a rewrite rule"},
 		{"rewrite bad key", RuleConfig{Table: "s.t", Kind: KindRewrite, Key: "g:{}"}, "rules[0]: key: template \"g:{}\": bad column reference"},
@@ -39,6 +41,8 @@ func TestCompileRulesErrors(t *testing.T) {
 		{"rewrite with column", RuleConfig{Table: "s.t", Kind: KindRewrite, Key: "g:{id}", Column: "v"}, "rules[0]: column: not used by a rewrite rule"},
 		{"rewrite with member", RuleConfig{Table: "s.t", Kind: KindRewrite, Key: "g:{id}", Member: "{id}"}, "rules[0]: member: not used by a rewrite rule"},
 		{"rewrite with when", RuleConfig{Table: "s.t", Kind: KindRewrite, Key: "g:{id}", When: when("s", "x")}, "rules[0]: when: not used by a rewrite rule"},
+		{"rewrite with op", RuleConfig{Table: "s.t", Kind: KindRewrite, Key: "g:{id}", Op: OpSync}, "rules[0]: op: not used by a rewrite rule"},
+		{"rewrite with value", RuleConfig{Table: "s.t", Kind: KindRewrite, Key: "g:{id}", Value: "{v}"}, "rules[0]: value: not used by a rewrite rule"},
 
 		{"mirror without key", RuleConfig{Table: "s.t", Kind: KindMirror, Column: "v"}, "rules[0]: key: required for a mirror rule"},
 		{"mirror without column", RuleConfig{Table: "s.t", Kind: KindMirror, Key: "m:{id}"}, "rules[0]: column: required for a mirror rule"},
@@ -47,6 +51,8 @@ func TestCompileRulesErrors(t *testing.T) {
 		{"mirror with keys", RuleConfig{Table: "s.t", Kind: KindMirror, Key: "m:{id}", Column: "v", Keys: []string{"x"}}, "rules[0]: keys: not used by a mirror rule"},
 		{"mirror with member", RuleConfig{Table: "s.t", Kind: KindMirror, Key: "m:{id}", Column: "v", Member: "x"}, "rules[0]: member: not used by a mirror rule"},
 		{"mirror with when", RuleConfig{Table: "s.t", Kind: KindMirror, Key: "m:{id}", Column: "v", When: when("s", "x")}, "rules[0]: when: not used by a mirror rule"},
+		{"mirror with op", RuleConfig{Table: "s.t", Kind: KindMirror, Key: "m:{id}", Column: "v", Op: OpRemove}, "rules[0]: op: not used by a mirror rule"},
+		{"mirror with value", RuleConfig{Table: "s.t", Kind: KindMirror, Key: "m:{id}", Column: "v", Value: "{v}"}, "rules[0]: value: not used by a mirror rule"},
 
 		{"member without key", RuleConfig{Table: "s.t", Kind: KindMember, Member: "{id}"}, "rules[0]: key: required for a member rule"},
 		{"member without member", RuleConfig{Table: "s.t", Kind: KindMember, Key: "set"}, "rules[0]: member: required for a member rule"},
@@ -58,6 +64,12 @@ func TestCompileRulesErrors(t *testing.T) {
 		{"member with columns", RuleConfig{Table: "s.t", Kind: KindMember, Key: "set", Member: "{id}", Columns: []string{"a"}}, "rules[0]: columns: not used by a member rule"},
 		{"member with column", RuleConfig{Table: "s.t", Kind: KindMember, Key: "set", Member: "{id}", Column: "a"}, "rules[0]: column: not used by a member rule"},
 		{"member with keys", RuleConfig{Table: "s.t", Kind: KindMember, Key: "set", Member: "{id}", Keys: []string{"a"}}, "rules[0]: keys: not used by a member rule"},
+		{"member bad op", RuleConfig{Table: "s.t", Kind: KindMember, Key: "set", Member: "{id}", Op: "add"}, `rules[0]: op "add": want sync or remove`},
+		{"member op in upper case", RuleConfig{Table: "s.t", Kind: KindMember, Key: "set", Member: "{id}", Op: "Remove"}, `rules[0]: op "Remove": want sync or remove`},
+		{"member bad value", RuleConfig{Table: "s.t", Kind: KindMember, Key: "h", Member: "{id}", Value: "{v"}, "rules[0]: value: template \"{v\": unclosed"},
+		{"member bad value reference", RuleConfig{Table: "s.t", Kind: KindMember, Key: "h", Member: "{id}", Value: "x:{}", Op: OpRemove}, "rules[0]: value: template \"x:{}\": bad column reference"},
+		{"member remove without member", RuleConfig{Table: "s.t", Kind: KindMember, Key: "set", Op: OpRemove}, "rules[0]: member: required for a member rule"},
+		{"member bad key before bad op", RuleConfig{Table: "s.t", Kind: KindMember, Key: "s:{id", Member: "{id}", Op: "x"}, "rules[0]: key: template"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -119,6 +131,39 @@ func TestCompileRulesGood(t *testing.T) {
 	}
 	if got, want := goods[4].columns(), []string{"cat", "id", "status"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("columns() of the member rule = %q, want %q", got, want)
+	}
+}
+
+func TestCompileMemberOpValue(t *testing.T) {
+	canceled := &Condition{Column: "status", In: []string{"failed", "canceled"}}
+	rs, err := CompileRules([]RuleConfig{
+		{Table: "shop.orders", Kind: KindMember, Key: "sk:{{{item_id}}}:pending", Member: "{order_id}:{user_id}", Op: OpRemove},
+		{Table: "shop.orders", Kind: KindMember, Key: "sk:{{{item_id}}}:buyers", Member: "{user_id}", Value: "{order_id}", Op: OpSync,
+			When: &Condition{Column: "status", In: []string{"created", "paid"}}},
+		{Table: "shop.orders", Kind: KindMember, Key: "sk:{{{item_id}}}:buyers", Member: "{user_id}", Value: "o:{order_id}", Op: OpRemove, When: canceled},
+		{Table: "shop.orders", Kind: KindMember, Key: "all", Member: "{order_id}"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := rs.byTable["shop.orders"]
+	for i, want := range []struct {
+		remove, value bool
+		name          string
+		cols          []string
+	}{
+		{true, false, "shop.orders/member-remove:sk:{{{item_id}}}:pending", []string{"item_id", "order_id", "user_id"}},
+		{false, true, "shop.orders/member:sk:{{{item_id}}}:buyers", []string{"item_id", "user_id", "order_id", "status"}},
+		{true, true, "shop.orders/member-remove:sk:{{{item_id}}}:buyers", []string{"item_id", "user_id", "order_id", "status"}},
+		{false, false, "shop.orders/member:all", []string{"order_id"}},
+	} {
+		r := got[i]
+		if r.remove != want.remove || (r.value != nil) != want.value || r.name != want.name {
+			t.Errorf("rules[%d]: remove %v, value %v, name %q; want %v, %v, %q", i, r.remove, r.value != nil, r.name, want.remove, want.value, want.name)
+		}
+		if cols := r.columns(); !reflect.DeepEqual(cols, want.cols) {
+			t.Errorf("rules[%d].columns() = %q, want %q (the value's columns are checked against the schema too)", i, cols, want.cols)
+		}
 	}
 }
 
