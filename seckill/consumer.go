@@ -123,6 +123,9 @@ func (c *Consumer) handle(ctx context.Context, msg *sarama.ConsumerMessage) erro
 		attempts++
 		var err error
 		out, err = c.store.PlaceOrder(ctx, m.order())
+		if ctx.Err() != nil {
+			return backoff.Permanent(ctx.Err()) // shutting down: redelivered later
+		}
 		if err != nil && !transient(err) {
 			return backoff.Permanent(err)
 		}

@@ -1,0 +1,213 @@
+package seckill_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestRestockClearsSoldOut: after a sell-out the local flag answers 410
+// without Redis; an admin restock (MySQL only) reaches Redis through CDC,
+// clears the flag through the invalidation channel, and new reservations
+// succeed up to the new stock.
+func TestRestockClearsSoldOut(t *testing.T) {
+	s := newStack(t)
+	d := s.start("admin_token: secret")
+	s.addItem(2, 3)
+	for u := int64(1); u <= 3; u++ {
+		if r, err := d.reserve(2, u); err != nil || r.Status != 202 {
+			t.Fatalf("reserve user %d: %v %+v", u, err, r)
+		}
+	}
+	for u := int64(4); u <= 6; u++ {
+		if r, err := d.reserve(2, u); err != nil || r.Status != 410 {
+			t.Fatalf("reserve after sell-out: %v %+v", err, r)
+		}
+	}
+	local := metric(t, d, `cachesync_seckill_reservations_total{result="sold_out_local"}`)
+	if local < 2 {
+		t.Errorf("sold_out_local = %v, want >= 2 (the flag should answer after the first 410)", local)
+	}
+	// Without the token: refused, nothing changes.
+	if r, _ := call("POST", d.base+"/admin/items/2/restock", `{"add":5}`); r.Status != 401 {
+		t.Fatalf("restock without token: %+v", r)
+	}
+	if r, _ := call("POST", d.base+"/admin/items/2/restock", `{"add":5}`, "Authorization", "Bearer wrong"); r.Status != 401 {
+		t.Fatalf("restock with a wrong token: %+v", r)
+	}
+	r, err := call("POST", d.base+"/admin/items/2/restock", `{"add":5}`, "Authorization", "Bearer secret")
+	if err != nil || r.Status != 200 {
+		t.Fatalf("restock: %v %+v", err, r)
+	}
+	ok := 0
+	s.eventually(20*time.Second, "reservations succeed after the restock", func() bool {
+		r, err := d.reserve(2, int64(100+ok))
+		if err == nil && r.Status == 202 {
+			ok++
+		}
+		return ok > 0
+	})
+	for u := int64(200); ok < 5; u++ {
+		r, err := d.reserve(2, u)
+		if err != nil || r.Status != 202 {
+			t.Fatalf("reservation %d of 5 after restock: %v %+v", ok+1, err, r)
+		}
+		ok++
+	}
+	if r, _ := d.reserve(2, 999); r.Status != 410 {
+		t.Fatalf("after the restocked units: %+v", r)
+	}
+	s.eventually(30*time.Second, "8 orders, stock 0", func() bool {
+		return s.int("SELECT COUNT(*) FROM sk_orders WHERE item_id = 2 AND status = 'created'") == 8 &&
+			s.int("SELECT stock FROM sk_items WHERE id = 2") == 0
+	})
+}
+
+// TestUnpaidTimeout: an unpaid order is canceled after unpaid_timeout, its
+// stock returns in MySQL and (through CDC) in Redis, and the user may buy
+// again; a paid order is left alone.
+func TestUnpaidTimeout(t *testing.T) {
+	s := newStack(t)
+	d := s.start("unpaid_timeout: 1500ms")
+	s.addItem(3, 2)
+	a, _ := d.reserve(3, 1)
+	b, _ := d.reserve(3, 2)
+	if a.Status != 202 || b.Status != 202 {
+		t.Fatalf("reserve: %+v %+v", a, b)
+	}
+	oa, ob := a.Body["order_id"].(string), b.Body["order_id"].(string)
+	s.eventually(20*time.Second, "both orders created", func() bool {
+		return s.int("SELECT COUNT(*) FROM sk_orders WHERE item_id = 3 AND status = 'created'") == 2
+	})
+	if r, err := call("POST", d.base+"/orders/"+ob+"/pay", ""); err != nil || r.Status != 200 || r.Body["status"] != "paid" {
+		t.Fatalf("pay: %v %+v", err, r)
+	}
+	s.eventually(20*time.Second, "unpaid order canceled", func() bool {
+		r, _ := call("GET", d.base+"/orders/"+oa, "")
+		return r.Body["status"] == "canceled"
+	})
+	if r, _ := call("POST", d.base+"/orders/"+oa+"/pay", ""); r.Status != 409 {
+		t.Errorf("paying a canceled order: %+v", r)
+	}
+	if n := s.int("SELECT stock FROM sk_items WHERE id = 3"); n != 1 {
+		t.Errorf("MySQL stock %d after the cancel, want 1", n)
+	}
+	ctx := context.Background()
+	s.eventually(20*time.Second, "Redis stock 1 and user 1 out of buyers", func() bool {
+		v, _ := s.rdb.Get(ctx, "sk:{3}:stock").Int64()
+		return v == 1 && !s.rdb.HExists(ctx, "sk:{3}:buyers", "1").Val()
+	})
+	if r, _ := call("GET", d.base+"/orders/"+ob, ""); r.Body["status"] != "paid" {
+		t.Errorf("paid order: %+v", r)
+	}
+	// User 1 may buy again.
+	s.eventually(20*time.Second, "user 1 buys again", func() bool {
+		r, _ := d.reserve(3, 1)
+		return r.Status == 202
+	})
+}
+
+// TestOrphanReaped: a pending reservation with no order (a crash between
+// reserve and produce) is released after orphan_age: its order is fenced
+// in MySQL as canceled, and CDC removes it from pending and buyers.
+func TestOrphanReaped(t *testing.T) {
+	s := newStack(t)
+	d := s.start("orphan_age: 2s")
+	s.addItem(4, 1)
+	ctx := context.Background()
+	order := "4-0190f0e0-0000-7000-8000-000000000001"
+	old := time.Now().Add(-time.Hour).UnixMilli()
+	s.rdb.ZAdd(ctx, "sk:{4}:pending", redisZ(float64(old), order+":77"))
+	s.rdb.HSet(ctx, "sk:{4}:buyers", "77", order)
+	if r, _ := d.reserve(4, 1); r.Status != 410 && r.Status != 202 {
+		t.Fatalf("reserve: %+v", r)
+	}
+	s.eventually(20*time.Second, "orphan released", func() bool {
+		return s.rdb.ZScore(ctx, "sk:{4}:pending", order+":77").Err() != nil && !s.rdb.HExists(ctx, "sk:{4}:buyers", "77").Val()
+	})
+	var status, reason string
+	if err := s.db.QueryRow("SELECT status, reason FROM sk_orders WHERE order_id = ?", order).Scan(&status, &reason); err != nil || status != "canceled" || !strings.Contains(reason, "orphan") {
+		t.Fatalf("fence row: %q %q %v", status, reason, err)
+	}
+	if metric(t, d, "cachesync_seckill_orphans_reaped_total") != 1 {
+		t.Errorf("orphans_reaped_total != 1")
+	}
+}
+
+// TestProduceFailure: with the broker gone, a reservation answers 503 and
+// is released: nothing stays in pending or buyers, the order is fenced.
+func TestProduceFailure(t *testing.T) {
+	s := newStack(t)
+	d := s.start("")
+	s.addItem(5, 10)
+	s.kafka.Close()
+	r, err := d.reserve(5, 1)
+	if err != nil || r.Status != 503 {
+		t.Fatalf("reserve with Kafka down: %v %+v", err, r)
+	}
+	ctx := context.Background()
+	if n := s.rdb.ZCard(ctx, "sk:{5}:pending").Val(); n != 0 {
+		t.Errorf("pending has %d entries after a failed produce", n)
+	}
+	if s.rdb.HExists(ctx, "sk:{5}:buyers", "1").Val() {
+		t.Errorf("user 1 still in buyers after a failed produce")
+	}
+	if n := s.int("SELECT COUNT(*) FROM sk_orders WHERE item_id = 5 AND status = 'canceled'"); n != 1 {
+		t.Errorf("%d fenced orders, want 1", n)
+	}
+	if metric(t, d, `cachesync_seckill_reservations_total{result="produce_failed"}`) != 1 {
+		t.Errorf("produce_failed metric not counted")
+	}
+}
+
+// TestBadInput: malformed requests get 400 with a message, never a panic
+// or a reservation.
+func TestBadInput(t *testing.T) {
+	s := newStack(t)
+	d := s.start("limits: {per_user: 1, user_burst: 2}")
+	s.addItem(6, 100)
+	cases := []struct{ path, body string }{
+		{"/seckill/items/6/reservations", ``},
+		{"/seckill/items/6/reservations", `{`},
+		{"/seckill/items/6/reservations", `{"user_id":"x"}`},
+		{"/seckill/items/6/reservations", `{"user_id":0}`},
+		{"/seckill/items/6/reservations", `{"user_id":-3}`},
+		{"/seckill/items/6/reservations", `{"user":1}`},
+		{"/seckill/items/6/reservations", `{"user_id":1}{"user_id":2}`},
+		{"/seckill/items/6/reservations", `{"user_id":1,"pad":"` + strings.Repeat("x", 8000) + `"}`},
+		{"/seckill/items/abc/reservations", `{"user_id":1}`},
+		{"/seckill/items/-1/reservations", `{"user_id":1}`},
+		{"/seckill/items/99999999999999999999/reservations", `{"user_id":1}`},
+	}
+	for _, c := range cases {
+		r, err := call("POST", d.base+c.path, c.body)
+		if err != nil || r.Status != 400 || r.Body["error"] == nil {
+			t.Errorf("POST %s %.40q: %v %d %s", c.path, c.body, err, r.Status, r.Raw)
+		}
+	}
+	if r, _ := call("GET", d.base+"/orders/nonsense", ""); r.Status != 400 {
+		t.Errorf("GET /orders/nonsense: %+v", r)
+	}
+	if r, _ := call("GET", d.base+"/orders/6-0190f0e0-0000-7000-8000-000000000009", ""); r.Status != 404 {
+		t.Errorf("GET unknown order: %+v", r)
+	}
+	// Unknown item: not ready (no keys), 503 — never a reservation.
+	if r, _ := d.reserve(12345, 1); r.Status != 503 {
+		t.Errorf("unknown item: %+v", r)
+	}
+	// Per-user limit: burst 2, then 429.
+	codes := map[int]int{}
+	for i := 0; i < 5; i++ {
+		r, _ := d.reserve(6, 42)
+		codes[r.Status]++
+	}
+	if codes[429] < 2 {
+		t.Errorf("per-user limit: answers %v, want at least two 429", codes)
+	}
+	if n := s.rdb.ZCard(context.Background(), "sk:{6}:pending").Val() + s.int("SELECT COUNT(*) FROM sk_orders WHERE item_id = 6"); n != 1 {
+		t.Errorf("%d reservations/orders for item 6, want 1", n)
+	}
+	_ = fmt.Sprint()
+}

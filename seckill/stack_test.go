@@ -1,0 +1,231 @@
+package seckill_test
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	_ "embed"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cachesync/cachesync/api"
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/daemon"
+	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"go.uber.org/fx"
+	"go.uber.org/fx/fxevent"
+)
+
+//go:embed schema.sql
+var schemaSQL string
+
+// SaleRules are the CDC rules the sale needs (also in configs/cachesync.yaml).
+const saleRules = `
+    - {table: shop.sk_items, kind: mirror, key: "sk:{{{id}}}:stock", column: stock}
+    - {table: shop.sk_orders, kind: member, op: remove, key: "sk:{{{item_id}}}:pending", member: "{order_id}:{user_id}"}
+    - {table: shop.sk_orders, kind: member, key: "sk:{{{item_id}}}:buyers", member: "{user_id}", value: "{order_id}", when: {column: status, in: [created, paid]}}
+    - {table: shop.sk_orders, kind: member, op: remove, key: "sk:{{{item_id}}}:buyers", member: "{user_id}", value: "{order_id}", when: {column: status, in: [canceled, failed]}}
+`
+
+// stack is a private MariaDB, Redis and Kafka-protocol broker with the
+// sale's schema; daemons are started on it in process or as children.
+type stack struct {
+	t     *testing.T
+	my    *testenv.MariaDB
+	rs    *testenv.Redis
+	kafka *kfake.Cluster
+	db    *sql.DB
+	rdb   *redis.Client
+	seq   atomic.Int32
+}
+
+func newStack(t *testing.T) *stack {
+	t.Helper()
+	s := &stack{t: t, my: testenv.StartMariaDB(t), rs: testenv.StartRedis(t)}
+	var err error
+	s.kafka, err = kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(8, "cachesync.orders"), kfake.SeedTopics(1, "cachesync.orders.dlq"),
+		kfake.GroupMinSessionTimeout(500*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.kafka.Close)
+	s.db = s.my.DB(t, "shop")
+	for _, stmt := range strings.Split(schemaSQL, ";\n") {
+		if strings.TrimSpace(stripComments(stmt)) == "" {
+			continue
+		}
+		if _, err := s.db.Exec(stmt); err != nil {
+			t.Fatalf("schema: %v\n%s", err, stmt)
+		}
+	}
+	s.rdb = redis.NewClient(&redis.Options{Addr: s.rs.Addr()})
+	t.Cleanup(func() { s.rdb.Close() })
+	return s
+}
+
+func stripComments(s string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(s, "\n") {
+		if !strings.HasPrefix(strings.TrimSpace(l), "--") {
+			b.WriteString(l + "\n")
+		}
+	}
+	return b.String()
+}
+
+// exec runs a statement or fails the test.
+func (s *stack) exec(q string, args ...any) sql.Result {
+	s.t.Helper()
+	r, err := s.db.Exec(q, args...)
+	if err != nil {
+		s.t.Fatalf("%s: %v", q, err)
+	}
+	return r
+}
+
+func (s *stack) int(q string, args ...any) int64 {
+	s.t.Helper()
+	var n int64
+	if err := s.db.QueryRow(q, args...).Scan(&n); err != nil {
+		s.t.Fatalf("%s: %v", q, err)
+	}
+	return n
+}
+
+// configYAML is a daemon configuration for this stack; extra is appended
+// under the seckill section.
+func (s *stack) configYAML(httpPort int, seckillExtra string) string {
+	return fmt.Sprintf(`mysql:
+  addr: %s
+  user: root
+  server_id: %d
+redis:
+  addr: %s
+http:
+  addr: 127.0.0.1:%d
+log:
+  level: warn
+sink:
+  rules:%s
+seckill:
+  enabled: true
+  kafka:
+    brokers: [%s]
+    session_timeout: 1s
+  produce_timeout: 1s
+  job_interval: 200ms
+  retry: {attempts: 3, initial: 20ms, max: 200ms}
+%s`, s.my.Addr(), 5000+s.seq.Add(1), s.rs.Addr(), httpPort, saleRules, strings.Join(s.kafka.ListenAddrs(), ","), indent(seckillExtra))
+}
+
+func indent(s string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(strings.TrimSpace(s), "\n") {
+		if l != "" {
+			b.WriteString("  " + l + "\n")
+		}
+	}
+	return b.String()
+}
+
+// node is an in-process cachesync.
+type node struct {
+	app  *fx.App
+	base string
+	cfg  *config.Config
+}
+
+// start runs a daemon in process until the test ends (or stop).
+func (s *stack) start(seckillExtra string) *node {
+	s.t.Helper()
+	port, err := testenv.FreePort()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	cfg, err := config.Parse([]byte(s.configYAML(port, seckillExtra)), nil)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	var srv *api.Server
+	app := fx.New(fx.WithLogger(func() fxevent.Logger { return fxevent.NopLogger }), daemon.Options(cfg), fx.Populate(&srv))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := app.Start(ctx); err != nil {
+		s.t.Fatalf("daemon start: %v", err)
+	}
+	d := &node{app: app, base: "http://" + srv.Addr().String(), cfg: cfg}
+	s.t.Cleanup(d.stop)
+	return d
+}
+
+func (d *node) stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_ = d.app.Stop(ctx)
+}
+
+// addItem creates an item and waits until its keys are ready in Redis.
+func (s *stack) addItem(id, stock int64) {
+	s.t.Helper()
+	s.exec("INSERT INTO sk_items (id, name, stock) VALUES (?, ?, ?)", id, fmt.Sprintf("item %d", id), stock)
+	s.eventually(30*time.Second, fmt.Sprintf("item %d ready with stock %d", id, stock), func() bool {
+		v, err := s.rdb.Get(context.Background(), fmt.Sprintf("sk:{%d}:stock", id)).Int64()
+		n, _ := s.rdb.Exists(context.Background(), fmt.Sprintf("sk:{%d}:ready", id)).Result()
+		return err == nil && v == stock && n == 1
+	})
+}
+
+// eventually polls cond until it holds or the timeout fails the test.
+func (s *stack) eventually(timeout time.Duration, what string, cond func() bool) {
+	s.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			s.t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// reply is an HTTP answer.
+type reply struct {
+	Status int
+	Body   map[string]any
+	Raw    string
+}
+
+var client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 512, MaxConnsPerHost: 512}}
+
+func call(method, url, body string, hdr ...string) (reply, error) {
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		return reply{}, err
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return reply{}, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return reply{}, err
+	}
+	r := reply{Status: resp.StatusCode, Raw: string(raw)}
+	_ = json.NewDecoder(bytes.NewReader(raw)).Decode(&r.Body)
+	return r, nil
+}
+
+func (d *node) reserve(item, user int64) (reply, error) {
+	return call("POST", fmt.Sprintf("%s/seckill/items/%d/reservations", d.base, item), fmt.Sprintf(`{"user_id":%d}`, user))
+}
