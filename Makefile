@@ -4,18 +4,22 @@ GO ?= go
 BIN := bin/cachesync
 MYSQL_PORT ?= 33306
 REDIS_PORT ?= 36379
+KAFKA_PORT ?= 39092
 export CACHESYNC_DEV_MYSQL_PORT := $(MYSQL_PORT)
 export CACHESYNC_DEV_REDIS_PORT := $(REDIS_PORT)
+export CACHESYNC_DEV_KAFKA_PORT := $(KAFKA_PORT)
+export GO
 
 .PHONY: run stop test bench build lint fmt tidy-check deps
 
 build:
 	$(GO) build -o $(BIN) ./cmd/cachesync
+	$(GO) build -o bin/devkafka ./cmd/devkafka
 
 deps:
 	scripts/deps.sh
 
-## run: start private MariaDB + Redis, load the demo schema, run the daemon in the background.
+## run: start private MariaDB + Redis + Kafka (devkafka), load the demo schema, run the daemon in the background.
 run: build
 	scripts/dev-up.sh
 	scripts/demo.sh

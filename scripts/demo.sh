@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mysql_port=${CACHESYNC_DEV_MYSQL_PORT:-33306}
 redis_port=${CACHESYNC_DEV_REDIS_PORT:-36379}
+kafka_port=${CACHESYNC_DEV_KAFKA_PORT:-39092}
 mysql=(mariadb -h127.0.0.1 -P"$mysql_port" -uroot)
 "${mysql[@]}" < configs/demo.sql
 if [[ -s .dev/cachesync.pid ]] && kill -0 "$(<.dev/cachesync.pid)" 2>/dev/null; then
@@ -13,6 +14,7 @@ if [[ -s .dev/cachesync.pid ]] && kill -0 "$(<.dev/cachesync.pid)" 2>/dev/null; 
 	sleep 1
 fi
 CACHESYNC_MYSQL_ADDR=127.0.0.1:$mysql_port CACHESYNC_REDIS_ADDR=127.0.0.1:$redis_port \
+	CACHESYNC_KAFKA_BROKERS=127.0.0.1:$kafka_port \
 	nohup bin/cachesync run -config configs/cachesync.yaml >.dev/cachesync.log 2>&1 &
 echo $! >.dev/cachesync.pid
 ready=

@@ -38,5 +38,6 @@ stop() {
 }
 
 stop cachesync "$dev/cachesync.pid"
+stop Kafka "$dev/kafka/devkafka.pid" devkafka
 stop Redis "$dev/redis/redis.pid" redis-server
 stop MariaDB "$dev/mariadb/mysqld.pid" mariadbd

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Starts a private MariaDB (ROW binlog) and a private Redis for development,
-# unless they are already running, and waits until both answer.
+# Starts a private MariaDB (ROW binlog), a private Redis and a Kafka-protocol
+# broker for development, unless they are already running, and waits until
+# all three answer.
 #
 #   MariaDB: 127.0.0.1:${CACHESYNC_DEV_MYSQL_PORT:-33306}, user root, no
 #            password; data, binlogs, logs and pid file in .dev/mariadb
 #   Redis:   127.0.0.1:${CACHESYNC_DEV_REDIS_PORT:-36379}, no persistence;
 #            log and pid file in .dev/redis
+#   Kafka:   127.0.0.1:${CACHESYNC_DEV_KAFKA_PORT:-39092}, cmd/devkafka (an
+#            in-process kfake broker, built into bin/devkafka); topics
+#            cachesync.orders (8 partitions) and cachesync.orders.dlq (1);
+#            data in .dev/kafka/data, log and pid file in .dev/kafka
 #
 # Stop them with scripts/dev-down.sh. Remove .dev/ to start from scratch.
 set -euo pipefail
@@ -13,9 +18,11 @@ cd "$(dirname "$0")/.."
 
 mysql_port=${CACHESYNC_DEV_MYSQL_PORT:-33306}
 redis_port=${CACHESYNC_DEV_REDIS_PORT:-36379}
+kafka_port=${CACHESYNC_DEV_KAFKA_PORT:-39092}
 dev=$PWD/.dev
 mdata=$dev/mariadb
 rdir=$dev/redis
+kdir=$dev/kafka
 
 scripts/deps.sh
 
@@ -68,6 +75,12 @@ mysql_ping() {
 
 redis_ping() {
 	[[ $(redis-cli -h 127.0.0.1 -p "$redis_port" ping) == PONG ]]
+}
+
+# kafka_ready LINES: devkafka logged "ready" (after creating its topics) past
+# the first LINES lines of its log, and accepts connections.
+kafka_ready() {
+	tail -n "+$(($1 + 1))" "$kdir/devkafka.log" | grep -q '"message":"ready"' && port_busy "$kafka_port"
 }
 
 # MariaDB
@@ -145,5 +158,26 @@ else
 	echo "Redis started (pid $(<"$rdir/redis.pid"))"
 fi
 
+# Kafka
+if running "$kdir/devkafka.pid" devkafka; then
+	echo "Kafka already running (pid $(<"$kdir/devkafka.pid"))"
+else
+	if port_busy "$kafka_port"; then
+		echo "dev-up.sh: port $kafka_port is taken by another process; set CACHESYNC_DEV_KAFKA_PORT" >&2
+		exit 1
+	fi
+	mkdir -p "$kdir/data" bin
+	"${GO:-go}" build -o bin/devkafka ./cmd/devkafka
+	touch "$kdir/devkafka.log"
+	lines=$(wc -l <"$kdir/devkafka.log")
+	nohup setsid bin/devkafka -addr "127.0.0.1:$kafka_port" -data-dir "$kdir/data" \
+		-topic cachesync.orders:8 -topic cachesync.orders.dlq:1 \
+		</dev/null >>"$kdir/devkafka.log" 2>&1 &
+	echo $! >"$kdir/devkafka.pid"
+	wait_for Kafka $! "$kdir/devkafka.log" kafka_ready "$lines"
+	echo "Kafka started (pid $(<"$kdir/devkafka.pid"))"
+fi
+
 echo "MariaDB: root@tcp(127.0.0.1:$mysql_port)/   (mariadb --no-defaults -h127.0.0.1 -P$mysql_port -uroot)"
 echo "Redis:   127.0.0.1:$redis_port   (redis-cli -p $redis_port)"
+echo "Kafka:   127.0.0.1:$kafka_port   (topics cachesync.orders, cachesync.orders.dlq)"

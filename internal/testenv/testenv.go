@@ -1,4 +1,5 @@
-// Package testenv starts real MariaDB and Redis servers for integration tests.
+// Package testenv starts real MariaDB and Redis servers, and an in-process
+// Kafka-protocol cluster, for integration tests.
 //
 // Every server is a private child process of the test binary: it listens on a
 // free port on 127.0.0.1, keeps its files in a fresh temporary directory and
@@ -10,6 +11,14 @@
 // The server binaries come from the Debian packages mariadb-server and
 // redis-server. A missing binary is an error that names the package to
 // install; tests are never skipped because a server is missing.
+//
+// Kafka is the exception: Debian has no Kafka, so NewKafka and StartKafka run
+// kfake (github.com/twmb/franz-go/pkg/kfake) inside the test binary. Its
+// brokers listen on free ports of 127.0.0.1 and serve sarama's idempotent
+// producer, consumer groups, offset commits and admin requests; the topics
+// are given with KafkaTopic, and KafkaDataDir keeps the data across Stop and
+// Start. It dies with the test binary like the child processes. See
+// kafka.go for what to know about sarama against it.
 package testenv
 
 import (
