@@ -7,9 +7,10 @@
 -- ARGV[1]  what must exist, else Redis lost its data: "1" the checkpoint;
 --          "J" the snapshot journal (no checkpoint yet); "0" nothing (the
 --          first batch without a checkpoint). Unless "1", the key of every
---          S, H, X, A, R, HA and HR op is added to the journal, which the first
---          batch creates and writing the checkpoint deletes: a snapshot cut
---          short can be undone (see Applier.DiscardUnfinishedSnapshot).
+--          S, H, X, A, R, HA and HR op is added to the journal, which the
+--          first batch creates and writing the checkpoint deletes: a
+--          snapshot cut short can be undone (see
+--          Applier.DiscardUnfinishedSnapshot).
 -- ARGV[2]  "1": write the checkpoint (ARGV[3..7])
 -- ARGV[3]  file, ARGV[4] pos, ARGV[5] version, ARGV[6] gtid, ARGV[7] commit µs
 -- ARGV[8]  tombstone TTL in ms
