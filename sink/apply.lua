@@ -7,10 +7,12 @@
 -- ARGV[1]  what must exist, else Redis lost its data: "1" the checkpoint;
 --          "J" the snapshot journal (no checkpoint yet); "0" nothing (the
 --          first batch without a checkpoint). Unless "1", the key of every
---          S, H, X, A, R, HA and HR op is added to the journal, which the
---          first batch creates and writing the checkpoint deletes: a
---          snapshot cut short can be undone (see
---          Applier.DiscardUnfinishedSnapshot).
+--          S, H, X, A and HA op is added to the journal, which the first
+--          batch creates and writing the checkpoint deletes: a snapshot cut
+--          short can be undone (see Applier.DiscardUnfinishedSnapshot).
+--          R and HR are not journaled: they only remove, and deleting the
+--          whole key (often filled by the application, like a sale's
+--          pending set) would undo nothing.
 -- ARGV[2]  "1": write the checkpoint (ARGV[3..7])
 -- ARGV[3]  file, ARGV[4] pos, ARGV[5] version, ARGV[6] gtid, ARGV[7] commit µs
 -- ARGV[8]  tombstone TTL in ms
@@ -140,7 +142,6 @@ while i <= n do
     else
       redis.call('SREM', KEYS[k], ARGV[i + 1])
     end
-    note(KEYS[k])
     i, k = i + 2, k + 1
   elseif op == 'HA' then
     redis.call('HSET', KEYS[k], ARGV[i + 1], ARGV[i + 2])
@@ -150,7 +151,6 @@ while i <= n do
     if redis.call('HGET', KEYS[k], ARGV[i + 1]) == ARGV[i + 2] then
       redis.call('HDEL', KEYS[k], ARGV[i + 1])
     end
-    note(KEYS[k])
     i, k = i + 3, k + 1
   end
 end
