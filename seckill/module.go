@@ -81,6 +81,7 @@ func start(p Params) error {
 		stop  context.CancelFunc = func() {}
 	)
 	var jobs *Jobs
+	var reserver *Reserver
 	if cfg.has(RoleJobs) {
 		rb, err := retry(ctx, func() (*Rebuilder, error) {
 			return NewRebuilder(cfg, ks, p.Sink.Channel, p.Redis, db, store, log.With().Str("role", "rebuild").Logger())
@@ -100,7 +101,9 @@ func start(p Params) error {
 		so := newSoldOut(cfg.KeyPrefix, p.Cache.Live)
 		p.Cache.Listen(so.invalidated)
 		res := &Reserver{cfg: cfg, rdb: p.Redis, producer: prod, store: store, soldOut: so, m: m,
-			log: log.With().Str("role", "api").Logger(), now: time.Now}
+			log: log.With().Str("role", "api").Logger(), now: time.Now,
+			batch: newCoalescer(p.Redis, reserveScript, 128), stop: make(chan struct{})}
+		reserver = res
 		if jobs != nil {
 			res.kick = jobs.Kick
 		}
@@ -128,6 +131,9 @@ func start(p Params) error {
 			}
 			if cons != nil {
 				run(func(ctx context.Context) { _ = cons.Run(ctx) })
+			}
+			if reserver != nil {
+				run(func(ctx context.Context) { reserver.run(ctx, 4) })
 			}
 			if jobs != nil {
 				run(jobs.Run)

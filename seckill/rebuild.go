@@ -6,7 +6,6 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -210,16 +209,20 @@ func (l *lagReader) waitDrained(ctx context.Context, topic, group string, item i
 	}
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
+	if end == 0 {
+		return nil // nothing was ever produced to the partition
+	}
 	for {
+		// A group that never committed is reported as unknown by some
+		// brokers: nothing consumed yet, keep waiting.
 		resp, err := l.admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: {p}})
-		if err != nil {
+		if err != nil && !errors.Is(err, sarama.ErrGroupIDNotFound) {
 			return err
 		}
-		if b := resp.GetBlock(topic, p); b != nil && b.Err == sarama.ErrNoError && b.Offset >= end {
-			return nil
-		}
-		if end == 0 {
-			return nil // nothing was ever produced to the partition
+		if err == nil {
+			if b := resp.GetBlock(topic, p); b != nil && b.Err == sarama.ErrNoError && b.Offset >= end {
+				return nil
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -228,6 +231,3 @@ func (l *lagReader) waitDrained(ctx context.Context, topic, group string, item i
 		}
 	}
 }
-
-// itemString formats an item id for logs and keys.
-func itemString(item int64) string { return strconv.FormatInt(item, 10) }

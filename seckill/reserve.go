@@ -56,6 +56,29 @@ type Reserver struct {
 	m        *metrics
 	log      zerolog.Logger
 	now      func() time.Time
+	batch    *coalescer
+	stop     chan struct{} // closed when the workers stop
+}
+
+// run runs the pipelining workers until ctx is done.
+func (r *Reserver) run(ctx context.Context, workers int) {
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() { defer wg.Done(); r.batch.run(ctx) }()
+	}
+	wg.Wait()
+	close(r.stop)
+	// Answer calls queued after the last worker left.
+	for {
+		select {
+		case cl := <-r.batch.calls:
+			cl.err = errStopped
+			close(cl.done)
+		default:
+			return
+		}
+	}
 }
 
 // Reserve reserves one unit of item for user.
@@ -72,7 +95,11 @@ func (r *Reserver) Reserve(ctx context.Context, item, user int64) (Reserved, err
 	order := fmt.Sprintf("%d-%s", item, id)
 	k := KeysFor(r.cfg.KeyPrefix, item)
 	epoch := r.soldOut.epoch()
-	res, err := reserveScript.Run(ctx, r.rdb, []string{k.Stock, k.Pending, k.Buyers, k.Ready}, user, order, now.UnixMilli()).Slice()
+	raw, err := r.batch.do(ctx, r.stop, []string{k.Stock, k.Pending, k.Buyers, k.Ready}, user, order, now.UnixMilli())
+	res, _ := raw.([]any)
+	if err == nil && len(res) != 2 {
+		err = fmt.Errorf("reserve script returned %v", raw)
+	}
 	if err != nil {
 		r.m.reservations.WithLabelValues("redis_error").Inc()
 		return Reserved{}, fmt.Errorf("%w: redis: %v", ErrUnavailable, err)
@@ -195,3 +222,7 @@ func (s *soldOut) invalidated(keys []string, flush bool) {
 		}
 	}
 }
+
+// ReserveLua is the reservation script's source, for benchmarks that run
+// it without the daemon (redis-benchmark EVALSHA).
+func ReserveLua() string { return reserveSrc }

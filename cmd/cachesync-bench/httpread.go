@@ -122,7 +122,7 @@ func httpRead(args []string) error {
 			// wrk, a separate C process, loads the server with far less CPU
 			// than a Go client in the same process: its figures are the
 			// ones reported (the Go run above checked every X-Cache).
-			rate, p50, p99, err = runWrk(ctx, base+"/goods/1", *clients, *dur)
+			rate, p50, p99, err = runWrk(ctx, base+"/goods/1", *clients, *dur, false)
 		}
 		_ = srv.Close()
 		stop()
@@ -193,8 +193,10 @@ func hammer(ctx context.Context, base string, clients int, d time.Duration, sour
 }
 
 // runWrk loads url with wrk and parses its summary.
-func runWrk(ctx context.Context, url string, conns int, d time.Duration) (float64, time.Duration, time.Duration, error) {
-	out, err := exec.CommandContext(ctx, "wrk", "-t2", fmt.Sprintf("-c%d", conns), fmt.Sprintf("-d%ds", int(d.Seconds())), "--latency", url).CombinedOutput()
+// Non-2xx answers are errors unless non2xxOK; extra are more wrk flags.
+func runWrk(ctx context.Context, url string, conns int, d time.Duration, non2xxOK bool, extra ...string) (float64, time.Duration, time.Duration, error) {
+	args := append([]string{"-t2", fmt.Sprintf("-c%d", conns), fmt.Sprintf("-d%ds", int(d.Seconds())), "--latency"}, extra...)
+	out, err := exec.CommandContext(ctx, "wrk", append(args, url)...).CombinedOutput()
 	if err != nil {
 		return 0, 0, 0, fmt.Errorf("wrk: %v: %s", err, out)
 	}
@@ -209,8 +211,10 @@ func runWrk(ctx context.Context, url string, conns int, d time.Duration) (float6
 			p50 = parseWrkDuration(f[1])
 		case len(f) == 2 && f[0] == "99%":
 			p99 = parseWrkDuration(f[1])
-		case strings.Contains(line, "Non-2xx"):
+		case strings.Contains(line, "Non-2xx") && !non2xxOK:
 			return 0, 0, 0, fmt.Errorf("wrk saw errors: %s", line)
+		case strings.HasPrefix(strings.TrimSpace(line), "Socket errors"):
+			return 0, 0, 0, fmt.Errorf("wrk saw socket errors: %s", line)
 		}
 	}
 	if rate == 0 {

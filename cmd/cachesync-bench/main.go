@@ -13,7 +13,9 @@
 //
 // "cachesync-bench consistency" instead compares the seed's cache schemes
 // with cachesync's (package harness); "cachesync-bench http" measures
-// GET /goods/{id} with L1 hits vs L2 only vs DB only.
+// GET /goods/{id} with L1 hits vs L2 only vs DB only; "cachesync-bench
+// seckill" measures reservations over HTTP against redis-benchmark EVALSHA
+// of the same script and the seed's SELECT … FOR UPDATE deduction.
 package main
 
 import (
@@ -38,7 +40,7 @@ import (
 
 func main() {
 	if len(os.Args) > 1 {
-		sub := map[string]func([]string) error{"consistency": consistency, "http": httpRead}[os.Args[1]]
+		sub := map[string]func([]string) error{"consistency": consistency, "http": httpRead, "seckill": seckillBench}[os.Args[1]]
 		if sub != nil {
 			if err := sub(os.Args[2:]); err != nil {
 				fmt.Fprintf(os.Stderr, "cachesync-bench %s: %v\n", os.Args[1], err)
