@@ -8,6 +8,9 @@ redis_port=${CACHESYNC_DEV_REDIS_PORT:-36379}
 kafka_port=${CACHESYNC_DEV_KAFKA_PORT:-39092}
 mysql=(mariadb -h127.0.0.1 -P"$mysql_port" -uroot)
 "${mysql[@]}" < configs/demo.sql
+# Flash sale: its tables and one item with 5 units.
+"${mysql[@]}" shop < seckill/schema.sql
+"${mysql[@]}" -e "INSERT IGNORE INTO shop.sk_items (id, name, stock) VALUES (100, 'flash-sale phone', 5)"
 if [[ -s .dev/cachesync.pid ]] && kill -0 "$(<.dev/cachesync.pid)" 2>/dev/null; then
 	echo "cachesync already running (pid $(<.dev/cachesync.pid)); restarting it"
 	kill "$(<.dev/cachesync.pid)" || true
@@ -48,6 +51,18 @@ Try it:
 
   # 4. read through the two-level cache (X-Cache says L1, L2 or DB)
   curl -si http://127.0.0.1:9090/goods/1
+
+  # 5. flash sale: item 100 has 5 units; reserve one (202 + order id),
+  #    the same user again (409), look at the order and the item
+  curl -s -XPOST http://127.0.0.1:9090/seckill/items/100/reservations -d '{"user_id":1}'
+  curl -s -XPOST http://127.0.0.1:9090/seckill/items/100/reservations -d '{"user_id":1}'
+  curl -s http://127.0.0.1:9090/seckill/items/100
+  curl -s http://127.0.0.1:9090/orders/ORDER_ID            # queued → created
+  curl -s -XPOST http://127.0.0.1:9090/orders/ORDER_ID/pay
+  curl -s -XPOST http://127.0.0.1:9090/admin/items/100/restock \
+       -H 'Authorization: Bearer demo-admin-token' -d '{"add":10}'
+  bin/cachesync check  -config configs/cachesync.yaml      # Redis vs MySQL, exit 1 on drift
+  bin/cachesync resync -config configs/cachesync.yaml -item 100
 
 Stop everything with: make stop
 MSG

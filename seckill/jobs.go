@@ -50,14 +50,17 @@ func (j *Jobs) Kick(item int64) {
 // Run runs every job until ctx is done and they all returned.
 func (j *Jobs) Run(ctx context.Context) {
 	var wg sync.WaitGroup
-	loop := func(every time.Duration, fn func(context.Context)) {
+	loop := func(every time.Duration, now bool, fn func(context.Context)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			t := time.NewTicker(every)
 			defer t.Stop()
 			for {
-				fn(ctx)
+				if now {
+					fn(ctx)
+				}
+				now = true
 				select {
 				case <-ctx.Done():
 					return
@@ -66,11 +69,12 @@ func (j *Jobs) Run(ctx context.Context) {
 			}
 		}()
 	}
-	loop(j.cfg.JobInterval, j.cancelUnpaid)
-	loop(j.cfg.JobInterval, j.reapOrphans)
-	loop(j.cfg.JobInterval, j.ensureReady)
+	loop(j.cfg.JobInterval, true, j.cancelUnpaid)
+	loop(j.cfg.JobInterval, true, j.reapOrphans)
+	loop(j.cfg.JobInterval, true, j.ensureReady)
 	if j.cfg.CheckInterval > 0 {
-		loop(j.cfg.CheckInterval, j.runCheck)
+		// First after one interval: items are made ready at start.
+		loop(j.cfg.CheckInterval, false, j.runCheck)
 	}
 	wg.Add(1)
 	go func() {
