@@ -33,13 +33,15 @@ test: deps
 	CI=$${CI:-true} $(GO) test -race -count=1 -timeout 20m ./...
 
 ## bench: CDC apply rate vs raw go-mysql parse rate and latency; the cache
-## consistency harness; GET /goods/{id} with L1 vs L2 vs DB. Tables in .dev/.
+## consistency harness; GET /goods/{id} with L1 vs L2 vs DB; reservations vs
+## redis-benchmark EVALSHA and SELECT … FOR UPDATE. Tables in .dev/.
 bench: build
 	scripts/deps.sh bench
 	mkdir -p .dev
 	$(GO) run ./cmd/cachesync-bench -out .dev/bench-cdc.md
 	$(GO) run ./cmd/cachesync-bench consistency -out .dev/bench-consistency.md
 	$(GO) run ./cmd/cachesync-bench http -out .dev/bench-http.md
+	$(GO) run ./cmd/cachesync-bench seckill -out .dev/bench-seckill.md
 
 lint:
 	gofmt -l . | (! grep .) || (echo "gofmt needed"; exit 1)
