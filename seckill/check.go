@@ -215,6 +215,14 @@ func (c *Checker) checkItem(ctx context.Context, item int64) (ItemReport, []Drif
 			add("buyer_missing", strconv.FormatInt(u, 10), describe(have[u]), o)
 		}
 	}
+	// A reservation in flight holds its user in buyers (reserve.lua writes
+	// both, every script and CDC batch that removes one removes the
+	// other); without it the user could reserve the item again.
+	for u, o := range inFlight {
+		if _, live := st.Live[u]; !live && have[u] != o {
+			add("buyer_missing", strconv.FormatInt(u, 10), describe(have[u]), "in flight: "+o)
+		}
+	}
 	return rep, ds, nil
 }
 

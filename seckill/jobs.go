@@ -3,6 +3,7 @@ package seckill
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"sync"
 	"time"
@@ -131,35 +132,50 @@ func (j *Jobs) reapOrphans(ctx context.Context) {
 		}
 		return
 	}
-	cutoff := strconv.FormatInt(j.now().Add(-j.cfg.OrphanAge).UnixMilli(), 10)
+	cutoff := j.now().Add(-j.cfg.OrphanAge)
 	for _, item := range items {
-		k := KeysFor(j.cfg.KeyPrefix, item)
-		old, err := j.rdb.ZRangeByScoreWithScores(ctx, k.Pending, &redis.ZRangeBy{Min: "-inf", Max: cutoff, Count: 1000}).Result()
+		fenced, err := fenceOrphans(ctx, j.rdb, j.store, KeysFor(j.cfg.KeyPrefix, item), item, cutoff, 1000, "reservation orphaned: no order arrived")
+		for _, o := range fenced {
+			j.m.reaped.Inc()
+			j.log.Warn().Str("order", o.ID).Int64("item", item).Int64("user", o.User).Msg("orphaned reservation released")
+		}
 		if err != nil {
 			if ctx.Err() == nil {
-				j.log.Warn().Err(err).Int64("item", item).Msg("orphan reaper: read pending")
+				j.log.Warn().Err(err).Int64("item", item).Msg("orphan reaper")
 			}
 			return
 		}
-		for _, z := range old {
-			m, _ := z.Member.(string)
-			order, user, ok := parseMember(m)
-			if !ok {
-				continue // reported by the drift check
-			}
-			o := Order{ID: order, User: user, Item: item, ReservedAt: time.UnixMilli(int64(z.Score)).UTC()}
-			fenced, err := j.store.Fence(ctx, o, "reservation orphaned: no order arrived")
-			if err != nil {
-				j.log.Warn().Err(err).Str("order", order).Msg("orphan reaper: fence")
-				return
-			}
-			if fenced {
-				j.m.reaped.Inc()
-				j.log.Warn().Str("order", order).Int64("item", item).Int64("user", user).Msg("orphaned reservation released")
-			}
-			// Not fenced: the order row exists and CDC removes the entry.
+	}
+}
+
+// fenceOrphans fences (Store.Fence) the pending reservations of item
+// reserved before cutoff that have no order row, at most limit of them
+// (0: all). CDC of the fence row then removes the entry from pending and
+// the user from buyers, and a message for the order that still arrives is
+// a duplicate. It returns the orders it fenced; an entry whose row exists
+// is left to CDC, an unparsable one to the drift check and the rebuild.
+func fenceOrphans(ctx context.Context, rdb redis.UniversalClient, store *Store, k Keys, item int64, cutoff time.Time, limit int64, reason string) ([]Order, error) {
+	old, err := rdb.ZRangeByScoreWithScores(ctx, k.Pending, &redis.ZRangeBy{Min: "-inf", Max: strconv.FormatInt(cutoff.UnixMilli(), 10), Count: limit}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read pending: %w", err)
+	}
+	var fenced []Order
+	for _, z := range old {
+		m, _ := z.Member.(string)
+		order, user, ok := parseMember(m)
+		if !ok {
+			continue
+		}
+		o := Order{ID: order, User: user, Item: item, ReservedAt: time.UnixMilli(int64(z.Score)).UTC()}
+		done, err := store.Fence(ctx, o, reason)
+		if err != nil {
+			return fenced, fmt.Errorf("fence order %s: %w", order, err)
+		}
+		if done {
+			fenced = append(fenced, o)
 		}
 	}
+	return fenced, nil
 }
 
 // ensureReady rebuilds items whose ready marker is missing: new items, and

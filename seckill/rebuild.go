@@ -26,6 +26,7 @@ var (
 
 // Rebuilder repairs an item's Redis keys from MySQL: pause reservations
 // of the item, wait until every order already produced for it is stored,
+// fence the orphaned reservations (older than OrphanAge, no order row),
 // wait until CDC has applied MySQL's current position, then rewrite
 // stock, pending and buyers from one consistent MySQL read and resume.
 // It is what `cachesync resync` runs and what the daemon runs by itself
@@ -72,6 +73,17 @@ func (r *Rebuilder) Rebuild(ctx context.Context, item int64) error {
 	if err := r.lag.waitDrained(ctx, r.cfg.Kafka.Topic, r.cfg.Kafka.Group, item); err != nil {
 		return fmt.Errorf("rebuild item %d: wait for the consumer: %w", item, err)
 	}
+	// Every order produced before the pause is stored now: a reservation
+	// older than OrphanAge without a row is an orphan (the reaper's rule),
+	// which a rewrite would otherwise keep as in flight. Fence it; CDC
+	// releases it before the rewrite reads pending.
+	fenced, err := fenceOrphans(ctx, r.rdb, r.store, k, item, time.Now().Add(-r.cfg.OrphanAge), 0, "reservation orphaned: no order arrived (resync)")
+	for _, o := range fenced {
+		r.log.Warn().Str("order", o.ID).Int64("item", item).Int64("user", o.User).Msg("rebuild: orphaned reservation released")
+	}
+	if err != nil {
+		return fmt.Errorf("rebuild item %d: orphans: %w", item, err)
+	}
 	if err := WaitApplied(ctx, r.db, r.rdb, r.ks); err != nil {
 		return fmt.Errorf("rebuild item %d: %w", item, err)
 	}
@@ -104,10 +116,13 @@ func (r *Rebuilder) rebuildOnce(ctx context.Context, item int64, k Keys) (bool, 
 	}
 	orders := make([]string, 0, len(pending))
 	byOrder := map[string]string{}
+	var junk []string // not "order:user": no reservation wrote it
 	for _, m := range pending {
 		if o, _, ok := parseMember(m); ok {
 			orders = append(orders, o)
 			byOrder[o] = m
+		} else {
+			junk = append(junk, m)
 		}
 	}
 	var st ItemState
@@ -127,6 +142,10 @@ func (r *Rebuilder) rebuildOnce(ctx context.Context, item int64, k Keys) (bool, 
 	drop := 0
 	for o := range st.Orders {
 		args = append(args, byOrder[o])
+		drop++
+	}
+	for _, m := range junk {
+		args = append(args, m)
 		drop++
 	}
 	args[3] = drop

@@ -4,8 +4,9 @@
 -- KEYS[1] stock, KEYS[2] stock's version, KEYS[3] pending, KEYS[4] buyers,
 -- KEYS[5] ready, KEYS[6] CDC checkpoint, KEYS[7] invalidation sequence.
 -- ARGV[1] snapshot version, ARGV[2] stock, ARGV[3] invalidation channel,
--- ARGV[4] n pending members to drop (their orders exist in MySQL), then
--- those members, then pairs user, order of the live orders.
+-- ARGV[4] n pending members to drop (their orders exist in MySQL, or they
+-- are not "order:user"), then those members, then pairs user, order of
+-- the live orders.
 -- Pending reservations with no order row are kept (still in flight); the
 -- buyers hash becomes the live orders plus the users of those reservations.
 -- Returns 1 when rebuilt, 0 to retry, an error when CDC has no checkpoint.
