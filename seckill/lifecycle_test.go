@@ -21,7 +21,14 @@ func TestRestockClearsSoldOut(t *testing.T) {
 			t.Fatalf("reserve user %d: %v %+v", u, err, r)
 		}
 	}
-	for u := int64(4); u <= 6; u++ {
+	// Let the 3 orders be stored first: their CDC invalidations (stock
+	// and pending change) rightly drop the local flag, and would race
+	// with the requests below.
+	s.eventually(20*time.Second, "3 orders stored, nothing pending", func() bool {
+		v, err := s.rdb.Get(context.Background(), "sk:{2}:stock").Int64()
+		return err == nil && v == 0 && s.rdb.ZCard(context.Background(), "sk:{2}:pending").Val() == 0
+	})
+	for u := int64(4); u <= 8; u++ {
 		if r, err := d.reserve(2, u); err != nil || r.Status != 410 {
 			t.Fatalf("reserve after sell-out: %v %+v", err, r)
 		}
