@@ -129,7 +129,7 @@ func (c *Consumer) handle(ctx context.Context, msg *sarama.ConsumerMessage) erro
 		if err != nil && !transient(err) {
 			return backoff.Permanent(err)
 		}
-		if err != nil {
+		if err != nil && attempts < c.cfg.Retry.Attempts { // else given up on below
 			c.m.retries.Inc()
 			c.log.Warn().Err(err).Str("order", m.Order).Int("attempt", attempts).Msg("store order; retrying")
 		}

@@ -204,6 +204,13 @@ func (j *Jobs) startRebuild(ctx context.Context, item int64, wg *sync.WaitGroup)
 	go func() {
 		defer wg.Done()
 		defer j.running.Delete(item)
+		// A kick from a reservation that found the item not ready just
+		// before the last rebuild finished is stale: rebuilding a ready
+		// item would pause its sale again for nothing.
+		k := KeysFor(j.cfg.KeyPrefix, item)
+		if n, err := j.rdb.Exists(ctx, k.Ready, k.Stock).Result(); err == nil && n == 2 {
+			return
+		}
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		defer cancel()
 		if err := j.rebuild.Rebuild(rctx, item); err != nil {

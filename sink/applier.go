@@ -138,9 +138,11 @@ func ReadCheckpoint(ctx context.Context, rdb redis.UniversalClient, ks keyspace.
 // (was read at start): if it vanishes, Redis lost its data and Run returns
 // ErrRedisReset. Without one (a snapshot), the first batch creates the
 // snapshot journal, and if that vanishes before the checkpoint is written,
-// Run returns ErrRedisReset likewise. A failing Redis call is retried with
-// back-off for as long as it takes (Healthy is false meanwhile): nothing is
-// skipped. A rule that does not fit a row returns an error wrapping ErrRule.
+// Run returns ErrRedisReset likewise. The next batch notices the loss; while
+// no transaction arrives, a check every second does. A failing Redis call is
+// retried with back-off for as long as it takes (Healthy is false
+// meanwhile): nothing is skipped. A rule that does not fit a row returns an
+// error wrapping ErrRule.
 func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, expect bool) error {
 	b := newBatch(a.ks)
 	guard := guardFirst
@@ -157,6 +159,10 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, expect bool) e
 		case <-idle.C:
 			if len(in) == 0 {
 				a.m.lag.Set(0) // nothing queued: caught up
+				if a.lost(ctx, guard) {
+					a.m.errors.WithLabelValues("reset").Inc()
+					return ErrRedisReset
+				}
 			}
 			continue
 		case t, ok := <-in:
@@ -237,6 +243,23 @@ func (a *Applier) rulesFor(t *binlog.Table) ([]*boundRule, error) {
 	}
 	a.bound[t] = brs
 	return brs, nil
+}
+
+// lost reports whether what guard says must exist in Redis is gone. While
+// the binlog is idle no script call would notice that Redis lost its data,
+// and what depends on the checkpoint (a rebuild waiting for it) would wait
+// for the next row change, which may never come.
+func (a *Applier) lost(ctx context.Context, guard string) bool {
+	key := a.ks.Checkpoint()
+	switch guard {
+	case guardCheckpoint:
+	case guardJournal:
+		key = a.ks.Snapshot()
+	default:
+		return false
+	}
+	n, err := a.rdb.Exists(ctx, key).Result()
+	return err == nil && n == 0
 }
 
 // Guards of a batch: what must exist in Redis, else it lost its data
