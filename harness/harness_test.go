@@ -37,7 +37,7 @@ func TestMain(m *testing.M) {
 		DB:     db,
 		MySQL:  binlog.Config{Addr: my.Addr(), User: "root", Flavor: "mariadb", ServerID: 7001},
 		Flavor: "mariadb",
-		Redis:  redis.NewClient(&redis.Options{Addr: rd.Addr(), PoolSize: 64}),
+		Redis:  redis.NewClient(&redis.Options{Addr: rd.Addr(), PoolSize: 64, DialTimeout: 30 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}),
 	}
 	code := m.Run()
 	env.Redis.Close()
