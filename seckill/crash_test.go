@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"sort"
 	"sync"
@@ -259,7 +260,7 @@ func TestConsumerKill9(t *testing.T) {
 		}
 		r.Close()
 		got := s.rdb.HGetAll(ctx, fmt.Sprintf("sk:{%d}:buyers", it)).Val()
-		if !equalStringMaps(got, want) {
+		if !maps.Equal(got, want) {
 			t.Errorf("item %d: buyers hash has %d users, MySQL %d live orders; they differ", it, len(got), len(want))
 		}
 	}
@@ -289,18 +290,6 @@ func pollUntil(timeout time.Duration, cond func() bool) bool {
 			return false
 		}
 		time.Sleep(20 * time.Millisecond)
-	}
-	return true
-}
-
-func equalStringMaps(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
 	}
 	return true
 }
@@ -369,7 +358,7 @@ func TestRedelivery(t *testing.T) {
 		v, _ := s.rdb.Get(ctx, "sk:{31}:stock").Int64()
 		return v == 8 && s.rdb.ZCard(ctx, "sk:{31}:pending").Val() == 0
 	})
-	if got := s.rdb.HGetAll(ctx, "sk:{31}:buyers").Val(); !equalStringMaps(got, map[string]string{"501": order, "502": id}) {
+	if got := s.rdb.HGetAll(ctx, "sk:{31}:buyers").Val(); !maps.Equal(got, map[string]string{"501": order, "502": id}) {
 		t.Errorf("buyers %v", got)
 	}
 }

@@ -16,28 +16,6 @@ import (
 	"github.com/cachesync/cachesync/internal/testenv"
 )
 
-// driftBuildCLI builds ./cmd/cachesync of this module into a temporary
-// directory.
-func driftBuildCLI(t *testing.T) string {
-	t.Helper()
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("the go command is needed to build cachesync: %v", err)
-	}
-	out, err := exec.Command(goBin, "env", "GOMOD").Output()
-	if err != nil || strings.TrimSpace(string(out)) == "" || strings.TrimSpace(string(out)) == os.DevNull {
-		t.Fatalf("go env GOMOD: %q %v", out, err)
-	}
-	root := filepath.Dir(strings.TrimSpace(string(out)))
-	bin := filepath.Join(t.TempDir(), "cachesync")
-	cmd := exec.Command(goBin, "build", "-o", bin, "./cmd/cachesync")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/cachesync: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // driftCLI runs the binary; it returns the exit code and both outputs.
 func driftCLI(t *testing.T, bin string, args ...string) (int, string, string) {
 	t.Helper()
@@ -67,7 +45,7 @@ func driftCLI(t *testing.T, bin string, args ...string) (int, string, string) {
 // "no drift" for it, the other still drifts); resync of the rest exits 0;
 // check then exits 0 and prints "no drift". Usage errors exit 2.
 func TestDriftCommands(t *testing.T) {
-	bin := driftBuildCLI(t)
+	bin := buildCachesync(t)
 	s := newStack(t)
 	d := s.start("")
 	s.addItem(31, 10)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -221,7 +222,7 @@ func TestDriftRedisSide(t *testing.T) {
 			seckill.Drift{Item: 13, Kind: "buyer_extra", Detail: "999", Redis: bogus, MySQL: "none"},
 			seckill.Drift{Item: 13, Kind: "buyer_missing", Detail: "1", Redis: "none", MySQL: o1})
 		k.rebuild(t, 13)
-		if got, want := k.hash(t, keys.Buyers), map[string]string{"1": o1, "2": o2}; !mapsEqual(got, want) {
+		if got, want := k.hash(t, keys.Buyers), map[string]string{"1": o1, "2": o2}; !maps.Equal(got, want) {
 			t.Errorf("buyers after the rebuild: %v, want %v", got, want)
 		}
 		driftExpect(t, k.check(t, 13))
@@ -301,7 +302,7 @@ func TestDriftRedisSide(t *testing.T) {
 		driftExpect(t, k.check(t, 17),
 			seckill.Drift{Item: 17, Kind: "buyer_missing", Detail: "55", Redis: "none", MySQL: "in flight: " + order})
 		k.rebuild(t, 17)
-		if got, want := k.hash(t, keys.Buyers), map[string]string{"55": order}; !mapsEqual(got, want) {
+		if got, want := k.hash(t, keys.Buyers), map[string]string{"55": order}; !maps.Equal(got, want) {
 			t.Errorf("buyers after the rebuild: %v, want %v", got, want)
 		}
 		driftExpect(t, k.check(t, 17))
@@ -309,18 +310,6 @@ func TestDriftRedisSide(t *testing.T) {
 
 	// Nothing leaked into another item.
 	driftExpect(t, k.check(t))
-}
-
-func mapsEqual(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }
 
 // TestDriftMySQLBehindDaemon: a stock change made in MySQL without the

@@ -252,7 +252,7 @@ func (h *Handler) restock(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, ErrNotFound):
 		fail(w, http.StatusNotFound, "no item %d", item)
-	case err != nil && strings.Contains(err.Error(), "below zero"):
+	case errors.Is(err, ErrBelowZero):
 		fail(w, http.StatusConflict, "%v", err)
 	case err != nil:
 		fail(w, http.StatusServiceUnavailable, "mysql: %v", err)

@@ -3,6 +3,7 @@ package seckill_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -279,7 +280,7 @@ func TestRedisLossMidSale(t *testing.T) {
 		want[u] = o
 	}
 	rows.Close()
-	if got := s.rdb.HGetAll(ctx, fmt.Sprintf("sk:{%d}:buyers", item)).Val(); !equalStringMaps(got, want) {
+	if got := s.rdb.HGetAll(ctx, fmt.Sprintf("sk:{%d}:buyers", item)).Val(); !maps.Equal(got, want) {
 		t.Errorf("buyers hash has %d users, MySQL %d live orders; they differ", len(got), len(want))
 	}
 	if v := metric(t, d, "cachesync_seckill_rebuilds_total") - rebuildsBefore; v != 1 {

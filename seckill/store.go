@@ -50,6 +50,9 @@ func NewStore(db *sql.DB, database string) *Store {
 // ErrNotFound: no such order or item.
 var ErrNotFound = errors.New("not found")
 
+// ErrBelowZero: a restock would take the stock below zero.
+var ErrBelowZero = errors.New("stock would go below zero")
+
 // Outcome of storing an order.
 type Outcome int
 
@@ -229,7 +232,7 @@ func (s *Store) Restock(ctx context.Context, item int64, n int64) (int64, error)
 		return 0, err
 	}
 	if stock+n < 0 {
-		return stock, fmt.Errorf("stock %d%+d would go below zero", stock, n)
+		return stock, fmt.Errorf("%w: %d%+d", ErrBelowZero, stock, n)
 	}
 	if _, err := tx.ExecContext(ctx, "UPDATE "+s.items+" SET stock = stock + ? WHERE id = ?", n, item); err != nil {
 		return 0, err
