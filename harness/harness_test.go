@@ -50,26 +50,40 @@ func TestMain(m *testing.M) {
 // With a delay between the reader's DB read and its fill, the seed's race
 // leaves permanently stale keys under schemes 1 and 3, and none under the
 // schemes that close it (2: row locks, 4: leases).
+//
+// The race is timing-dependent: a key stays stale only if its LAST write
+// lands inside a fill's window, so few rows (many writes per row) make it
+// likely, and schemes 1 and 3 get up to three runs to show it. Schemes 2 and
+// 4 must show nothing stale on every run.
 func TestInjectedDelayReproducesRace(t *testing.T) {
-	o := Options{Rows: 40, Writers: 4, WriteRate: 300, Readers: 8, Duration: 3 * time.Second, FillDelay: 30 * time.Millisecond}
+	o := Options{Rows: 10, Writers: 4, WriteRate: 300, Readers: 8, Duration: 3 * time.Second, FillDelay: 30 * time.Millisecond}
 	for _, s := range Schemes {
-		res, err := Run(context.Background(), env, s, o)
-		if err != nil {
-			t.Fatalf("%s: %v", s, err)
+		expectStale := s == DeleteAfterUpdate || s == CDCInvalidate
+		attempts := 1
+		if expectStale {
+			attempts = 3
 		}
-		t.Logf("%s: reads %d (%.0f/s) writes %d stale reads %d stale keys %d stale L1 %d",
-			s, res.Reads, res.ReadRate, res.Writes, res.StaleReads, res.StaleKeys, res.StaleL1)
-		if res.Writes < 100 || res.Reads < 100 {
-			t.Fatalf("%s: too little work to judge: %d writes, %d reads", s, res.Writes, res.Reads)
-		}
-		switch s {
-		case DeleteAfterUpdate, CDCInvalidate:
-			if res.StaleKeys == 0 {
-				t.Errorf("%s: expected permanently stale keys with the injected delay, got none", s)
+		for a := 1; a <= attempts; a++ {
+			res, err := Run(context.Background(), env, s, o)
+			if err != nil {
+				t.Fatalf("%s: %v", s, err)
 			}
-		case ForUpdate, CDCLease:
-			if res.StaleKeys != 0 || res.StaleL1 != 0 {
-				t.Errorf("%s: %d stale Redis keys, %d stale L1 entries after quiescence; want 0", s, res.StaleKeys, res.StaleL1)
+			t.Logf("%s (run %d): reads %d (%.0f/s) writes %d stale reads %d stale keys %d stale L1 %d",
+				s, a, res.Reads, res.ReadRate, res.Writes, res.StaleReads, res.StaleKeys, res.StaleL1)
+			if res.Writes < 100 || res.Reads < 100 {
+				t.Fatalf("%s: too little work to judge: %d writes, %d reads", s, res.Writes, res.Reads)
+			}
+			if !expectStale {
+				if res.StaleKeys != 0 || res.StaleL1 != 0 {
+					t.Errorf("%s: %d stale Redis keys, %d stale L1 entries after quiescence; want 0", s, res.StaleKeys, res.StaleL1)
+				}
+				continue
+			}
+			if res.StaleKeys > 0 {
+				break
+			}
+			if a == attempts {
+				t.Errorf("%s: expected permanently stale keys with the injected delay, got none in %d runs", s, attempts)
 			}
 		}
 	}
