@@ -80,7 +80,9 @@ func NewProducer(k Kafka, timeout time.Duration) (*Producer, error) {
 	c.Producer.Return.Successes = true
 	c.Producer.Return.Errors = true
 	c.Producer.Timeout = timeout
-	c.Producer.Flush.Frequency = time.Millisecond // batch concurrent requests; results are per message
+	// No flush timer: a batch goes out as soon as the previous request is
+	// answered (one in flight), so concurrent orders share batches without
+	// waiting for a timer.
 	c.Producer.Partitioner = sarama.NewHashPartitioner
 	ap, err := sarama.NewAsyncProducer(k.Brokers, c)
 	if err != nil {
