@@ -122,7 +122,9 @@ func httpRead(args []string) error {
 			// wrk, a separate C process, loads the server with far less CPU
 			// than a Go client in the same process: its figures are the
 			// ones reported (the Go run above checked every X-Cache).
-			rate, p50, p99, err = runWrk(ctx, base+"/goods/1", *clients, *dur, false)
+			var w wrkRun
+			w, err = runWrk(ctx, base+"/goods/1", *clients, *dur, false)
+			rate, p50, p99 = w.rate, w.p50, w.p99
 		}
 		_ = srv.Close()
 		stop()
@@ -194,33 +196,40 @@ func hammer(ctx context.Context, base string, clients int, d time.Duration, sour
 
 // runWrk loads url with wrk and parses its summary.
 // Non-2xx answers are errors unless non2xxOK; extra are more wrk flags.
-func runWrk(ctx context.Context, url string, conns int, d time.Duration, non2xxOK bool, extra ...string) (float64, time.Duration, time.Duration, error) {
+// wrkRun is one wrk measurement.
+type wrkRun struct {
+	rate     float64
+	p50, p99 time.Duration
+	cpu      time.Duration // wrk's own CPU time (user + system)
+}
+
+func runWrk(ctx context.Context, url string, conns int, d time.Duration, non2xxOK bool, extra ...string) (wrkRun, error) {
 	args := append([]string{"-t2", fmt.Sprintf("-c%d", conns), fmt.Sprintf("-d%ds", int(d.Seconds())), "--latency"}, extra...)
-	out, err := exec.CommandContext(ctx, "wrk", append(args, url)...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, "wrk", append(args, url)...)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return 0, 0, 0, fmt.Errorf("wrk: %v: %s", err, out)
+		return wrkRun{}, fmt.Errorf("wrk: %v: %s", err, out)
 	}
-	var rate float64
-	var p50, p99 time.Duration
+	w := wrkRun{cpu: cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()}
 	for _, line := range strings.Split(string(out), "\n") {
 		f := strings.Fields(line)
 		switch {
 		case len(f) == 2 && f[0] == "Requests/sec:":
-			rate, _ = strconv.ParseFloat(f[1], 64)
+			w.rate, _ = strconv.ParseFloat(f[1], 64)
 		case len(f) == 2 && f[0] == "50%":
-			p50 = parseWrkDuration(f[1])
+			w.p50 = parseWrkDuration(f[1])
 		case len(f) == 2 && f[0] == "99%":
-			p99 = parseWrkDuration(f[1])
+			w.p99 = parseWrkDuration(f[1])
 		case strings.Contains(line, "Non-2xx") && !non2xxOK:
-			return 0, 0, 0, fmt.Errorf("wrk saw errors: %s", line)
+			return wrkRun{}, fmt.Errorf("wrk saw errors: %s", line)
 		case strings.HasPrefix(strings.TrimSpace(line), "Socket errors"):
-			return 0, 0, 0, fmt.Errorf("wrk saw socket errors: %s", line)
+			return wrkRun{}, fmt.Errorf("wrk saw socket errors: %s", line)
 		}
 	}
-	if rate == 0 {
-		return 0, 0, 0, fmt.Errorf("wrk output not understood: %s", out)
+	if w.rate == 0 {
+		return wrkRun{}, fmt.Errorf("wrk output not understood: %s", out)
 	}
-	return rate, p50, p99, nil
+	return w, nil
 }
 
 func parseWrkDuration(s string) time.Duration {

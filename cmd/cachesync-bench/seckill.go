@@ -7,10 +7,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -42,6 +45,7 @@ func seckillBench(args []string) error {
 	dur := fs.Duration("duration", 8*time.Second, "per variant")
 	clients := fs.Int("clients", 50, "concurrent connections")
 	out := fs.String("out", "", "also write the table to this file")
+	prof := fs.String("cpuprofile", "", "write a CPU profile of the HTTP reservation variant here")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -113,6 +117,9 @@ seckill:
 	}
 	base := "http://" + srv.Addr().String()
 
+	meter := cpuMeter{redis: e.rd.PID(), mariadb: e.my.PID()}
+	var rows []loadRow
+
 	// 1. redis-benchmark EVALSHA of the same script on its own item.
 	k := seckill.KeysFor("sk:", 9)
 	e.rdb.Set(ctx, k.Stock, 1_000_000_000, 0)
@@ -122,17 +129,21 @@ seckill:
 		return err
 	}
 	host, rport := splitAddr(e.rd.Addr())
+	const evalN = 400_000
 	rb := exec.CommandContext(ctx, "redis-benchmark", "-h", host, "-p", strconv.Itoa(int(rport)), "-c", strconv.Itoa(*clients),
-		"-n", "400000", "-r", "1000000000", "--csv",
+		"-n", strconv.Itoa(evalN), "-r", "1000000000", "--csv",
 		"EVALSHA", sha, "4", k.Stock, k.Pending, k.Buyers, k.Ready, "__rand_int__", "9-__rand_int__", strconv.FormatInt(time.Now().UnixMilli(), 10))
+	c0 := meter.read()
 	rbOut, err := rb.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("redis-benchmark: %v: %s", err, rbOut)
 	}
-	evalRate, evalP50, evalP99, err := parseRedisBenchCSV(string(rbOut))
-	if err != nil {
+	eval := loadRow{name: "redis-benchmark EVALSHA of reserve.lua (no HTTP, no Kafka)", n: evalN,
+		gen: rb.ProcessState.UserTime() + rb.ProcessState.SystemTime(), use: meter.read().sub(c0)}
+	if eval.rate, eval.p50, eval.p99, err = parseRedisBenchCSV(string(rbOut)); err != nil {
 		return err
 	}
+	rows = append(rows, eval)
 	reservedBefore := e.rdb.ZCard(ctx, k.Pending).Val()
 
 	// 2. reservations over HTTP, unique users (wrk script).
@@ -143,10 +154,22 @@ seckill:
 	defer os.Remove(script)
 	p1 := seckill.KeysFor("sk:", 1).Pending
 	before := e.rdb.ZCard(ctx, p1).Val()
-	resRate, resP50, resP99, err := runWrk(ctx, base+"/seckill/items/1/reservations", *clients, *dur, false, "-s", script)
+	if *prof != "" {
+		f, err := os.Create(*prof)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+	}
+	res, err := meter.wrk(ctx, "POST reservation over HTTP, Lua + Kafka ack (wrk)", base+"/seckill/items/1/reservations", *clients, *dur, false, script)
+	pprof.StopCPUProfile()
 	if err != nil {
 		return fmt.Errorf("reserve: %w", err)
 	}
+	rows = append(rows, res)
 	reserved := e.rdb.ZCard(ctx, p1).Val() - before
 	end, err := kafkaEnd(ctx, kafka.Brokers())
 	if err != nil {
@@ -157,29 +180,130 @@ seckill:
 	if r, err := httpPost(base+"/seckill/items/2/reservations", `{"user_id":1}`); err != nil || r != 410 {
 		return fmt.Errorf("sold-out item answered %d, %v", r, err)
 	}
-	soldRate, soldP50, soldP99, err := runWrk(ctx, base+"/seckill/items/2/reservations", *clients, *dur, true, "-s", script)
+	sold, err := meter.wrk(ctx, "POST on a sold-out item, local flag (wrk)", base+"/seckill/items/2/reservations", *clients, *dur, true, script)
 	if err != nil {
 		return fmt.Errorf("sold out: %w", err)
 	}
+	rows = append(rows, sold)
 
-	// 4. SELECT … FOR UPDATE per reservation.
-	fuRate, fuP50, fuP99, err := forUpdate(ctx, e.db, *clients, *dur)
+	// 4. the floor of any HTTP answer on this machine: a handler that only
+	// reads the body and writes the sold-out answer, on a bare net/http
+	// server in this process.
+	floor, err := httpFloor(ctx, meter, *clients, *dur, script)
 	if err != nil {
 		return err
 	}
+	rows = append(rows, floor)
+
+	// 5. SELECT … FOR UPDATE per reservation.
+	c0 = meter.read()
+	fu, err := forUpdate(ctx, e.db, *clients, *dur)
+	if err != nil {
+		return err
+	}
+	fu.use = meter.read().sub(c0)
+	rows = append(rows, fu)
 
 	var b strings.Builder
-	fmt.Fprintf(&b, "Reservations on one hot item, %d concurrent connections, %s per variant, load generators on the same 2 cores:\n\n", *clients, *dur)
-	fmt.Fprintf(&b, "| variant | requests/s | p50 | p99 | ratio |\n|---|---:|---:|---:|---|\n")
-	fmt.Fprintf(&b, "| redis-benchmark EVALSHA of reserve.lua (no HTTP, no Kafka) | %.0f | %s | %s | baseline |\n", evalRate, ms(evalP50), ms(evalP99))
-	fmt.Fprintf(&b, "| POST reservation over HTTP, Lua + Kafka ack (wrk) | %.0f | %s | %s | **%.2f× EVALSHA**, **%.1f× FOR UPDATE** |\n", resRate, ms(resP50), ms(resP99), resRate/evalRate, resRate/fuRate)
-	fmt.Fprintf(&b, "| POST on a sold-out item, local flag (wrk) | %.0f | %s | %s | **%.2f× reserve** |\n", soldRate, ms(soldP50), ms(soldP99), soldRate/resRate)
-	fmt.Fprintf(&b, "| MySQL SELECT … FOR UPDATE + UPDATE + INSERT per reservation (Go, no HTTP) | %.0f | %s | %s | baseline |\n", fuRate, ms(fuP50), ms(fuP99))
+	fmt.Fprintf(&b, "Reservations on one hot item, %d concurrent connections, %s per variant, everything on the same 2 cores. "+
+		"CPU per request is each process's CPU time over the variant divided by the requests served; this process holds the daemon, the in-process Kafka broker (kfake) and the FOR UPDATE clients.\n\n", *clients, *dur)
+	fmt.Fprintf(&b, "| variant | requests/s | p50 | p99 | ratio | CPU µs/request: load generator / Redis / MariaDB / this process |\n|---|---:|---:|---:|---|---|\n")
+	ratio := []string{
+		"baseline",
+		fmt.Sprintf("**%.2f× EVALSHA**, **%.1f× FOR UPDATE**", res.rate/eval.rate, res.rate/fu.rate),
+		fmt.Sprintf("**%.2f× reserve**, %.2f× HTTP floor", sold.rate/res.rate, sold.rate/floor.rate),
+		fmt.Sprintf("%.2f× EVALSHA, %.2f× reserve", floor.rate/eval.rate, floor.rate/res.rate),
+		"baseline",
+	}
+	for i, r := range rows {
+		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %s | %s |\n", r.name, r.rate, ms(r.p50), ms(r.p99), ratio[i], r.cpuPerRequest())
+	}
 	fmt.Fprintf(&b, "\nChecks: redis-benchmark reserved %d; the HTTP run made %d reservations and Kafka holds %d order messages.\n", reservedBefore, reserved, end)
 	if end < reserved {
 		return fmt.Errorf("%d reservations but only %d messages in Kafka", reserved, end)
 	}
 	return emit(b.String(), *out)
+}
+
+// loadRow is one variant's measurement.
+type loadRow struct {
+	name     string
+	rate     float64
+	p50, p99 time.Duration
+	n        float64       // requests served
+	gen      time.Duration // CPU of a separate load generator
+	use      cpuUse        // CPU of the servers and this process
+}
+
+func (r loadRow) cpuPerRequest() string {
+	us := func(d time.Duration) string { return fmt.Sprintf("%.0f", float64(d.Microseconds())/r.n) }
+	gen := us(r.gen)
+	if r.gen == 0 {
+		gen = "(here)"
+	}
+	return gen + " / " + us(r.use.redis) + " / " + us(r.use.mariadb) + " / " + us(r.use.self)
+}
+
+// cpuMeter reads the CPU time of the servers and of this process.
+type cpuMeter struct{ redis, mariadb int }
+
+type cpuUse struct{ redis, mariadb, self time.Duration }
+
+func (m cpuMeter) read() cpuUse {
+	return cpuUse{redis: procCPU(strconv.Itoa(m.redis)), mariadb: procCPU(strconv.Itoa(m.mariadb)), self: procCPU("self")}
+}
+
+func (u cpuUse) sub(v cpuUse) cpuUse {
+	return cpuUse{redis: u.redis - v.redis, mariadb: u.mariadb - v.mariadb, self: u.self - v.self}
+}
+
+// procCPU is a process's user + system time from /proc/PID/stat (fields
+// 14 and 15, in clock ticks of 1/100 s on Linux); 0 if unreadable.
+func procCPU(pid string) time.Duration {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:]) // the name may hold spaces
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// wrk runs wrk with the reservation script against url and accounts CPU.
+func (m cpuMeter) wrk(ctx context.Context, name, url string, clients int, d time.Duration, non2xxOK bool, script string) (loadRow, error) {
+	c0 := m.read()
+	w, err := runWrk(ctx, url, clients, d, non2xxOK, "-s", script)
+	if err != nil {
+		return loadRow{}, err
+	}
+	return loadRow{name: name, rate: w.rate, p50: w.p50, p99: w.p99, n: w.rate * d.Seconds(), gen: w.cpu, use: m.read().sub(c0)}, nil
+}
+
+// httpFloor measures a bare net/http handler that answers like the
+// sold-out path: the most any HTTP endpoint can serve on this machine.
+func httpFloor(ctx context.Context, m cpuMeter, clients int, d time.Duration, script string) (loadRow, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return loadRow{}, err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusGone)
+		_, _ = io.WriteString(w, `{"error":"sold out"}`+"\n")
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+	r, err := m.wrk(ctx, "HTTP floor: bare net/http handler with the same answer (wrk)", "http://"+ln.Addr().String()+"/", clients, d, true, script)
+	if err != nil {
+		return loadRow{}, fmt.Errorf("http floor: %w", err)
+	}
+	return r, nil
 }
 
 // wrkReserveLua posts {"user_id": N} with N unique per request.
@@ -250,7 +374,7 @@ func parseRedisBenchCSV(s string) (float64, time.Duration, time.Duration, error)
 }
 
 // forUpdate runs the seed-000 style reservation in MySQL for d.
-func forUpdate(ctx context.Context, db *sql.DB, clients int, d time.Duration) (float64, time.Duration, time.Duration, error) {
+func forUpdate(ctx context.Context, db *sql.DB, clients int, d time.Duration) (loadRow, error) {
 	var n atomic.Int64
 	var firstErr error
 	var mu sync.Mutex
@@ -301,12 +425,15 @@ func forUpdate(ctx context.Context, db *sql.DB, clients int, d time.Duration) (f
 	}
 	wg.Wait()
 	if firstErr != nil {
-		return 0, 0, 0, fmt.Errorf("for update: %w", firstErr)
+		return loadRow{}, fmt.Errorf("for update: %w", firstErr)
 	}
 	var all []time.Duration
 	for _, l := range lat {
 		all = append(all, l...)
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-	return float64(n.Load()) / time.Since(t0).Seconds(), all[len(all)/2], all[len(all)*99/100], nil
+	return loadRow{
+		name: "MySQL SELECT … FOR UPDATE + UPDATE + INSERT per reservation (Go clients here, no HTTP)",
+		rate: float64(n.Load()) / time.Since(t0).Seconds(), p50: all[len(all)/2], p99: all[len(all)*99/100], n: float64(n.Load()),
+	}, nil
 }

@@ -153,6 +153,14 @@ func (m *MariaDB) Stop() error {
 }
 
 // Kill kills the server with SIGKILL, like a crash, and waits until it has
+// PID is the server's process id (0 while stopped), for benchmarks that
+// account its CPU time.
+func (m *MariaDB) PID() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.proc.pid()
+}
+
 // exited. Killing a stopped server does nothing.
 func (m *MariaDB) Kill() error {
 	m.mu.Lock()

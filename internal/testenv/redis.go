@@ -94,6 +94,14 @@ func (r *Redis) Stop() error {
 	return nil
 }
 
+// PID is the server's process id (0 while stopped), for benchmarks that
+// account its CPU time.
+func (r *Redis) PID() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.proc.pid()
+}
+
 // Kill kills the server with SIGKILL, like a crash, and waits until it has
 // exited. Its data is lost. Killing a stopped server does nothing.
 func (r *Redis) Kill() error {

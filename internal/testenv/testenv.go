@@ -246,3 +246,11 @@ func fileSize(path string) int64 {
 	}
 	return fi.Size()
 }
+
+// pid is the process id, or 0 for a stopped process.
+func (p *process) pid() int {
+	if p == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
