@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/csv"
@@ -19,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -61,11 +63,11 @@ func seckillBench(args []string) error {
 		return err
 	}
 	defer stop()
-	kafka, err := testenv.NewKafka(testenv.KafkaTopic("cachesync.orders", 8), testenv.KafkaTopic("cachesync.orders.dlq", 1))
+	broker, err := startDevKafka()
 	if err != nil {
 		return err
 	}
-	defer kafka.Close()
+	defer broker.stop()
 	schema, err := os.ReadFile(filepath.Join("seckill", "schema.sql"))
 	if err != nil {
 		return fmt.Errorf("run from the repository root: %w", err)
@@ -94,7 +96,7 @@ seckill:
   kafka: {brokers: [%s]}
   job_interval: 200ms
   orphan_age: 1h
-`, e.my.Addr(), e.rd.Addr(), port, strings.Join(kafka.Brokers(), ","))
+`, e.my.Addr(), e.rd.Addr(), port, broker.addr)
 	cfg, err := config.Parse([]byte(yaml), nil)
 	if err != nil {
 		return err
@@ -117,7 +119,7 @@ seckill:
 	}
 	base := "http://" + srv.Addr().String()
 
-	meter := cpuMeter{redis: e.rd.PID(), mariadb: e.my.PID()}
+	meter := cpuMeter{redis: e.rd.PID(), mariadb: e.my.PID(), broker: broker.cmd.Process.Pid}
 	var rows []loadRow
 
 	// 1. redis-benchmark EVALSHA of the same script on its own item.
@@ -171,7 +173,7 @@ seckill:
 	}
 	rows = append(rows, res)
 	reserved := e.rdb.ZCard(ctx, p1).Val() - before
-	end, err := kafkaEnd(ctx, kafka.Brokers())
+	end, err := kafkaEnd(ctx, []string{broker.addr})
 	if err != nil {
 		return err
 	}
@@ -206,8 +208,8 @@ seckill:
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "Reservations on one hot item, %d concurrent connections, %s per variant, everything on the same 2 cores. "+
-		"CPU per request is each process's CPU time over the variant divided by the requests served; this process holds the daemon, the in-process Kafka broker (kfake) and the FOR UPDATE clients.\n\n", *clients, *dur)
-	fmt.Fprintf(&b, "| variant | requests/s | p50 | p99 | ratio | CPU µs/request: load generator / Redis / MariaDB / this process |\n|---|---:|---:|---:|---|---|\n")
+		"CPU per request is each process's CPU time over the variant divided by the requests served; the Kafka broker is cmd/devkafka (kfake) in its own process; this process holds the daemon (its CDC applies the FOR UPDATE rows to Redis too) and the FOR UPDATE clients.\n\n", *clients, *dur)
+	fmt.Fprintf(&b, "| variant | requests/s | p50 | p99 | ratio | CPU µs/request: load generator / Redis / MariaDB / Kafka broker / this process |\n|---|---:|---:|---:|---|---|\n")
 	ratio := []string{
 		"baseline",
 		fmt.Sprintf("**%.2f× EVALSHA**, **%.1f× FOR UPDATE**", res.rate/eval.rate, res.rate/fu.rate),
@@ -241,20 +243,21 @@ func (r loadRow) cpuPerRequest() string {
 	if r.gen == 0 {
 		gen = "(here)"
 	}
-	return gen + " / " + us(r.use.redis) + " / " + us(r.use.mariadb) + " / " + us(r.use.self)
+	return gen + " / " + us(r.use.redis) + " / " + us(r.use.mariadb) + " / " + us(r.use.broker) + " / " + us(r.use.self)
 }
 
 // cpuMeter reads the CPU time of the servers and of this process.
-type cpuMeter struct{ redis, mariadb int }
+type cpuMeter struct{ redis, mariadb, broker int }
 
-type cpuUse struct{ redis, mariadb, self time.Duration }
+type cpuUse struct{ redis, mariadb, broker, self time.Duration }
 
 func (m cpuMeter) read() cpuUse {
-	return cpuUse{redis: procCPU(strconv.Itoa(m.redis)), mariadb: procCPU(strconv.Itoa(m.mariadb)), self: procCPU("self")}
+	return cpuUse{redis: procCPU(strconv.Itoa(m.redis)), mariadb: procCPU(strconv.Itoa(m.mariadb)),
+		broker: procCPU(strconv.Itoa(m.broker)), self: procCPU("self")}
 }
 
 func (u cpuUse) sub(v cpuUse) cpuUse {
-	return cpuUse{redis: u.redis - v.redis, mariadb: u.mariadb - v.mariadb, self: u.self - v.self}
+	return cpuUse{redis: u.redis - v.redis, mariadb: u.mariadb - v.mariadb, broker: u.broker - v.broker, self: u.self - v.self}
 }
 
 // procCPU is a process's user + system time from /proc/PID/stat (fields
@@ -304,6 +307,62 @@ func httpFloor(ctx context.Context, m cpuMeter, clients int, d time.Duration, sc
 		return loadRow{}, fmt.Errorf("http floor: %w", err)
 	}
 	return r, nil
+}
+
+// devKafka is cmd/devkafka running as a child process, so that the
+// broker's CPU is accounted apart from the daemon's.
+type devKafka struct {
+	addr string
+	cmd  *exec.Cmd
+	dir  string
+}
+
+func startDevKafka() (*devKafka, error) {
+	dir, err := os.MkdirTemp("", "cachesync-bench-kafka-")
+	if err != nil {
+		return nil, err
+	}
+	bin := filepath.Join(dir, "devkafka")
+	gobin := cmp.Or(os.Getenv("GO"), "go") // the Makefile exports GO
+	if out, err := exec.Command(gobin, "build", "-o", bin, "./cmd/devkafka").CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("build devkafka: %v: %s", err, out)
+	}
+	port, err := testenv.FreePort()
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	k := &devKafka{addr: fmt.Sprintf("127.0.0.1:%d", port), dir: dir}
+	logPath := filepath.Join(dir, "devkafka.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	defer logf.Close()
+	k.cmd = exec.Command(bin, "-addr", k.addr, "-topic", "cachesync.orders:8", "-topic", "cachesync.orders.dlq:1")
+	k.cmd.Stdout, k.cmd.Stderr = logf, logf
+	if err := k.cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if b, _ := os.ReadFile(logPath); strings.Contains(string(b), `"message":"ready"`) {
+			return k, nil
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(logPath)
+			k.stop()
+			return nil, fmt.Errorf("devkafka not ready after 30 s: %s", b)
+		}
+	}
+}
+
+func (k *devKafka) stop() {
+	_ = k.cmd.Process.Signal(syscall.SIGTERM)
+	_ = k.cmd.Wait()
+	os.RemoveAll(k.dir)
 }
 
 // wrkReserveLua posts {"user_id": N} with N unique per request.
