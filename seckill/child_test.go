@@ -6,12 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,51 +16,26 @@ import (
 	"github.com/cachesync/cachesync/internal/testenv"
 )
 
-// buildCachesync compiles the daemon into a directory of the test (the Go
-// build cache makes every build after the first cheap).
-// CACHESYNC_CRASH_RACE=1 builds it with the race detector.
-func buildCachesync(t *testing.T) string {
-	t.Helper()
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("the go command is needed to build the daemon: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "cachesync")
-	args := []string{"build", "-o", bin}
-	if os.Getenv("CACHESYNC_CRASH_RACE") != "" {
-		args = append(args, "-race")
-	}
-	args = append(args, "github.com/cachesync/cachesync/cmd/cachesync")
-	if out, err := exec.Command(goBin, args...).CombinedOutput(); err != nil {
-		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return bin
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testenv.RemoveBuilds() // the cachesync binary of the child daemons
+	os.Exit(code)
 }
+
+// childTermWithin is how long a graceful stop of a child daemon may take.
+const childTermWithin = 30 * time.Second
 
 // saleChild is a cachesync daemon running as a child process of the test
 // (`cachesync run -config FILE`) on the stack's servers; each start is a
 // numbered run logging to its own file. Logs are kept when the test fails.
 type saleChild struct {
-	t    *testing.T
-	bin  string
-	cfg  string
-	dir  string
+	*testenv.Child
 	base string // its HTTP server, http://127.0.0.1:PORT
-	runs int
-	cur  *childRun
-}
-
-type childRun struct {
-	n    int
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-	err  error // Wait's result, valid after done
 }
 
 // newSaleChild writes the configuration of a child daemon: the stack's
 // configuration (its own mysql.server_id and HTTP port) with seckillExtra
-// under seckill. Nothing runs until start.
+// under seckill. Nothing runs until Start.
 func (s *stack) newSaleChild(bin, seckillExtra string) *saleChild {
 	s.t.Helper()
 	port, err := testenv.FreePort()
@@ -74,13 +46,16 @@ func (s *stack) newSaleChild(bin, seckillExtra string) *saleChild {
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	c := &saleChild{t: s.t, bin: bin, cfg: filepath.Join(dir, "cachesync.yaml"), dir: dir, base: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	c := &saleChild{
+		Child: &testenv.Child{Bin: bin, Config: filepath.Join(dir, "cachesync.yaml"), Dir: dir},
+		base:  fmt.Sprintf("http://127.0.0.1:%d", port),
+	}
 	yaml := strings.Replace(s.configYAML(port, seckillExtra), "level: warn", "level: info", 1)
-	if err := os.WriteFile(c.cfg, []byte(yaml), 0o644); err != nil {
+	if err := os.WriteFile(c.Config, []byte(yaml), 0o644); err != nil {
 		s.t.Fatal(err)
 	}
 	s.t.Cleanup(func() {
-		c.killCurrent()
+		c.KillCurrent()
 		if s.t.Failed() {
 			s.t.Logf("child daemon config and logs kept in %s", dir)
 		} else {
@@ -90,132 +65,24 @@ func (s *stack) newSaleChild(bin, seckillExtra string) *saleChild {
 	return c
 }
 
-func (c *saleChild) start() *childRun {
-	c.t.Helper()
-	c.runs++
-	r := &childRun{n: c.runs, log: filepath.Join(c.dir, fmt.Sprintf("run-%03d.log", c.runs)), done: make(chan struct{})}
-	out, err := os.Create(r.log)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	r.cmd = exec.Command(c.bin, "run", "-config", c.cfg)
-	r.cmd.Stdout, r.cmd.Stderr = out, out
-	r.cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "CACHESYNC_") })
-	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := r.cmd.Start(); err != nil {
-		out.Close()
-		c.t.Fatalf("start child daemon: %v", err)
-	}
-	go func() {
-		r.err = r.cmd.Wait()
-		out.Close()
-		close(r.done)
-	}()
-	c.cur = r
-	return r
-}
-
-func (c *saleChild) killCurrent() {
-	if r := c.cur; r != nil && !r.exited() {
-		_ = r.cmd.Process.Kill()
-		<-r.done
-	}
-}
-
-func (r *childRun) exited() bool {
-	select {
-	case <-r.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// kill is kill -9; the run must still be running.
-func (r *childRun) kill(t *testing.T) {
-	t.Helper()
-	if r.exited() {
-		t.Fatalf("child run %d had already exited: %v%s", r.n, r.err, r.tail())
-	}
-	if err := r.cmd.Process.Kill(); err != nil {
-		t.Fatalf("kill child run %d: %v", r.n, err)
-	}
-	<-r.done
-}
-
-// term sends SIGTERM and requires exit status 0 within 30 s.
-func (r *childRun) term(t *testing.T) {
-	t.Helper()
-	if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatalf("SIGTERM child run %d: %v", r.n, err)
-	}
-	select {
-	case <-r.done:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("child run %d still running 30s after SIGTERM%s", r.n, r.tail())
-	}
-	if r.err != nil {
-		t.Fatalf("child run %d after SIGTERM: %v, want exit status 0%s", r.n, r.err, r.tail())
-	}
-}
-
 // waitStarted waits until the run has started (its seckill roles logged
 // "seckill started" and its HTTP server answers), then a moment longer:
 // the daemon handles SIGTERM only once its start-up has returned.
-func (c *saleChild) waitStarted(t *testing.T, r *childRun) {
+func (c *saleChild) waitStarted(t *testing.T, r *testenv.ChildRun) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		b, _ := os.ReadFile(r.log)
-		if strings.Contains(string(b), `"seckill started"`) {
+		if r.LogHas(`"seckill started"`) {
 			if _, err := scrapeMetrics(c.base); err == nil {
 				break
 			}
 		}
-		if r.exited() || time.Now().After(deadline) {
-			t.Fatalf("child run %d did not start (exited: %v)%s", r.n, r.exited(), r.tail())
+		if r.Exited() || time.Now().After(deadline) {
+			t.Fatalf("child run %d did not start (exited: %v)%s", r.N, r.Exited(), r.Tail())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	time.Sleep(200 * time.Millisecond)
-}
-
-// tail returns the end of the run's log for failure messages.
-func (r *childRun) tail() string {
-	b, _ := os.ReadFile(r.log)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return fmt.Sprintf("\n--- last lines of %s ---\n%s", r.log, strings.Join(lines[max(0, len(lines)-30):], "\n"))
-}
-
-// checkLogs fails the test on a panic, a data race or an error-level line
-// in any run's log and returns how often each warning occurred.
-func (c *saleChild) checkLogs(t *testing.T) map[string]int {
-	t.Helper()
-	warns := map[string]int{}
-	for n := 1; n <= c.runs; n++ {
-		path := filepath.Join(c.dir, fmt.Sprintf("run-%03d.log", n))
-		f, err := os.Open(path)
-		if err != nil {
-			t.Error(err)
-			continue
-		}
-		sc := bufio.NewScanner(f)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			switch {
-			case strings.Contains(line, "DATA RACE"), strings.HasPrefix(line, "panic:"), strings.HasPrefix(line, "fatal error:"):
-				t.Errorf("%s: %s", path, line)
-			case strings.Contains(line, `"level":"error"`), strings.Contains(line, `"level":"fatal"`):
-				t.Errorf("%s: %s", path, line)
-			case strings.Contains(line, `"level":"warn"`):
-				_, msg, _ := strings.Cut(line, `"message":`)
-				warns[msg]++
-			}
-		}
-		f.Close()
-	}
-	return warns
 }
 
 // scrapeMetrics reads every sample of a /metrics page.

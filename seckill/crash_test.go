@@ -6,11 +6,12 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cachesync/cachesync/internal/testenv"
 )
 
 // TestConsumerKill9: the order consumer runs as a child process (roles
@@ -35,11 +36,11 @@ func TestConsumerKill9(t *testing.T) {
 	)
 	items := []int64{21, 22, 23}
 	t0 := time.Now()
-	bin := buildCachesync(t)
+	bin := testenv.BuildCachesync(t)
 	s := newStack(t)
 	d := s.start("roles: [api, jobs]")
 	child := s.newSaleChild(bin, "roles: [consumer]")
-	run := child.start()
+	run := child.Start(t)
 	for _, it := range items {
 		s.addItem(it, stock)
 	}
@@ -113,16 +114,16 @@ func TestConsumerKill9(t *testing.T) {
 	// Kill loop: wait until the current run stores orders, let it work for
 	// a random moment, then SIGKILL it and start the next run.
 	var dups, created, kills, killsDuringLoad int
-	scrape := func(r *childRun) {
+	scrape := func(r *testenv.ChildRun) {
 		m, err := scrapeMetrics(child.base)
 		if err != nil {
-			t.Logf("run %d: metrics not scraped before the kill: %v", r.n, err)
+			t.Logf("run %d: metrics not scraped before the kill: %v", r.N, err)
 			return
 		}
 		dups += int(m[`cachesync_seckill_orders_consumed_total{outcome="duplicate"}`])
 		created += int(m[`cachesync_seckill_orders_consumed_total{outcome="created"}`])
 		if f := m[`cachesync_seckill_orders_consumed_total{outcome="failed"}`]; f != 0 {
-			t.Errorf("run %d stored %v orders as failed", r.n, f)
+			t.Errorf("run %d stored %v orders as failed", r.N, f)
 		}
 	}
 	for kills < minKills || !loadDone.Load() {
@@ -131,9 +132,9 @@ func TestConsumerKill9(t *testing.T) {
 		}
 		before := ordersStored()
 		progress := false
-		s.eventually(30*time.Second, fmt.Sprintf("run %d stores orders", run.n), func() bool {
-			if run.exited() {
-				t.Fatalf("child run %d exited on its own: %v%s", run.n, run.err, run.tail())
+		s.eventually(30*time.Second, fmt.Sprintf("run %d stores orders", run.N), func() bool {
+			if run.Exited() {
+				t.Fatalf("child run %d exited on its own: %v%s", run.N, run.Err(), run.Tail())
 			}
 			progress = ordersStored() > before
 			return progress || loadDone.Load()
@@ -144,20 +145,20 @@ func TestConsumerKill9(t *testing.T) {
 		time.Sleep(time.Duration(rng.IntN(400)) * time.Millisecond)
 		scrape(run)
 		during := !loadDone.Load()
-		run.kill(t)
+		run.Kill(t)
 		kills++
 		if during {
 			killsDuringLoad++
 		}
 		time.Sleep(time.Duration(rng.IntN(200)) * time.Millisecond)
-		run = child.start()
+		run = child.Start(t)
 	}
 	wg.Wait()
 	tLoadDur := time.Since(tLoad)
 	child.waitStarted(t, run)
 	mu.Lock()
 	t.Logf("answers %v; %d orders accepted in %s; %d kills (%d while reservations flowed), %d child runs",
-		codes, len(accepted), tLoadDur.Round(time.Millisecond), kills, killsDuringLoad, child.runs)
+		codes, len(accepted), tLoadDur.Round(time.Millisecond), kills, killsDuringLoad, child.Runs())
 	mu.Unlock()
 	if killsDuringLoad < 4 {
 		t.Errorf("only %d kills while reservations flowed, want at least 4", killsDuringLoad)
@@ -270,16 +271,8 @@ func TestConsumerKill9(t *testing.T) {
 	}
 	t.Logf("last run up, every order stored and Redis settled %s after the load; load %s; total %s", tQuiet.Round(time.Millisecond), tLoadDur.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
 
-	run.term(t)
-	warns := child.checkLogs(t)
-	keys := make([]string, 0, len(warns))
-	for k := range warns {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		t.Logf("child warning x%d: %s", warns[k], k)
-	}
+	run.Term(t, childTermWithin)
+	child.CheckLogs(t) // logs the warnings
 }
 
 // pollUntil polls cond every 20ms until it holds (true) or timeout passes.

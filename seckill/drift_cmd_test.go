@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -22,7 +21,7 @@ func driftCLI(t *testing.T, bin string, args ...string) (int, string, string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "CACHESYNC_") })
+	cmd.Env = testenv.ChildEnv()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
@@ -45,7 +44,7 @@ func driftCLI(t *testing.T, bin string, args ...string) (int, string, string) {
 // "no drift" for it, the other still drifts); resync of the rest exits 0;
 // check then exits 0 and prints "no drift". Usage errors exit 2.
 func TestDriftCommands(t *testing.T) {
-	bin := buildCachesync(t)
+	bin := testenv.BuildCachesync(t)
 	s := newStack(t)
 	d := s.start("")
 	s.addItem(31, 10)

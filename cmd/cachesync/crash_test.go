@@ -8,7 +8,6 @@ package main
 // and invalidated keys of changed rows must be gone.
 
 import (
-	"bufio"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -18,7 +17,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -186,24 +184,24 @@ func TestCrashSafety(t *testing.T) {
 	tWork := time.Now()
 	kills, snapKills := 0, 0
 	for range snapshotKills {
-		r := d.start()
-		if err := waitUntil(30*time.Second, func() bool { return r.logHas("snapshot: loading ruled tables") || r.exited() }); err != nil || r.exited() {
-			t.Fatalf("run %d: snapshot did not start (%v)%s", r.n, err, r.tail())
+		r := d.Start(t)
+		if err := waitUntil(30*time.Second, func() bool { return r.LogHas("snapshot: loading ruled tables") || r.Exited() }); err != nil || r.Exited() {
+			t.Fatalf("run %d: snapshot did not start (%v)%s", r.N, err, r.Tail())
 		}
 		time.Sleep(time.Duration(20+rng.IntN(300)) * time.Millisecond)
-		mid := !r.logHas("snapshot sent")
-		r.kill(t)
+		mid := !r.LogHas("snapshot sent")
+		r.Kill(t)
 		kills++
 		if mid {
 			snapKills++
 		}
 	}
-	r := d.start()
-	if err := waitUntil(60*time.Second, func() bool { return checkpointExists(ctx, rdb) || r.exited() }); err != nil || r.exited() {
-		t.Fatalf("run %d: no checkpoint after the first snapshot (%v)%s", r.n, err, r.tail())
+	r := d.Start(t)
+	if err := waitUntil(60*time.Second, func() bool { return checkpointExists(ctx, rdb) || r.Exited() }); err != nil || r.Exited() {
+		t.Fatalf("run %d: no checkpoint after the first snapshot (%v)%s", r.N, err, r.Tail())
 	}
 	t.Logf("first snapshot done after %d kills during it (%d mid-snapshot), %s after the first start; %s",
-		kills, snapKills, time.Since(tWork).Round(time.Millisecond), r.grep("snapshot sent"))
+		kills, snapKills, time.Since(tWork).Round(time.Millisecond), r.Grep("snapshot sent"))
 	notesOn.Store(true) // from here on, every notes change is after the checkpoint
 
 	// Kill loop.
@@ -221,10 +219,10 @@ func TestCrashSafety(t *testing.T) {
 			t.Fatalf("writer: %v", err)
 		case <-time.After(time.Duration(100+rng.IntN(700)) * time.Millisecond):
 		}
-		if r.exited() {
-			t.Fatalf("run %d exited on its own: %v%s", r.n, r.err, r.tail())
+		if r.Exited() {
+			t.Fatalf("run %d exited on its own: %v%s", r.N, r.Err(), r.Tail())
 		}
-		r.kill(t)
+		r.Kill(t)
 		kills++
 		streamKills++
 		if streamKills%4 == 0 { // a binlog rotation now and then
@@ -234,7 +232,7 @@ func TestCrashSafety(t *testing.T) {
 		if rng.IntN(2) == 0 {
 			time.Sleep(time.Duration(rng.IntN(200)) * time.Millisecond)
 		}
-		r = d.start()
+		r = d.Start(t)
 	}
 	stopWriters()
 	wg.Wait()
@@ -247,12 +245,12 @@ func TestCrashSafety(t *testing.T) {
 
 	// Catch up: a marker row written after everything else must arrive.
 	tCatch := time.Now()
-	if err := waitUntil(30*time.Second, func() bool { return r.logHas("streaming binlog") || r.exited() }); err != nil || r.exited() {
-		t.Fatalf("run %d does not stream (%v)%s", r.n, err, r.tail())
+	if err := waitUntil(30*time.Second, func() bool { return r.LogHas("streaming binlog") || r.Exited() }); err != nil || r.Exited() {
+		t.Fatalf("run %d does not stream (%v)%s", r.N, err, r.Tail())
 	}
 	mustExec(t, db, "INSERT INTO markers (id, v) VALUES (1, 1)")
-	if err := waitUntil(catchUpTimeout, func() bool { return rdb.Get(ctx, "marker:1").Val() == "1" || r.exited() }); err != nil || r.exited() {
-		t.Errorf("run %d did not catch up within %s (exited: %v)", r.n, catchUpTimeout, r.exited())
+	if err := waitUntil(catchUpTimeout, func() bool { return rdb.Get(ctx, "marker:1").Val() == "1" || r.Exited() }); err != nil || r.Exited() {
+		t.Errorf("run %d did not catch up within %s (exited: %v)", r.N, catchUpTimeout, r.Exited())
 		diagnose(t, db, rdb, r)
 		t.FailNow()
 	}
@@ -271,7 +269,7 @@ func TestCrashSafety(t *testing.T) {
 	}
 	mism, stats := compare(t, db, rdb, kept)
 	t.Logf("workload %s: %d row changes in %d transactions by %d writers; %d kills (%d during the first snapshot, %d mid-snapshot; %d while streaming), %d binlog rotations, %d daemon runs",
-		tWorkload.Round(time.Millisecond), rowChanges.Load(), txns.Load(), writerCount, kills, snapshotKills, snapKills, streamKills, flushes, d.runs)
+		tWorkload.Round(time.Millisecond), rowChanges.Load(), txns.Load(), writerCount, kills, snapshotKills, snapKills, streamKills, flushes, d.Runs())
 	t.Logf("caught up %s after the writers stopped; set-up (build, servers) %s; checked %s", tCatchUp.Round(time.Millisecond), tSetup.Round(time.Millisecond), stats)
 	t.Logf("mismatches: %d", len(mism))
 	if len(mism) > 0 {
@@ -281,27 +279,27 @@ func TestCrashSafety(t *testing.T) {
 
 	// Graceful shutdown: SIGTERM exits 0 with the checkpoint at the end of
 	// the last transaction (the marker's).
-	r.term(t)
+	r.Term(t, termWithin)
 	cp := rdb.HGetAll(ctx, "cachesync:checkpoint").Val()
 	if file, pos := lastCommit(t, db); cp["file"] != file || cp["pos"] != pos {
 		t.Errorf("checkpoint after SIGTERM = %v, want %s:%s (the end of the last transaction)", cp, file, pos)
 	}
 
 	// A restart resumes from the checkpoint: no snapshot, and streams.
-	r = d.start()
-	if err := waitUntil(30*time.Second, func() bool { return r.logHas("streaming binlog") || r.exited() }); err != nil || r.exited() {
-		t.Fatalf("run %d after SIGTERM did not stream (%v)%s", r.n, err, r.tail())
+	r = d.Start(t)
+	if err := waitUntil(30*time.Second, func() bool { return r.LogHas("streaming binlog") || r.Exited() }); err != nil || r.Exited() {
+		t.Fatalf("run %d after SIGTERM did not stream (%v)%s", r.N, err, r.Tail())
 	}
-	if r.logHas("snapshot") {
-		t.Errorf("run %d after a graceful stop took a snapshot:%s", r.n, r.tail())
+	if r.LogHas("snapshot") {
+		t.Errorf("run %d after a graceful stop took a snapshot:%s", r.N, r.Tail())
 	}
-	t.Logf("restart after SIGTERM: %s", r.grep("streaming binlog"))
+	t.Logf("restart after SIGTERM: %s", r.Grep("streaming binlog"))
 	mustExec(t, db, "UPDATE markers SET v = 2 WHERE id = 1")
 	if err := waitUntil(30*time.Second, func() bool { return rdb.Get(ctx, "marker:1").Val() == "2" }); err != nil {
-		t.Fatalf("run %d after SIGTERM does not apply changes%s", r.n, r.tail())
+		t.Fatalf("run %d after SIGTERM does not apply changes%s", r.N, r.Tail())
 	}
-	r.term(t)
-	d.checkLogs(t)
+	r.Term(t, termWithin)
+	d.CheckLogs(t)
 	t.Logf("total %s", time.Since(t0).Round(time.Millisecond))
 }
 
@@ -317,17 +315,17 @@ func TestKillDuringSnapshot(t *testing.T) {
 	e := newCrashEnv(t, 200) // small snapshot chunks: many script calls
 	ctx := context.Background()
 	preloadSimple(t, e.db, rows)
-	r := e.d.start()
+	r := e.d.Start(t)
 	deadline := time.Now().Add(60 * time.Second)
 	for e.rdb.Exists(ctx, "item:0").Val() == 0 || checkpointExists(ctx, e.rdb) {
-		if r.exited() || time.Now().After(deadline) {
-			t.Fatalf("snapshot did not start writing (exited: %v)%s", r.exited(), r.tail())
+		if r.Exited() || time.Now().After(deadline) {
+			t.Fatalf("snapshot did not start writing (exited: %v)%s", r.Exited(), r.Tail())
 		}
 		time.Sleep(time.Millisecond)
 	}
-	r.kill(t)
+	r.Kill(t)
 	if checkpointExists(ctx, e.rdb) {
-		t.Fatalf("the snapshot completed before the kill landed%s", r.tail())
+		t.Fatalf("the snapshot completed before the kill landed%s", r.Tail())
 	}
 	written := 0
 	for id := range rows {
@@ -346,18 +344,18 @@ func TestKillDuringSnapshot(t *testing.T) {
 	mustExec(t, e.db, "UPDATE items SET grp = grp + 1 WHERE id < 200 AND id % 4 = 2")
 	mustExec(t, e.db, "UPDATE items SET id = id + 100000, qty = NULL WHERE id < 200 AND id % 4 = 3")
 
-	r = e.d.start()
-	if err := waitUntil(60*time.Second, func() bool { return checkpointExists(ctx, e.rdb) || r.exited() }); err != nil || r.exited() {
-		t.Fatalf("run %d: no checkpoint (%v)%s", r.n, err, r.tail())
+	r = e.d.Start(t)
+	if err := waitUntil(60*time.Second, func() bool { return checkpointExists(ctx, e.rdb) || r.Exited() }); err != nil || r.Exited() {
+		t.Fatalf("run %d: no checkpoint (%v)%s", r.N, err, r.Tail())
 	}
-	if line := r.grep("unfinished snapshot"); line == "" {
-		t.Errorf("run %d does not log that it discarded the unfinished snapshot%s", r.n, r.tail())
+	if line := r.Grep("unfinished snapshot"); line == "" {
+		t.Errorf("run %d does not log that it discarded the unfinished snapshot%s", r.N, r.Tail())
 	} else {
-		t.Logf("run %d: %s", r.n, line)
+		t.Logf("run %d: %s", r.N, line)
 	}
 	mustExec(t, e.db, "INSERT INTO markers (id, v) VALUES (1, 1)")
 	if err := waitUntil(30*time.Second, func() bool { return e.rdb.Get(ctx, "marker:1").Val() == "1" }); err != nil {
-		t.Fatalf("marker not applied%s", r.tail())
+		t.Fatalf("marker not applied%s", r.Tail())
 	}
 	if n := e.rdb.Exists(ctx, "cachesync:snapshot").Val(); n != 0 {
 		t.Errorf("snapshot journal still exists after the checkpoint was written")
@@ -367,8 +365,8 @@ func TestKillDuringSnapshot(t *testing.T) {
 	if len(mism) > 0 {
 		t.Fatalf("%d keys differ from MySQL after a snapshot that followed an aborted one; first ones:\n  %s", len(mism), strings.Join(mism[:min(len(mism), 25)], "\n  "))
 	}
-	r.term(t)
-	e.d.checkLogs(t)
+	r.Term(t, termWithin)
+	e.d.CheckLogs(t)
 }
 
 // TestRedisLossDuringSnapshot restarts Redis (without persistence: it comes
@@ -383,11 +381,11 @@ func TestRedisLossDuringSnapshot(t *testing.T) {
 	e := newCrashEnv(t, 200)
 	ctx := context.Background()
 	preloadSimple(t, e.db, rows)
-	r := e.d.start()
+	r := e.d.Start(t)
 	deadline := time.Now().Add(60 * time.Second)
 	for e.rdb.Exists(ctx, "item:0").Val() == 0 || checkpointExists(ctx, e.rdb) {
-		if r.exited() || time.Now().After(deadline) {
-			t.Fatalf("snapshot did not start writing (exited: %v)%s", r.exited(), r.tail())
+		if r.Exited() || time.Now().After(deadline) {
+			t.Fatalf("snapshot did not start writing (exited: %v)%s", r.Exited(), r.Tail())
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -397,22 +395,22 @@ func TestRedisLossDuringSnapshot(t *testing.T) {
 	if err := e.rs.Start(); err != nil {
 		t.Fatal(err)
 	}
-	if err := waitUntil(60*time.Second, func() bool { return checkpointExists(ctx, e.rdb) || r.exited() }); err != nil || r.exited() {
-		t.Fatalf("run %d: no checkpoint (%v)%s", r.n, err, r.tail())
+	if err := waitUntil(60*time.Second, func() bool { return checkpointExists(ctx, e.rdb) || r.Exited() }); err != nil || r.Exited() {
+		t.Fatalf("run %d: no checkpoint (%v)%s", r.N, err, r.Tail())
 	}
 	mustExec(t, e.db, "INSERT INTO markers (id, v) VALUES (1, 1)")
 	if err := waitUntil(30*time.Second, func() bool { return e.rdb.Get(ctx, "marker:1").Val() == "1" }); err != nil {
-		t.Fatalf("marker not applied%s", r.tail())
+		t.Fatalf("marker not applied%s", r.Tail())
 	}
 	mism, stats := compare(t, e.db, e.rdb, nil)
 	t.Logf("checked %s; mismatches: %d", stats, len(mism))
 	if len(mism) > 0 {
 		t.Fatalf("%d keys differ from MySQL after Redis lost its data during the snapshot; first ones:\n  %s", len(mism), strings.Join(mism[:min(len(mism), 25)], "\n  "))
 	}
-	if line := r.grep("redis lost its data"); line == "" {
-		t.Errorf("run %d did not log that Redis lost its data%s", r.n, r.tail())
+	if line := r.Grep("redis lost its data"); line == "" {
+		t.Errorf("run %d did not log that Redis lost its data%s", r.N, r.Tail())
 	}
-	r.term(t)
+	r.Term(t, termWithin)
 }
 
 // preloadSimple inserts items 0..n-1: active, grp id%groups, qty id.
@@ -927,17 +925,17 @@ func lastCommit(t *testing.T, db *sql.DB) (file, pos string) {
 
 // checkHTTP requires the run's HTTP server (at the address it logged) to
 // answer /healthz, /readyz (ready: the daemon streams) and /metrics.
-func checkHTTP(t *testing.T, r *daemonRun) {
+func checkHTTP(t *testing.T, r *testenv.ChildRun) {
 	t.Helper()
 	var addr string
-	for _, line := range strings.Split(r.grep(`"http listening"`), "\n") {
+	for _, line := range strings.Split(r.Grep(`"http listening"`), "\n") {
 		var m struct{ Addr string }
 		if json.Unmarshal([]byte(line), &m) == nil {
 			addr = m.Addr
 		}
 	}
 	if addr == "" {
-		t.Errorf("run %d: no \"http listening\" log line with the address%s", r.n, r.tail())
+		t.Errorf("run %d: no \"http listening\" log line with the address%s", r.N, r.Tail())
 		return
 	}
 	get := func(path string) (int, string) {
@@ -967,7 +965,7 @@ func checkHTTP(t *testing.T, r *daemonRun) {
 // diagnose logs what helps to understand a daemon that does not catch up:
 // the server's binlog position and replication threads, the checkpoint,
 // and the daemon's goroutines (SIGQUIT makes a Go program print them).
-func diagnose(t *testing.T, db *sql.DB, rdb *redis.Client, r *daemonRun) {
+func diagnose(t *testing.T, db *sql.DB, rdb *redis.Client, r *testenv.ChildRun) {
 	t.Helper()
 	file, pos := lastCommit(t, db)
 	t.Logf("last commit in the binlog: %s:%s; checkpoint: %v", file, pos, rdb.HGetAll(context.Background(), "cachesync:checkpoint").Val())
@@ -981,15 +979,15 @@ func diagnose(t *testing.T, db *sql.DB, rdb *redis.Client, r *daemonRun) {
 		}
 		rows.Close()
 	}
-	if !r.exited() {
-		_ = r.cmd.Process.Signal(syscall.SIGQUIT)
+	if !r.Exited() {
+		_ = r.Signal(syscall.SIGQUIT)
 		select {
-		case <-r.done:
+		case <-r.Done():
 		case <-time.After(5 * time.Second):
 		}
 	}
-	b, _ := os.ReadFile(r.log)
-	t.Logf("log of run %d (%s):\n%s", r.n, r.log, b[max(0, len(b)-60_000):])
+	b, _ := os.ReadFile(r.Log)
+	t.Logf("log of run %d (%s):\n%s", r.N, r.Log, b[max(0, len(b)-60_000):])
 }
 
 func mustExec(t *testing.T, db *sql.DB, q string, args ...any) {
@@ -1010,49 +1008,14 @@ func waitUntil(d time.Duration, cond func() bool) error {
 	return nil
 }
 
-var (
-	buildOnce sync.Once
-	buildDir  string
-	buildBin  string
-	buildErr  error
-)
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if buildDir != "" {
-		os.RemoveAll(buildDir)
-	}
+	testenv.RemoveBuilds()
 	os.Exit(code)
 }
 
-// buildDaemon compiles this package once per test binary.
-// CACHESYNC_CRASH_RACE=1 builds it with the race detector.
-func buildDaemon(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		goBin, err := exec.LookPath("go")
-		if err != nil {
-			buildErr = fmt.Errorf("the go command is needed to build the daemon: %w", err)
-			return
-		}
-		if buildDir, buildErr = os.MkdirTemp("", "cachesync-bin-"); buildErr != nil {
-			return
-		}
-		buildBin = filepath.Join(buildDir, "cachesync")
-		args := []string{"build", "-o", buildBin}
-		if os.Getenv("CACHESYNC_CRASH_RACE") != "" {
-			args = append(args, "-race")
-		}
-		out, err := exec.Command(goBin, append(args, ".")...).CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return buildBin
-}
+// termWithin is how long a graceful stop of the daemon may take.
+const termWithin = 60 * time.Second
 
 // crashEnv is the daemon binary with private MariaDB and Redis servers,
 // the crash schema and a configuration file.
@@ -1060,13 +1023,13 @@ type crashEnv struct {
 	rs  *testenv.Redis
 	db  *sql.DB
 	rdb *redis.Client
-	d   *daemonProc
+	d   *testenv.Child
 	dir string
 }
 
 func newCrashEnv(t *testing.T, batchChanges int) *crashEnv {
 	t.Helper()
-	bin := buildDaemon(t)
+	bin := testenv.BuildCachesync(t)
 	my := testenv.StartMariaDB(t)
 	rs := testenv.StartRedis(t)
 	e := &crashEnv{rs: rs, db: my.DB(t, crashSchema), rdb: redis.NewClient(&redis.Options{Addr: rs.Addr()})}
@@ -1093,163 +1056,7 @@ func newCrashEnv(t *testing.T, batchChanges int) *crashEnv {
 	if err := os.WriteFile(cfg, []byte(crashConfig(my.Addr(), rs.Addr(), serverID, batchChanges)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	e.d = &daemonProc{t: t, bin: bin, cfg: cfg, dir: e.dir}
-	t.Cleanup(e.d.killCurrent) // registered last: runs before the servers go
+	e.d = &testenv.Child{Bin: bin, Config: cfg, Dir: e.dir}
+	t.Cleanup(e.d.KillCurrent) // registered last: runs before the servers go
 	return e
-}
-
-// daemonProc starts numbered runs of the binary, each logging to its own file.
-type daemonProc struct {
-	t        *testing.T
-	bin, cfg string
-	dir      string
-	runs     int
-	mu       sync.Mutex
-	cur      *daemonRun
-}
-
-type daemonRun struct {
-	n    int
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-	err  error // Wait's result, valid after done
-}
-
-func (d *daemonProc) start() *daemonRun {
-	d.t.Helper()
-	d.runs++
-	r := &daemonRun{n: d.runs, log: filepath.Join(d.dir, fmt.Sprintf("run-%03d.log", d.runs)), done: make(chan struct{})}
-	out, err := os.Create(r.log)
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	r.cmd = exec.Command(d.bin, "run", "-config", d.cfg)
-	r.cmd.Stdout, r.cmd.Stderr = out, out
-	r.cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "CACHESYNC_") })
-	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := r.cmd.Start(); err != nil {
-		out.Close()
-		d.t.Fatalf("start daemon: %v", err)
-	}
-	go func() {
-		r.err = r.cmd.Wait()
-		out.Close()
-		close(r.done)
-	}()
-	d.mu.Lock()
-	d.cur = r
-	d.mu.Unlock()
-	return r
-}
-
-func (d *daemonProc) killCurrent() {
-	d.mu.Lock()
-	r := d.cur
-	d.mu.Unlock()
-	if r != nil && !r.exited() {
-		_ = r.cmd.Process.Kill()
-		<-r.done
-	}
-}
-
-// checkLogs fails the test on a panic, a data race (daemon built with
-// CACHESYNC_CRASH_RACE=1) or an error-level line in any run's log, and
-// logs how often each warning occurred.
-func (d *daemonProc) checkLogs(t *testing.T) {
-	t.Helper()
-	warns := map[string]int{}
-	for n := 1; n <= d.runs; n++ {
-		path := filepath.Join(d.dir, fmt.Sprintf("run-%03d.log", n))
-		b, err := os.ReadFile(path)
-		if err != nil {
-			t.Error(err)
-			continue
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			var m struct{ Level, Message string }
-			_ = json.Unmarshal([]byte(line), &m)
-			switch {
-			case strings.Contains(line, "DATA RACE"), strings.HasPrefix(line, "panic:"), strings.HasPrefix(line, "fatal error:"):
-				t.Errorf("%s: %s", path, line)
-			case m.Level == "error" || m.Level == "fatal":
-				t.Errorf("%s: %s", path, line)
-			case m.Level == "warn":
-				warns[m.Message]++
-			}
-		}
-	}
-	if len(warns) > 0 {
-		t.Logf("warnings in %d runs: %v", d.runs, warns)
-	}
-}
-
-func (r *daemonRun) exited() bool {
-	select {
-	case <-r.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// kill is kill -9.
-func (r *daemonRun) kill(t *testing.T) {
-	t.Helper()
-	if r.exited() {
-		t.Fatalf("run %d had already exited: %v%s", r.n, r.err, r.tail())
-	}
-	if err := r.cmd.Process.Kill(); err != nil {
-		t.Fatalf("kill run %d: %v", r.n, err)
-	}
-	<-r.done
-}
-
-// term sends SIGTERM and requires exit status 0 and the "stopped" log line.
-func (r *daemonRun) term(t *testing.T) {
-	t.Helper()
-	start := time.Now()
-	if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatalf("SIGTERM run %d: %v", r.n, err)
-	}
-	select {
-	case <-r.done:
-	case <-time.After(60 * time.Second):
-		t.Fatalf("run %d still running 60s after SIGTERM%s", r.n, r.tail())
-	}
-	if r.err != nil {
-		t.Fatalf("run %d after SIGTERM: %v, want exit status 0%s", r.n, r.err, r.tail())
-	}
-	if !r.logHas(`"stopped"`) {
-		t.Errorf("run %d: no \"stopped\" log line%s", r.n, r.tail())
-	}
-	t.Logf("run %d: SIGTERM -> exit 0 in %s", r.n, time.Since(start).Round(time.Millisecond))
-}
-
-func (r *daemonRun) logHas(s string) bool {
-	b, _ := os.ReadFile(r.log)
-	return strings.Contains(string(b), s)
-}
-
-// grep returns the first log line containing s.
-func (r *daemonRun) grep(s string) string {
-	f, err := os.Open(r.log)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if strings.Contains(sc.Text(), s) {
-			return sc.Text()
-		}
-	}
-	return ""
-}
-
-// tail returns the end of the run's log for failure messages.
-func (r *daemonRun) tail() string {
-	b, _ := os.ReadFile(r.log)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return fmt.Sprintf("\n--- last lines of %s ---\n%s", r.log, strings.Join(lines[max(0, len(lines)-30):], "\n"))
 }

@@ -269,7 +269,7 @@ func (m *MariaDB) logs() []string {
 func (m *MariaDB) start() error {
 	logs := m.logs()
 	offset := fileSize(logs[0])
-	p, err := startProcess(m.bin, m.args(), logs[1])
+	p, err := startProcess(m.bin, m.args(), nil, logs[1])
 	if err != nil {
 		return fmt.Errorf("testenv: %w", err)
 	}

@@ -162,7 +162,7 @@ func (r *Redis) start() error {
 		"--daemonize", "no",
 		"--logfile", "", // stdout, which goes to redis.log
 	}
-	p, err := startProcess(r.bin, args, log)
+	p, err := startProcess(r.bin, args, nil, log)
 	if err != nil {
 		return fmt.Errorf("testenv: %w", err)
 	}

@@ -19,6 +19,10 @@
 // are given with KafkaTopic, and KafkaDataDir keeps the data across Stop and
 // Start. It dies with the test binary like the child processes. See
 // kafka.go for what to know about sarama against it.
+//
+// BuildCachesync and Child run the cachesync daemon itself the same way: a
+// child process of the test in its own process group, killed with the test
+// binary, one numbered log file per run (see child.go).
 package testenv
 
 import (
@@ -140,9 +144,9 @@ type process struct {
 	err  error         // result of Wait; valid after done is closed
 }
 
-// startProcess starts bin with args; its stdout and stderr are appended to
-// the file outPath.
-func startProcess(bin string, args []string, outPath string) (*process, error) {
+// startProcess starts bin with args and the environment env (nil: the test
+// binary's); its stdout and stderr are appended to the file outPath.
+func startProcess(bin string, args, env []string, outPath string) (*process, error) {
 	out, err := os.OpenFile(outPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
@@ -150,6 +154,7 @@ func startProcess(bin string, args []string, outPath string) (*process, error) {
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout = out
 	cmd.Stderr = out
+	cmd.Env = env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		out.Close()
