@@ -170,7 +170,7 @@ func Run(ctx context.Context, env Env, s Scheme, o Options) (Result, error) {
 	took := time.Since(t0)
 	close(errs)
 	for err := range errs {
-		if err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+		if err != nil {
 			return res, err
 		}
 	}
@@ -267,18 +267,20 @@ func (r *run) startCDC(ctx context.Context, bg *sync.WaitGroup) error {
 	return nil
 }
 
-// writer bumps random rows' versions at its share of WriteRate.
-func (r *run) writer(ctx context.Context) error {
+// writer bumps random rows' versions at its share of WriteRate until the
+// phase ends. Each write runs to completion (context.WithoutCancel): a
+// deadline hitting a Redis dial counts as a dial error in go-redis's pool,
+// and after PoolSize of them (they are never reset by a success) the shared
+// client fails every new dial for a while.
+func (r *run) writer(phase context.Context) error {
+	ctx := context.WithoutCancel(phase)
 	interval := time.Duration(float64(time.Second) * float64(r.o.Writers) / float64(r.o.WriteRate))
 	next := time.Now()
-	for ctx.Err() == nil {
+	for phase.Err() == nil {
 		next = next.Add(interval)
 		time.Sleep(time.Until(next))
 		id := rand.IntN(r.o.Rows)
 		if err := r.write(ctx, id); err != nil {
-			if ctx.Err() != nil { // the phase ended mid-write (database/sql rolled back)
-				return nil
-			}
 			return err
 		}
 		r.writes.Add(1)
@@ -319,16 +321,15 @@ func (r *run) write(ctx context.Context, id int) error {
 	return nil
 }
 
-// reader reads random rows through the scheme's cache as fast as it can.
-func (r *run) reader(ctx context.Context, lat *[]time.Duration) error {
-	for ctx.Err() == nil {
+// reader reads random rows through the scheme's cache as fast as it can
+// until the phase ends; each read runs to completion, like writes.
+func (r *run) reader(phase context.Context, lat *[]time.Duration) error {
+	ctx := context.WithoutCancel(phase)
+	for phase.Err() == nil {
 		id := rand.IntN(r.o.Rows)
 		start := time.Now()
 		v, err := r.read(ctx, id)
 		if err != nil {
-			if ctx.Err() != nil { // the phase ended mid-read (database/sql rolled back)
-				return nil
-			}
 			return err
 		}
 		*lat = append(*lat, time.Since(start))

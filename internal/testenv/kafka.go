@@ -45,8 +45,10 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -137,8 +139,9 @@ func KafkaGroupMinSessionTimeout(d time.Duration) KafkaOption {
 	return func(c *kafkaConfig) { c.minSessionTimeout = d }
 }
 
-// NewKafka starts a cluster on free ports of 127.0.0.1 (the kernel picks
-// them, so there is no race with other processes) and returns once it
+// NewKafka starts a cluster on free ports of 127.0.0.1 (from FreePort, so a
+// restart on the same ports does not collide with clients' ephemeral ports;
+// it tries other ports if one was taken meanwhile) and returns once it
 // accepts connections. The caller must Close it.
 func NewKafka(opts ...KafkaOption) (*Kafka, error) {
 	cfg := kafkaConfig{
@@ -152,10 +155,25 @@ func NewKafka(opts ...KafkaOption) (*Kafka, error) {
 		return nil, err
 	}
 	k := &Kafka{cfg: cfg}
-	if err := k.start(); err != nil {
-		return nil, err
+	for attempt := 1; ; attempt++ {
+		k.ports = k.ports[:0]
+		for len(k.ports) < cfg.brokers {
+			p, err := FreePort()
+			if err != nil {
+				return nil, err
+			}
+			if !slices.Contains(k.ports, p) {
+				k.ports = append(k.ports, p)
+			}
+		}
+		err := k.start()
+		if err == nil {
+			return k, nil
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || attempt == 5 {
+			return nil, err
+		}
 	}
-	return k, nil
 }
 
 // StartKafka is NewKafka for tests: it registers Close with tb.Cleanup and
@@ -283,7 +301,7 @@ func (k *Kafka) start() error {
 		}
 		return fmt.Errorf("testenv: start Kafka on 127.0.0.1 %s: %w", where, err)
 	}
-	if k.ports == nil {
+	if k.addrs == nil {
 		addrs := c.ListenAddrs()
 		ports := make([]int, len(addrs))
 		for i, a := range addrs {

@@ -30,6 +30,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -46,20 +47,38 @@ const startTimeout = 60 * time.Second
 // stopTimeout bounds a graceful shutdown; after it the process is killed.
 const stopTimeout = 60 * time.Second
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago: it
-// listens on port 0, notes the port the kernel chose and closes the listener.
-// Another process may take the port before the caller binds it, so callers
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago. It
+// picks from just below the kernel's ephemeral range
+// (net.ipv4.ip_local_port_range), where outgoing connections never take
+// their local ports: a server stopped and restarted on its port (Stop, Start)
+// would otherwise find it taken by some client's connection now and then.
+// Another process may still bind the port before the caller does, so callers
 // must be prepared to retry on a bind failure.
 func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("testenv: find a free port: %w", err)
+	lo, hi := belowEphemeral()
+	for range 100 {
+		p := lo + rand.IntN(hi-lo)
+		if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
+			if err := l.Close(); err != nil {
+				return 0, fmt.Errorf("testenv: find a free port: %w", err)
+			}
+			return p, nil
+		}
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	if err := l.Close(); err != nil {
-		return 0, fmt.Errorf("testenv: find a free port: %w", err)
+	return 0, fmt.Errorf("testenv: find a free port: 100 tries in %d-%d found none", lo, hi-1)
+}
+
+// belowEphemeral is the range [lo, hi) of up to 10,000 ports just below the
+// ephemeral range (Linux's default 32768-60999 gives 22768-32767).
+func belowEphemeral() (lo, hi int) {
+	hi = 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		var first, last int
+		if n, _ := fmt.Sscan(string(b), &first, &last); n == 2 && first > 2048 {
+			hi = first
+		}
 	}
-	return port, nil
+	return max(1024, hi-10_000), hi
 }
 
 // LookBinary finds the executable name on PATH or in /usr/sbin or /usr/bin
