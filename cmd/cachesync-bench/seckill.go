@@ -172,10 +172,24 @@ seckill:
 		return fmt.Errorf("reserve: %w", err)
 	}
 	rows = append(rows, res)
-	reserved := e.rdb.ZCard(ctx, p1).Val() - before
-	end, err := kafkaEnd(ctx, []string{broker.addr})
-	if err != nil {
-		return err
+	// wrk stops with requests in flight: their scripts ran, their orders
+	// are still being produced. Count once both figures stand still.
+	var reserved, end int64
+	for deadline, stable := time.Now().Add(30*time.Second), 0; stable < 5; time.Sleep(100 * time.Millisecond) {
+		r := e.rdb.ZCard(ctx, p1).Val() - before
+		n, err := kafkaEnd(ctx, []string{broker.addr})
+		if err != nil {
+			return err
+		}
+		if r == reserved && n == end {
+			stable++
+		} else {
+			stable = 0
+		}
+		reserved, end = r, n
+		if time.Now().After(deadline) {
+			return fmt.Errorf("reservations (%d) and Kafka messages (%d) still moving 30 s after the run", reserved, end)
+		}
 	}
 
 	// 3. sold-out item: the first answer sets the local flag.
