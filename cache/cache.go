@@ -142,14 +142,28 @@ func (c *Cache) Get(ctx context.Context, key string, load Loader) ([]byte, Sourc
 			return e.value()
 		}
 	}
-	v, err, shared := c.sf.Do(key, func() (any, error) { return c.fetch(ctx, key, load) })
-	if err != nil {
-		return nil, "", err
+	// The shared fetch outlives the caller that started it: the others
+	// waiting for the key must not fail because that one gave up. Each
+	// caller still returns when its own ctx ends.
+	ch := c.sf.DoChan(key, func() (any, error) {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.LoadTimeout)
+		defer cancel()
+		return c.fetch(fctx, key, load)
+	})
+	var res singleflight.Result
+	select {
+	case res = <-ch:
+	case <-ctx.Done():
+		return nil, "", ctx.Err()
 	}
-	r := v.(result)
+	if res.Err != nil {
+		return nil, "", res.Err
+	}
+	r, shared := res.Val.(result), res.Shared
 	if shared && c.invalidatedSince(key, r.e0) {
 		// The shared fetch began before an invalidation this caller may
 		// have started after: fetch on our own rather than return it.
+		var err error
 		if r, err = c.fetch(ctx, key, load); err != nil {
 			return nil, "", err
 		}

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -189,6 +190,61 @@ func TestSingleflight(t *testing.T) {
 	wg.Wait()
 	if loads.Load() != 1 {
 		t.Fatalf("%d loads for 64 concurrent misses, want 1", loads.Load())
+	}
+}
+
+// A caller that gives up must not fail the others waiting for the same
+// load: the caller whose Get started the shared load is canceled mid-load;
+// it returns at once with its own error, the 63 others get the value, and
+// the key is filled once.
+func TestCanceledCallerDoesNotFailSharedLoad(t *testing.T) {
+	f := newFixture(t)
+	var loads atomic.Int64
+	started, release := make(chan struct{}), make(chan struct{})
+	slow := func(ctx context.Context) ([]byte, bool, error) {
+		loads.Add(1)
+		close(started)
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return nil, false, ctx.Err()
+		}
+		return []byte("v"), true, nil
+	}
+	leaderCtx, cancelLeader := context.WithCancel(context.Background())
+	leaderErr := make(chan error, 1)
+	go func() {
+		_, _, err := f.c.Get(leaderCtx, f.key(9), slow)
+		leaderErr <- err
+	}()
+	<-started
+	var wg sync.WaitGroup
+	for i := 0; i < 63; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if v, _, err := f.c.Get(context.Background(), f.key(9), slow); err != nil || string(v) != "v" {
+				t.Errorf("waiting caller got %q, %v; want \"v\"", v, err)
+			}
+		}()
+	}
+	time.Sleep(50 * time.Millisecond) // the others join the load
+	cancelLeader()
+	select {
+	case err := <-leaderErr:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("canceled caller got %v, want context.Canceled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the canceled caller did not return while the load was still running")
+	}
+	close(release)
+	wg.Wait()
+	if n := loads.Load(); n != 1 {
+		t.Errorf("%d loads, want 1", n)
+	}
+	if v, err := f.rdb.Get(context.Background(), f.key(9)).Result(); err != nil || v == "" {
+		t.Errorf("key not filled after the shared load: %q, %v", v, err)
 	}
 }
 

@@ -23,6 +23,10 @@ type Config struct {
 	// LeaseWait is how long a reader that finds another process's lease
 	// waits for that fill before loading without filling.
 	LeaseWait time.Duration `yaml:"lease_wait"`
+	// LoadTimeout bounds a shared fetch (Redis, the loader, the fill). The
+	// fetch is not canceled with the caller that started it, since other
+	// callers of the same key wait for it; this is its own limit.
+	LoadTimeout time.Duration `yaml:"load_timeout"`
 }
 
 // SetDefaults fills unset fields.
@@ -48,6 +52,9 @@ func (c *Config) SetDefaults() {
 	if c.LeaseWait == 0 {
 		c.LeaseWait = 50 * time.Millisecond
 	}
+	if c.LoadTimeout == 0 {
+		c.LoadTimeout = 10 * time.Second
+	}
 }
 
 // Validate reports the first problem with the configuration.
@@ -63,6 +70,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("cache.not_found_ttl %s: want between 0 and cache.ttl", c.NotFoundTTL)
 	case c.LeaseTTL < 10*time.Millisecond:
 		return fmt.Errorf("cache.lease_ttl %s: want at least 10ms", c.LeaseTTL)
+	case c.LoadTimeout < 10*time.Millisecond:
+		return fmt.Errorf("cache.load_timeout %s: want at least 10ms", c.LoadTimeout)
 	case c.L1TTL < 0:
 		return fmt.Errorf("cache.l1_ttl %s: want >= 0", c.L1TTL)
 	}
