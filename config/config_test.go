@@ -67,6 +67,7 @@ func TestBadConfigs(t *testing.T) {
 		"redis_addr_no_port.yaml":           {"redis.addr", `"localhost"`},
 		"redis_addr_bad_port.yaml":          {"redis.addr", "port"},
 		"redis_db_negative.yaml":            {"redis.db", "-1"},
+		"cache_load_timeout_short.yaml":     {"cache.load_timeout", "1ms"},
 		"redis_db_too_big.yaml":             {"redis.db", "16"},
 		"no_rules.yaml":                     {"sink.rules", "at least one rule"},
 		"empty_rules.yaml":                  {"sink.rules", "at least one rule"},
