@@ -33,6 +33,16 @@ if [[ -z $ready ]]; then
 	curl -s http://127.0.0.1:9090/readyz >&2 || true
 	exit 1
 fi
+# The sale's item takes reservations once the jobs role has built its Redis
+# keys from MySQL (a second or two after start); until then it answers 503.
+item_ready=
+for _ in $(seq 300); do
+	if curl -fs http://127.0.0.1:9090/seckill/items/100 >/dev/null 2>&1; then item_ready=1; break; fi
+	sleep 0.1
+done
+if [[ -z $item_ready ]]; then
+	echo "warning: flash-sale item 100 is not ready after 30 s (reservations answer 503); see .dev/cachesync.log" >&2
+fi
 cat <<MSG
 
 cachesync is running (pid $(<.dev/cachesync.pid), log .dev/cachesync.log, metrics http://127.0.0.1:9090/metrics).
