@@ -145,7 +145,14 @@ func (c *Cache) Get(ctx context.Context, key string, load Loader) ([]byte, Sourc
 	// The shared fetch outlives the caller that started it: the others
 	// waiting for the key must not fail because that one gave up. Each
 	// caller still returns when its own ctx ends.
-	ch := c.sf.DoChan(key, func() (any, error) {
+	ch := c.sf.DoChan(key, func() (v any, err error) {
+		// DoChan would re-panic on a goroutine of its own and end the
+		// process; a loader's panic is this key's error instead.
+		defer func() {
+			if p := recover(); p != nil {
+				err = fmt.Errorf("cache: load of %q panicked: %v", key, p)
+			}
+		}()
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.LoadTimeout)
 		defer cancel()
 		return c.fetch(fctx, key, load)

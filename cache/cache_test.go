@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -245,6 +246,20 @@ func TestCanceledCallerDoesNotFailSharedLoad(t *testing.T) {
 	}
 	if v, err := f.rdb.Get(context.Background(), f.key(9)).Result(); err != nil || v == "" {
 		t.Errorf("key not filled after the shared load: %q, %v", v, err)
+	}
+}
+
+// A loader that panics gives its callers an error; the process lives on
+// and the next Get of the key loads again.
+func TestLoaderPanicIsAnError(t *testing.T) {
+	f := newFixture(t)
+	_, _, err := f.c.Get(context.Background(), f.key(11), func(context.Context) ([]byte, bool, error) { panic("boom") })
+	if err == nil || !strings.Contains(err.Error(), "boom") {
+		t.Fatalf("Get with a panicking loader: %v, want an error naming the panic", err)
+	}
+	var loads atomic.Int64
+	if v, _, err := f.c.Get(context.Background(), f.key(11), constant("v", &loads)); err != nil || string(v) != "v" || loads.Load() != 1 {
+		t.Fatalf("Get after the panic: %q, %v, %d loads", v, err, loads.Load())
 	}
 }
 
