@@ -43,10 +43,7 @@ package testenv
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
-	"slices"
-	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -155,25 +152,10 @@ func NewKafka(opts ...KafkaOption) (*Kafka, error) {
 		return nil, err
 	}
 	k := &Kafka{cfg: cfg}
-	for attempt := 1; ; attempt++ {
-		k.ports = k.ports[:0]
-		for len(k.ports) < cfg.brokers {
-			p, err := FreePort()
-			if err != nil {
-				return nil, err
-			}
-			if !slices.Contains(k.ports, p) {
-				k.ports = append(k.ports, p)
-			}
-		}
-		err := k.start()
-		if err == nil {
-			return k, nil
-		}
-		if !errors.Is(err, syscall.EADDRINUSE) || attempt == 5 {
-			return nil, err
-		}
+	if err := onFreePorts(cfg.brokers, func(p []int) error { k.ports = p; return k.start() }); err != nil {
+		return nil, err
 	}
+	return k, nil
 }
 
 // StartKafka is NewKafka for tests: it registers Close with tb.Cleanup and
@@ -268,15 +250,13 @@ func (k *Kafka) Close() {
 	}
 }
 
-// start starts the cluster, on k.ports if it ran before; k.mu must be held
-// or k not yet shared.
+// start starts the cluster on k.ports; k.mu must be held or k not yet
+// shared.
 func (k *Kafka) start() error {
 	opts := []kfake.Opt{
 		kfake.NumBrokers(k.cfg.brokers),
 		kfake.GroupMinSessionTimeout(k.cfg.minSessionTimeout),
-	}
-	if k.ports != nil {
-		opts = append(opts, kfake.Ports(k.ports...))
+		kfake.Ports(k.ports...),
 	}
 	for t, p := range k.cfg.topics {
 		opts = append(opts, kfake.SeedTopics(p, t))
@@ -295,26 +275,13 @@ func (k *Kafka) start() error {
 	}
 	c, err := kfake.NewCluster(opts...)
 	if err != nil {
-		where := "free ports"
-		if k.ports != nil {
-			where = fmt.Sprint("ports ", k.ports)
+		if errors.Is(err, syscall.EADDRINUSE) {
+			err = fmt.Errorf("%w: %w", errAddrInUse, err)
 		}
-		return fmt.Errorf("testenv: start Kafka on 127.0.0.1 %s: %w", where, err)
+		return fmt.Errorf("testenv: start Kafka on 127.0.0.1 ports %v: %w", k.ports, err)
 	}
 	if k.addrs == nil {
-		addrs := c.ListenAddrs()
-		ports := make([]int, len(addrs))
-		for i, a := range addrs {
-			_, p, err := net.SplitHostPort(a)
-			if err == nil {
-				ports[i], err = strconv.Atoi(p)
-			}
-			if err != nil {
-				c.Close()
-				return fmt.Errorf("testenv: start Kafka: broker address %q: %w", a, err)
-			}
-		}
-		k.addrs, k.ports = addrs, ports
+		k.addrs = c.ListenAddrs()
 	}
 	k.cluster = c
 	return nil

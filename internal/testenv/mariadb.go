@@ -66,20 +66,11 @@ func NewMariaDB() (*MariaDB, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	for attempt := 1; ; attempt++ {
-		if m.Port, err = FreePort(); err != nil {
-			break
-		}
-		err = m.start()
-		if err == nil {
-			return m, nil
-		}
-		if !errors.Is(err, errAddrInUse) || attempt == 5 {
-			break
-		}
+	if err := onFreePorts(1, func(p []int) error { m.Port = p[0]; return m.start() }); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
 	}
-	os.RemoveAll(dir)
-	return nil, err
+	return m, nil
 }
 
 // StartMariaDB is NewMariaDB for tests: it registers Close with tb.Cleanup
@@ -203,9 +194,6 @@ func (m *MariaDB) Close() {
 	}
 	os.RemoveAll(m.DataDir)
 }
-
-// errAddrInUse marks a start that failed because the port was taken.
-var errAddrInUse = errors.New("address already in use")
 
 // installDB creates the system tables in m.DataDir.
 func (m *MariaDB) installDB(bin string) error {

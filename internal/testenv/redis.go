@@ -45,20 +45,11 @@ func NewRedis() (*Redis, error) {
 		return nil, fmt.Errorf("testenv: %w", err)
 	}
 	r := &Redis{Host: "127.0.0.1", Dir: dir, bin: bin}
-	for attempt := 1; ; attempt++ {
-		if r.Port, err = FreePort(); err != nil {
-			break
-		}
-		err = r.start()
-		if err == nil {
-			return r, nil
-		}
-		if !errors.Is(err, errAddrInUse) || attempt == 5 {
-			break
-		}
+	if err := onFreePorts(1, func(p []int) error { r.Port = p[0]; return r.start() }); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
 	}
-	os.RemoveAll(dir)
-	return nil, err
+	return r, nil
 }
 
 // StartRedis is NewRedis for tests: it registers Close with tb.Cleanup and

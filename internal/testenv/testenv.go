@@ -35,6 +35,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -66,6 +67,31 @@ func FreePort() (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("testenv: find a free port: 100 tries in %d-%d found none", lo, hi-1)
+}
+
+// errAddrInUse marks a start that failed because a port was taken.
+var errAddrInUse = errors.New("address already in use")
+
+// onFreePorts runs start with n distinct ports from FreePort. While start
+// fails with errAddrInUse (another process bound a port between FreePort
+// and start), it tries again with fresh ports, five times at most.
+func onFreePorts(n int, start func(ports []int) error) error {
+	for attempt := 1; ; attempt++ {
+		ports := make([]int, 0, n)
+		for len(ports) < n {
+			p, err := FreePort()
+			if err != nil {
+				return err
+			}
+			if !slices.Contains(ports, p) {
+				ports = append(ports, p)
+			}
+		}
+		err := start(ports)
+		if err == nil || !errors.Is(err, errAddrInUse) || attempt == 5 {
+			return err
+		}
+	}
 }
 
 // belowEphemeral is the range [lo, hi) of up to 10,000 ports just below the
