@@ -325,8 +325,10 @@ func (s *Store) readItem(ctx context.Context, q interface {
 // dupKey reports a duplicate-key error on the named index.
 func dupKey(err error, index string) bool {
 	var me *mysql.MySQLError
-	return errors.As(err, &me) && me.Number == 1062 && strings.Contains(me.Message, "'"+index+"'") ||
-		errors.As(err, &me) && me.Number == 1062 && strings.Contains(me.Message, "."+index+"'")
+	if !errors.As(err, &me) || me.Number != 1062 {
+		return false
+	}
+	return strings.Contains(me.Message, "'"+index+"'") || strings.Contains(me.Message, "."+index+"'")
 }
 
 // transient reports whether retrying err may succeed.
