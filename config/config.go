@@ -17,6 +17,7 @@ import (
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/cache"
 	"github.com/cachesync/cachesync/goods"
+	"github.com/cachesync/cachesync/leader"
 	"github.com/cachesync/cachesync/seckill"
 	"github.com/cachesync/cachesync/sink"
 	"gopkg.in/yaml.v3"
@@ -33,6 +34,9 @@ type Config struct {
 	Goods goods.Config  `yaml:"goods"`
 	// Seckill is the flash sale (off unless seckill.enabled).
 	Seckill seckill.Config `yaml:"seckill"`
+	// HA: the leases that make one process the CDC writer and one the
+	// sale's jobs runner when several run.
+	HA leader.Config `yaml:"ha"`
 }
 
 // Redis configures the Redis connection.
@@ -128,6 +132,7 @@ func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 func (c *Config) SetDefaults() {
 	c.MySQL.SetDefaults()
 	c.Sink.SetDefaults()
+	c.HA.SetDefaults()
 	c.HTTP.SetDefaults()
 	c.Cache.SetDefaults()
 	c.Goods.SetDefaults()
@@ -169,6 +174,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.Seckill.Validate(); err != nil {
+		return err
+	}
+	if err := c.HA.Validate(); err != nil {
 		return err
 	}
 	switch strings.ToLower(c.Log.Level) {
