@@ -34,7 +34,7 @@ type Pipeline struct {
 	applier *sink.Applier
 	lease   *leader.Lease
 	log     zerolog.Logger
-	phase   atomic.Value // string: standby, starting, snapshot, streaming, stopped
+	phase   atomic.Value          // string: standby, starting, snapshot, streaming, stopped
 	dbErr   atomic.Pointer[error] // last MySQL ping of a standby
 	resets  prometheus.Counter
 	rewinds prometheus.Counter
