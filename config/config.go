@@ -66,10 +66,26 @@ var envOverrides = []struct {
 	{"CACHESYNC_REDIS_USERNAME", "redis.username", func(c *Config, v string) { c.Redis.Username = v }},
 	{"CACHESYNC_REDIS_PASSWORD", "redis.password", func(c *Config, v string) { c.Redis.Password = v }},
 	{"CACHESYNC_HTTP_ADDR", "http.addr", func(c *Config, v string) { c.HTTP.Addr = v }},
+	{"CACHESYNC_MYSQL_SERVER_ID", "mysql.server_id", func(c *Config, v string) {
+		n, _ := strconv.ParseUint(v, 10, 32) // checked by parseServerID
+		c.MySQL.ServerID = uint32(n)
+	}},
+	{"CACHESYNC_HA_ID", "ha.id", func(c *Config, v string) { c.HA.ID = v }},
 	{"CACHESYNC_KAFKA_BROKERS", "seckill.kafka.brokers", func(c *Config, v string) { c.Seckill.Kafka.Brokers = strings.Split(v, ",") }},
 	{"CACHESYNC_KAFKA_USERNAME", "seckill.kafka.username", func(c *Config, v string) { c.Seckill.Kafka.Username = v }},
 	{"CACHESYNC_KAFKA_PASSWORD", "seckill.kafka.password", func(c *Config, v string) { c.Seckill.Kafka.Password = v }},
 	{"CACHESYNC_ADMIN_TOKEN", "seckill.admin_token", func(c *Config, v string) { c.Seckill.AdminToken = v }},
+}
+
+// envChecks refuse environment values that the field's type cannot hold
+// (before they are set).
+var envChecks = map[string]func(string) error{"CACHESYNC_MYSQL_SERVER_ID": parseServerID}
+
+func parseServerID(v string) error {
+	if n, err := strconv.ParseUint(v, 10, 32); err != nil || n == 0 {
+		return errors.New("want a number 1..4294967295")
+	}
+	return nil
 }
 
 // EnvNames lists the environment variables that override the file.
@@ -110,6 +126,11 @@ func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 	if lookup != nil {
 		for _, e := range envOverrides {
 			if v, ok := lookup(e.name); ok && v != "" {
+				if check := envChecks[e.name]; check != nil {
+					if err := check(v); err != nil {
+						return nil, fmt.Errorf("%s %q (set by environment variable %s): %w", e.field, v, e.name, err)
+					}
+				}
 				e.set(&c, v)
 				fromEnv[e.field] = e.name
 			}

@@ -4,9 +4,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cachesync/cachesync/leader"
 )
 
 // noEnv is a lookup that finds nothing: tests must not depend on the
@@ -68,6 +71,9 @@ func TestBadConfigs(t *testing.T) {
 		"redis_addr_bad_port.yaml":          {"redis.addr", "port"},
 		"redis_db_negative.yaml":            {"redis.db", "-1"},
 		"cache_load_timeout_short.yaml":     {"cache.load_timeout", "1ms"},
+		"ha_lease_ttl_short.yaml":           {"ha.lease_ttl", "50ms"},
+		"ha_renew_too_slow.yaml":            {"ha.renew_interval", "2s", "half"},
+		"ha_poll_too_slow.yaml":             {"ha.poll_interval", "4s"},
 		"redis_db_too_big.yaml":             {"redis.db", "16"},
 		"no_rules.yaml":                     {"sink.rules", "at least one rule"},
 		"empty_rules.yaml":                  {"sink.rules", "at least one rule"},
@@ -207,6 +213,9 @@ func TestFullConfig(t *testing.T) {
 	if c.Sink.KeyPrefix != "cs:" || c.Sink.Channel != "cs:inv" || c.Sink.BatchChanges != 500 || c.Sink.TombstoneTTL != 48*time.Hour {
 		t.Errorf("sink = %+v", c.Sink)
 	}
+	if c.HA != (leader.Config{LeaseTTL: 6 * time.Second, RenewInterval: 2 * time.Second, PollInterval: 500 * time.Millisecond, ID: "node-a"}) {
+		t.Errorf("ha = %+v", c.HA)
+	}
 	if len(c.Sink.Rules) != 6 {
 		t.Fatalf("%d rules, want 6", len(c.Sink.Rules))
 	}
@@ -221,34 +230,38 @@ func TestFullConfig(t *testing.T) {
 
 func TestEnvOverrides(t *testing.T) {
 	env := map[string]string{
-		"CACHESYNC_MYSQL_ADDR":     "10.0.0.1:3306",
-		"CACHESYNC_MYSQL_USER":     "envuser",
-		"CACHESYNC_MYSQL_PASSWORD": "envpass",
-		"CACHESYNC_REDIS_ADDR":     "10.0.0.2:6379",
-		"CACHESYNC_REDIS_USERNAME": "envredisuser",
-		"CACHESYNC_REDIS_PASSWORD": "envredispass",
-		"CACHESYNC_HTTP_ADDR":      "127.0.0.1:9999",
-		"CACHESYNC_KAFKA_BROKERS":  "k1:9092,k2:9092",
-		"CACHESYNC_KAFKA_USERNAME": "envkafkauser",
-		"CACHESYNC_KAFKA_PASSWORD": "envkafkapass",
-		"CACHESYNC_ADMIN_TOKEN":    "envtoken",
+		"CACHESYNC_MYSQL_ADDR":      "10.0.0.1:3306",
+		"CACHESYNC_MYSQL_USER":      "envuser",
+		"CACHESYNC_MYSQL_PASSWORD":  "envpass",
+		"CACHESYNC_REDIS_ADDR":      "10.0.0.2:6379",
+		"CACHESYNC_REDIS_USERNAME":  "envredisuser",
+		"CACHESYNC_REDIS_PASSWORD":  "envredispass",
+		"CACHESYNC_HTTP_ADDR":       "127.0.0.1:9999",
+		"CACHESYNC_KAFKA_BROKERS":   "k1:9092,k2:9092",
+		"CACHESYNC_KAFKA_USERNAME":  "envkafkauser",
+		"CACHESYNC_KAFKA_PASSWORD":  "envkafkapass",
+		"CACHESYNC_ADMIN_TOKEN":     "envtoken",
+		"CACHESYNC_MYSQL_SERVER_ID": "77",
+		"CACHESYNC_HA_ID":           "pod-1",
 	}
 	c, err := Load("testdata/good/full.yaml", envMap(env))
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := map[string]string{
-		"CACHESYNC_MYSQL_ADDR":     c.MySQL.Addr,
-		"CACHESYNC_MYSQL_USER":     c.MySQL.User,
-		"CACHESYNC_MYSQL_PASSWORD": c.MySQL.Password,
-		"CACHESYNC_REDIS_ADDR":     c.Redis.Addr,
-		"CACHESYNC_REDIS_USERNAME": c.Redis.Username,
-		"CACHESYNC_REDIS_PASSWORD": c.Redis.Password,
-		"CACHESYNC_HTTP_ADDR":      c.HTTP.Addr,
-		"CACHESYNC_KAFKA_BROKERS":  strings.Join(c.Seckill.Kafka.Brokers, ","),
-		"CACHESYNC_KAFKA_USERNAME": c.Seckill.Kafka.Username,
-		"CACHESYNC_KAFKA_PASSWORD": c.Seckill.Kafka.Password,
-		"CACHESYNC_ADMIN_TOKEN":    c.Seckill.AdminToken,
+		"CACHESYNC_MYSQL_ADDR":      c.MySQL.Addr,
+		"CACHESYNC_MYSQL_USER":      c.MySQL.User,
+		"CACHESYNC_MYSQL_PASSWORD":  c.MySQL.Password,
+		"CACHESYNC_REDIS_ADDR":      c.Redis.Addr,
+		"CACHESYNC_REDIS_USERNAME":  c.Redis.Username,
+		"CACHESYNC_REDIS_PASSWORD":  c.Redis.Password,
+		"CACHESYNC_HTTP_ADDR":       c.HTTP.Addr,
+		"CACHESYNC_KAFKA_BROKERS":   strings.Join(c.Seckill.Kafka.Brokers, ","),
+		"CACHESYNC_KAFKA_USERNAME":  c.Seckill.Kafka.Username,
+		"CACHESYNC_KAFKA_PASSWORD":  c.Seckill.Kafka.Password,
+		"CACHESYNC_ADMIN_TOKEN":     c.Seckill.AdminToken,
+		"CACHESYNC_MYSQL_SERVER_ID": strconv.FormatUint(uint64(c.MySQL.ServerID), 10),
+		"CACHESYNC_HA_ID":           c.HA.ID,
 	}
 	for k, v := range env {
 		if got[k] != v {
@@ -266,8 +279,17 @@ func TestEnvOverrides(t *testing.T) {
 		t.Errorf("EnvNames = %v, test covers %d names", names, len(env))
 	}
 	// The fields not overridden keep the file's values.
-	if c.MySQL.ServerID != 9001 || c.Redis.DB != 3 || c.Log.Level != "debug" {
+	if c.MySQL.Heartbeat == 0 || c.Redis.DB != 3 || c.Log.Level != "debug" {
 		t.Errorf("overrides touched other fields: %+v %+v %+v", c.MySQL, c.Redis, c.Log)
+	}
+}
+
+func TestEnvServerIDRefused(t *testing.T) {
+	for _, v := range []string{"0", "-1", "4294967296", "abc"} {
+		_, err := Load("testdata/good/full.yaml", envMap(map[string]string{"CACHESYNC_MYSQL_SERVER_ID": v}))
+		if err == nil || !strings.Contains(err.Error(), "mysql.server_id") || !strings.Contains(err.Error(), "CACHESYNC_MYSQL_SERVER_ID") {
+			t.Errorf("CACHESYNC_MYSQL_SERVER_ID=%s: err = %v, want one naming the field and the variable", v, err)
+		}
 	}
 }
 
