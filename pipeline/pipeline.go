@@ -144,7 +144,7 @@ func (p *Pipeline) standby(ctx context.Context) (*leader.Term, error) {
 // its data) and from the stored checkpoint (Redis went back in time) is
 // done here.
 func (p *Pipeline) lead(ctx context.Context, fence sink.Fence) error {
-	reset := false
+	reset, rewound := false, false
 	for {
 		err := p.runOnce(ctx, reset, fence)
 		reset = errors.Is(err, sink.ErrRedisReset)
@@ -153,10 +153,15 @@ func (p *Pipeline) lead(ctx context.Context, fence sink.Fence) error {
 			p.resets.Inc()
 			p.log.Warn().Err(err).Msg("redis lost its data: rebuilding from a snapshot")
 		case errors.Is(err, sink.ErrRewind):
+			rewound = true
 			p.rewinds.Inc()
 			p.log.Warn().Err(err).Msg("redis went back in time: replaying the binlog from its stored checkpoint")
 		case ctx.Err() != nil:
 			return nil
+		case rewound && errors.Is(err, binlog.ErrFatal):
+			// A snapshot would not remove the keys of rows deleted since
+			// the checkpoint Redis went back to.
+			return fmt.Errorf("%w; redis went back in time to a checkpoint the binlog no longer has: delete the keys the rules own and cachesync's checkpoint, then restart to take a snapshot", err)
 		default:
 			return err
 		}
