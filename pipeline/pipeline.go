@@ -117,8 +117,10 @@ func (p *Pipeline) Run(ctx context.Context) error {
 // state for Ready) meanwhile.
 func (p *Pipeline) standby(ctx context.Context) (*leader.Term, error) {
 	pingCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	defer stop()
-	go func() {
+	wg.Go(func() {
 		t := time.NewTicker(2 * time.Second)
 		defer t.Stop()
 		for {
@@ -135,7 +137,7 @@ func (p *Pipeline) standby(ctx context.Context) (*leader.Term, error) {
 			case <-t.C:
 			}
 		}
-	}()
+	})
 	return p.lease.Campaign(ctx)
 }
 
