@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cachesync/cachesync/keyspace"
@@ -156,6 +157,15 @@ func (l *Lease) try(ctx context.Context) (*Term, string, error) {
 	if err != nil {
 		return nil, "", fmt.Errorf("lease %s: bad token in %q", l.name, value)
 	}
+	validUntil := sent.Add(cfg.LeaseTTL)
+	if !time.Now().Before(validUntil) {
+		// The answer came after the TTL: another process may hold the
+		// lease by now. Give it back if it is still ours.
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		_ = releaseScript.Run(rctx, l.e.rdb, []string{l.key}, value).Err()
+		rcancel()
+		return nil, "", fmt.Errorf("lease %s: taken, but the answer came %s after asking, past the TTL", l.name, time.Since(sent).Round(time.Millisecond))
+	}
 	t := &Term{Token: tok, Key: l.key, Value: value, l: l, done: make(chan struct{})}
 	t.ctx, t.cancel = context.WithCancelCause(ctx)
 	l.mu.Lock()
@@ -165,7 +175,7 @@ func (l *Lease) try(ctx context.Context) (*Term, string, error) {
 	l.e.token.WithLabelValues(l.name).Set(float64(tok))
 	l.e.events.WithLabelValues(l.name, "acquired").Inc()
 	l.log.Info().Uint64("token", tok).Str("holder", cfg.ID).Msg("took the lease: leading")
-	go t.keep(sent.Add(cfg.LeaseTTL))
+	go t.keep(validUntil)
 	return t, value, nil
 }
 
@@ -195,6 +205,7 @@ type Term struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	done   chan struct{} // the renewing goroutine returned
+	ended  atomic.Bool   // by end or Release
 	once   sync.Once
 }
 
@@ -204,11 +215,15 @@ type Term struct {
 func (t *Term) Context() context.Context { return t.ctx }
 
 // keep renews the lease until the term ends. The lease is valid until the
-// TTL after a renewal was sent; a renewal that finds another value ends
+// TTL after a renewal was sent; a timer ends the term then, whether or not
+// a renewal call is still waiting for an answer (a partition can hold it
+// for the client's read timeout). A renewal that finds another value ends
 // the term at once.
 func (t *Term) keep(validUntil time.Time) {
 	defer close(t.done)
 	cfg := t.l.e.cfg
+	expire := time.AfterFunc(time.Until(validUntil), func() { t.end(ErrExpired, "expired") })
+	defer expire.Stop()
 	tick := time.NewTicker(cfg.RenewInterval)
 	defer tick.Stop()
 	for {
@@ -226,11 +241,12 @@ func (t *Term) keep(validUntil time.Time) {
 			return
 		case err == nil && n == 1:
 			validUntil = sent.Add(cfg.LeaseTTL)
+			if !expire.Stop() {
+				return // expired while the renewal was on its way
+			}
+			expire.Reset(time.Until(validUntil))
 		case err == nil:
 			t.end(ErrLost, "lost")
-			return
-		case !time.Now().Before(validUntil):
-			t.end(ErrExpired, "expired")
 			return
 		default:
 			t.l.log.Warn().Err(err).Time("valid_until", validUntil).Msg("renewing the lease failed; retrying")
@@ -238,7 +254,11 @@ func (t *Term) keep(validUntil time.Time) {
 	}
 }
 
+// end ends the term for cause, once; a released term is not ended again.
 func (t *Term) end(cause error, event string) {
+	if !t.ended.CompareAndSwap(false, true) {
+		return
+	}
 	t.l.log.Warn().Uint64("token", t.Token).Str("reason", cause.Error()).Msg("stepping down: no longer the leader")
 	t.l.e.events.WithLabelValues(t.l.name, event).Inc()
 	t.l.e.leader.WithLabelValues(t.l.name).Set(0)
@@ -251,6 +271,7 @@ func (t *Term) end(cause error, event string) {
 // nothing.
 func (t *Term) Release() {
 	t.once.Do(func() {
+		t.ended.Store(true)
 		t.cancel(ErrReleased)
 		<-t.done
 		t.l.mu.Lock()
