@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -391,4 +392,75 @@ func TestRedisRewind(t *testing.T) {
 			t.Errorf("daemon log has %q:%s", bad, r.Tail())
 		}
 	}
+}
+
+// TestStandbyReadyAndSigtermHandover: a standby answers /readyz with 200 and
+// its role; SIGTERM of the leader releases the lease, so the standby takes
+// over long before the lease's TTL (60 s here) would have let it.
+func TestStandbyReadyAndSigtermHandover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("child process test: skipped in -short mode")
+	}
+	e := newCrashEnv(t, 2000)
+	ctx := context.Background()
+	mustExec(t, e.db, "INSERT INTO markers (id, v) VALUES (1, 0)")
+	const slow = "  lease_ttl: 60s\n  renew_interval: 20s\n  poll_interval: 100ms\n"
+	ds := map[string]*testenv.Child{"d1": e.replica(t, 1, slow), "d2": e.replica(t, 2, slow)}
+	runs := map[string]*testenv.ChildRun{}
+	for id, d := range ds {
+		runs[id] = d.Start(t)
+	}
+	if err := waitUntil(60*time.Second, func() bool { return e.rdb.Get(ctx, "marker:1").Val() == "0" }); err != nil {
+		t.Fatalf("not streaming: %v", err)
+	}
+	lead, _ := leaderOf(ctx, e.rdb, "cdc")
+	standby := map[string]string{"d1": "d2", "d2": "d1"}[lead]
+	if runs[lead] == nil {
+		t.Fatalf("lease holder %q is neither daemon", lead)
+	}
+	for id, role := range map[string]string{lead: "leader", standby: "standby"} {
+		var code int
+		var body string
+		_ = waitUntil(10*time.Second, func() bool {
+			code, body = getReadyz(runs[id])
+			return code == http.StatusOK && strings.Contains(body, `"cdc":"`+role+`"`)
+		})
+		if code != http.StatusOK || !strings.Contains(body, `"cdc":"`+role+`"`) {
+			t.Errorf("/readyz of the %s %s: %d %s", role, id, code, body)
+		}
+		want := map[string]float64{"leader": 1, "standby": 0}[role]
+		if v, ok := metric(runs[id], `cachesync_leader{lease="cdc"}`); !ok || v != want {
+			t.Errorf("cachesync_leader of the %s %s = %v (found %v), want %v", role, id, v, ok, want)
+		}
+	}
+
+	t0 := time.Now()
+	runs[lead].Term(t, termWithin)
+	mustExec(t, e.db, "UPDATE markers SET v = 1 WHERE id = 1")
+	if err := waitUntil(20*time.Second, func() bool { return e.rdb.Get(ctx, "marker:1").Val() == "1" }); err != nil {
+		t.Fatalf("the standby did not take over after SIGTERM of the leader: %v", err)
+	}
+	if id, _ := leaderOf(ctx, e.rdb, "cdc"); id != standby {
+		t.Errorf("lease held by %q after SIGTERM of %s, want %s", id, lead, standby)
+	}
+	t.Logf("SIGTERM of the leader -> next commit applied by the standby: %s (lease TTL 60s)", time.Since(t0).Round(time.Millisecond))
+	for _, d := range ds {
+		d.CheckLogs(t)
+	}
+}
+
+// getReadyz returns the status and body of the run's /readyz.
+func getReadyz(r *testenv.ChildRun) (int, string) {
+	addr := httpAddr(r)
+	if addr == "" {
+		return 0, ""
+	}
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://" + addr + "/readyz")
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
