@@ -74,7 +74,7 @@ func newFixture(t *testing.T) *fixture {
 	f := &fixture{t: t, prefix: prefix, rdb: rdb, c: c, txns: make(chan *binlog.Txn, 16), pos: 4,
 		table: binlog.NewTable("db", "items", []string{"id", "v"}, nil)}
 	wg.Add(2)
-	go func() { defer wg.Done(); _ = a.Run(ctx, f.txns, false) }()
+	go func() { defer wg.Done(); _ = a.Run(ctx, f.txns, sink.Resume{}) }()
 	go func() { defer wg.Done(); _ = c.Run(ctx) }()
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	f.waitLive()

@@ -9,12 +9,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/cachesync/cachesync/api"
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/cache"
 	"github.com/cachesync/cachesync/goods"
+	"github.com/cachesync/cachesync/leader"
 	"github.com/cachesync/cachesync/seckill"
 	"github.com/cachesync/cachesync/sink"
 	"gopkg.in/yaml.v3"
@@ -31,6 +33,9 @@ type Config struct {
 	Goods goods.Config  `yaml:"goods"`
 	// Seckill is the flash sale (off unless seckill.enabled).
 	Seckill seckill.Config `yaml:"seckill"`
+	// HA: the leases that make one process the CDC writer and one the
+	// sale's jobs runner when several run.
+	HA leader.Config `yaml:"ha"`
 }
 
 // Redis configures the Redis connection.
@@ -84,6 +89,11 @@ var envOverrides = []struct {
 	{"CACHESYNC_REDIS_SENTINEL_ADDRS", "redis.sentinel_addrs", func(c *Config, v string) { c.Redis.SentinelAddrs = splitList(v) }},
 	{"CACHESYNC_REDIS_SENTINEL_PASSWORD", "redis.sentinel_password", func(c *Config, v string) { c.Redis.SentinelPassword = v }},
 	{"CACHESYNC_HTTP_ADDR", "http.addr", func(c *Config, v string) { c.HTTP.Addr = v }},
+	{"CACHESYNC_MYSQL_SERVER_ID", "mysql.server_id", func(c *Config, v string) {
+		n, _ := strconv.ParseUint(v, 10, 32) // checked by parseServerID
+		c.MySQL.ServerID = uint32(n)
+	}},
+	{"CACHESYNC_HA_ID", "ha.id", func(c *Config, v string) { c.HA.ID = v }},
 	{"CACHESYNC_KAFKA_BROKERS", "seckill.kafka.brokers", func(c *Config, v string) { c.Seckill.Kafka.Brokers = strings.Split(v, ",") }},
 	{"CACHESYNC_KAFKA_USERNAME", "seckill.kafka.username", func(c *Config, v string) { c.Seckill.Kafka.Username = v }},
 	{"CACHESYNC_KAFKA_PASSWORD", "seckill.kafka.password", func(c *Config, v string) { c.Seckill.Kafka.Password = v }},
@@ -98,6 +108,17 @@ func splitList(v string) []string {
 		l[i] = strings.TrimSpace(l[i])
 	}
 	return l
+}
+
+// envChecks refuse environment values that the field's type cannot hold
+// (before they are set).
+var envChecks = map[string]func(string) error{"CACHESYNC_MYSQL_SERVER_ID": parseServerID}
+
+func parseServerID(v string) error {
+	if n, err := strconv.ParseUint(v, 10, 32); err != nil || n == 0 {
+		return errors.New("want a number 1..4294967295")
+	}
+	return nil
 }
 
 // EnvNames lists the environment variables that override the file.
@@ -138,6 +159,11 @@ func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 	if lookup != nil {
 		for _, e := range envOverrides {
 			if v, ok := lookup(e.name); ok && v != "" {
+				if check := envChecks[e.name]; check != nil {
+					if err := check(v); err != nil {
+						return nil, fmt.Errorf("%s %q (set by environment variable %s): %w", e.field, v, e.name, err)
+					}
+				}
 				e.set(&c, v)
 				fromEnv[e.field] = e.name
 			}
@@ -162,6 +188,7 @@ func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 func (c *Config) SetDefaults() {
 	c.MySQL.SetDefaults()
 	c.Sink.SetDefaults()
+	c.HA.SetDefaults()
 	c.HTTP.SetDefaults()
 	c.Cache.SetDefaults()
 	c.Goods.SetDefaults()
@@ -196,6 +223,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.Seckill.Validate(); err != nil {
+		return err
+	}
+	if err := c.HA.Validate(); err != nil {
 		return err
 	}
 	switch strings.ToLower(c.Log.Level) {

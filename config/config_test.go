@@ -6,9 +6,12 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cachesync/cachesync/leader"
 )
 
 // noEnv is a lookup that finds nothing: tests must not depend on the
@@ -70,6 +73,9 @@ func TestBadConfigs(t *testing.T) {
 		"redis_addr_bad_port.yaml":               {"redis.addr", "port"},
 		"redis_db_negative.yaml":                 {"redis.db", "-1"},
 		"cache_load_timeout_short.yaml":          {"cache.load_timeout", "1ms"},
+		"ha_lease_ttl_short.yaml":                {"ha.lease_ttl", "50ms"},
+		"ha_renew_too_slow.yaml":                 {"ha.renew_interval", "2s", "half"},
+		"ha_poll_too_slow.yaml":                  {"ha.poll_interval", "4s"},
 		"redis_db_too_big.yaml":                  {"redis.db", "16"},
 		"redis_mode_cluster.yaml":                {"redis.mode", `"cluster"`, "not supported yet"},
 		"redis_mode_unknown.yaml":                {"redis.mode", `"replica"`, "want standalone or sentinel"},
@@ -221,6 +227,9 @@ func TestFullConfig(t *testing.T) {
 	if c.Sink.KeyPrefix != "cs:" || c.Sink.Channel != "cs:inv" || c.Sink.BatchChanges != 500 || c.Sink.TombstoneTTL != 48*time.Hour {
 		t.Errorf("sink = %+v", c.Sink)
 	}
+	if c.HA != (leader.Config{LeaseTTL: 6 * time.Second, RenewInterval: 2 * time.Second, PollInterval: 500 * time.Millisecond, ID: "node-a"}) {
+		t.Errorf("ha = %+v", c.HA)
+	}
 	if len(c.Sink.Rules) != 6 {
 		t.Fatalf("%d rules, want 6", len(c.Sink.Rules))
 	}
@@ -237,17 +246,19 @@ func TestEnvOverrides(t *testing.T) {
 	// The Sentinel variables go with a sentinel-mode file, the others with
 	// the standalone full.yaml (each mode refuses the other's fields).
 	env := map[string]string{
-		"CACHESYNC_MYSQL_ADDR":     "10.0.0.1:3306",
-		"CACHESYNC_MYSQL_USER":     "envuser",
-		"CACHESYNC_MYSQL_PASSWORD": "envpass",
-		"CACHESYNC_REDIS_ADDR":     "10.0.0.2:6379",
-		"CACHESYNC_REDIS_USERNAME": "envredisuser",
-		"CACHESYNC_REDIS_PASSWORD": "envredispass",
-		"CACHESYNC_HTTP_ADDR":      "127.0.0.1:9999",
-		"CACHESYNC_KAFKA_BROKERS":  "k1:9092,k2:9092",
-		"CACHESYNC_KAFKA_USERNAME": "envkafkauser",
-		"CACHESYNC_KAFKA_PASSWORD": "envkafkapass",
-		"CACHESYNC_ADMIN_TOKEN":    "envtoken",
+		"CACHESYNC_MYSQL_ADDR":      "10.0.0.1:3306",
+		"CACHESYNC_MYSQL_USER":      "envuser",
+		"CACHESYNC_MYSQL_PASSWORD":  "envpass",
+		"CACHESYNC_REDIS_ADDR":      "10.0.0.2:6379",
+		"CACHESYNC_REDIS_USERNAME":  "envredisuser",
+		"CACHESYNC_REDIS_PASSWORD":  "envredispass",
+		"CACHESYNC_HTTP_ADDR":       "127.0.0.1:9999",
+		"CACHESYNC_KAFKA_BROKERS":   "k1:9092,k2:9092",
+		"CACHESYNC_KAFKA_USERNAME":  "envkafkauser",
+		"CACHESYNC_KAFKA_PASSWORD":  "envkafkapass",
+		"CACHESYNC_ADMIN_TOKEN":     "envtoken",
+		"CACHESYNC_MYSQL_SERVER_ID": "77",
+		"CACHESYNC_HA_ID":           "pod-1",
 	}
 	sentinelEnv := map[string]string{
 		"CACHESYNC_REDIS_MASTER_NAME":       "envmaster",
@@ -274,6 +285,8 @@ func TestEnvOverrides(t *testing.T) {
 		"CACHESYNC_KAFKA_USERNAME":          c.Seckill.Kafka.Username,
 		"CACHESYNC_KAFKA_PASSWORD":          c.Seckill.Kafka.Password,
 		"CACHESYNC_ADMIN_TOKEN":             c.Seckill.AdminToken,
+		"CACHESYNC_MYSQL_SERVER_ID":         strconv.FormatUint(uint64(c.MySQL.ServerID), 10),
+		"CACHESYNC_HA_ID":                   c.HA.ID,
 		"CACHESYNC_REDIS_MASTER_NAME":       s.Redis.MasterName,
 		"CACHESYNC_REDIS_SENTINEL_ADDRS":    strings.Join(s.Redis.SentinelAddrs, ", "),
 		"CACHESYNC_REDIS_SENTINEL_PASSWORD": s.Redis.SentinelPassword,
@@ -297,11 +310,20 @@ func TestEnvOverrides(t *testing.T) {
 		t.Errorf("EnvNames = %v, test covers %d names", names, len(all))
 	}
 	// The fields not overridden keep the file's values.
-	if c.MySQL.ServerID != 9001 || c.Redis.DB != 3 || c.Log.Level != "debug" {
+	if c.MySQL.Heartbeat == 0 || c.Redis.DB != 3 || c.Log.Level != "debug" {
 		t.Errorf("overrides touched other fields: %+v %+v %+v", c.MySQL, c.Redis, c.Log)
 	}
 	if s.Redis.Mode != "sentinel" || s.Redis.SentinelUsername != "sentinel-user" || s.Redis.Password != "redis-secret" || s.Redis.DB != 2 {
 		t.Errorf("overrides touched other fields: %+v", s.Redis)
+	}
+}
+
+func TestEnvServerIDRefused(t *testing.T) {
+	for _, v := range []string{"0", "-1", "4294967296", "abc"} {
+		_, err := Load("testdata/good/full.yaml", envMap(map[string]string{"CACHESYNC_MYSQL_SERVER_ID": v}))
+		if err == nil || !strings.Contains(err.Error(), "mysql.server_id") || !strings.Contains(err.Error(), "CACHESYNC_MYSQL_SERVER_ID") {
+			t.Errorf("CACHESYNC_MYSQL_SERVER_ID=%s: err = %v, want one naming the field and the variable", v, err)
+		}
 	}
 }
 

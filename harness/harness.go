@@ -31,6 +31,7 @@ import (
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/cache"
 	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/leader"
 	"github.com/cachesync/cachesync/pipeline"
 	"github.com/cachesync/cachesync/sink"
 	"github.com/prometheus/client_golang/prometheus"
@@ -243,7 +244,7 @@ func (r *run) startCDC(ctx context.Context, bg *sync.WaitGroup) error {
 		return err
 	}
 	r.applier = a
-	p := pipeline.New(bc, r.env.Flavor, r.env.DB, a, sc.BatchChanges, zerolog.Nop(), prometheus.NewRegistry())
+	p := pipeline.New(bc, r.env.Flavor, r.env.DB, a, leader.Standalone(r.env.Redis, sc.KeyPrefix), sc.BatchChanges, zerolog.Nop(), prometheus.NewRegistry())
 	bg.Add(1)
 	go func() { defer bg.Done(); _ = p.Run(ctx) }()
 	if r.s == CDCLease {

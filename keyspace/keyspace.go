@@ -10,6 +10,9 @@
 //	P + "seq"         sequence number of the last invalidation message
 //	P + "snapshot"    set: keys written while no checkpoint exists (a
 //	                  snapshot in progress); gone with the first checkpoint
+//	P + "leader:" + N "<token> <holder>" while a process holds lease N
+//	                  ("cdc", "jobs"), with the lease's TTL
+//	P + "fence:" + N  the last fencing token handed out for lease N
 //
 // With Redis Cluster, put a hash tag in K ("goods:{{{id}}}" renders as
 // "goods:{42}"): the prefix has no braces, so K's tag also places its
@@ -35,3 +38,9 @@ func (s Keyspace) Seq() string { return s.Prefix + "seq" }
 
 // Snapshot is the set of keys a snapshot in progress has written.
 func (s Keyspace) Snapshot() string { return s.Prefix + "snapshot" }
+
+// Leader is the key a process holds while it leads under lease name.
+func (s Keyspace) Leader(name string) string { return s.Prefix + "leader:" + name }
+
+// Fence is the counter of the fencing tokens of lease name.
+func (s Keyspace) Fence(name string) string { return s.Prefix + "fence:" + name }

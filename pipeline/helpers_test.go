@@ -26,6 +26,7 @@ import (
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/leader"
 	"github.com/cachesync/cachesync/pipeline"
 	"github.com/cachesync/cachesync/sink"
 	_ "github.com/go-sql-driver/mysql"
@@ -180,6 +181,13 @@ func (e *env) checkpoint() (sink.Checkpoint, bool) {
 	return cp, ok
 }
 
+// lease is a new CDC lease of this test's keyspace, as the daemon makes it.
+func (e *env) lease(reg prometheus.Registerer) *leader.Lease {
+	var cfg leader.Config
+	cfg.SetDefaults()
+	return leader.New(cfg, e.rdb, e.ks, zerolog.Nop(), reg).Lease(pipeline.LeaseName)
+}
+
 var serverIDs atomic.Uint32
 
 func init() { serverIDs.Store(1000) }
@@ -232,7 +240,7 @@ func (e *env) start(rules []sink.RuleConfig, mod func(*binlog.Config, *sink.Conf
 			e.t.Fatal(err)
 		}
 	}
-	r.p = pipeline.New(bcfg, info.Flavor, e.pdb, r.a, scfg.BatchChanges, log.With().Str("component", "pipeline").Logger(), r.reg)
+	r.p = pipeline.New(bcfg, info.Flavor, e.pdb, r.a, e.lease(r.reg), scfg.BatchChanges, log.With().Str("component", "pipeline").Logger(), r.reg)
 	runCtx, runCancel := context.WithCancel(context.Background())
 	r.cancel = runCancel
 	go func() {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/cachesync/cachesync/api"
 	"github.com/cachesync/cachesync/binlog"
+	"github.com/cachesync/cachesync/leader"
 	"github.com/cachesync/cachesync/sink"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -21,12 +22,16 @@ type Params struct {
 	Server     binlog.ServerInfo
 	DB         *sql.DB
 	Applier    *sink.Applier
+	Elector    *leader.Elector
 	Log        zerolog.Logger
 	Registerer prometheus.Registerer
 	Health     *api.Health
 	Lifecycle  fx.Lifecycle
 	Shutdowner fx.Shutdowner
 }
+
+// LeaseName is the lease the CDC writer holds.
+const LeaseName = "cdc"
 
 // Module runs the pipeline for the lifetime of the app. A fatal pipeline
 // error is logged and shuts the app down with exit code 1.
@@ -37,8 +42,9 @@ var Module = fx.Module("pipeline",
 			flavor = p.Server.Flavor
 		}
 		log := p.Log.With().Str("component", "pipeline").Logger()
-		pl := New(p.Config, flavor, p.DB, p.Applier, p.Sink.BatchChanges, log, p.Registerer)
+		pl := New(p.Config, flavor, p.DB, p.Applier, p.Elector.Lease(LeaseName), p.Sink.BatchChanges, log, p.Registerer)
 		p.Health.Register("pipeline", pl.Ready)
+		p.Health.Role(LeaseName, pl.Role)
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		p.Lifecycle.Append(fx.Hook{

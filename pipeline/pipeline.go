@@ -1,6 +1,8 @@
-// Package pipeline runs the CDC loop: choose where to start (checkpoint,
-// snapshot, or configured position), stream the binlog into the sink, and
-// start over from a snapshot when Redis lost its data.
+// Package pipeline runs the CDC loop: lead while this process holds the CDC
+// lease (stand by otherwise), choose where to start (checkpoint, snapshot,
+// or configured position), stream the binlog into the sink, start over
+// from a snapshot when Redis lost its data and from the stored checkpoint
+// when Redis went back in time.
 package pipeline
 
 import (
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cachesync/cachesync/binlog"
+	"github.com/cachesync/cachesync/leader"
 	"github.com/cachesync/cachesync/sink"
 	"github.com/cenkalti/backoff/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,34 +32,46 @@ type Pipeline struct {
 	db      *sql.DB
 	source  *binlog.Source
 	applier *sink.Applier
+	lease   *leader.Lease
 	log     zerolog.Logger
-	phase   atomic.Value // string: starting, snapshot, streaming, stopped
+	phase   atomic.Value          // string: standby, starting, snapshot, streaming, stopped
+	dbErr   atomic.Pointer[error] // last MySQL ping of a standby
 	resets  prometheus.Counter
+	rewinds prometheus.Counter
 }
 
-// New builds a pipeline. db reaches the same server as cfg (for checks,
-// positions and snapshots).
-func New(cfg binlog.Config, flavor string, db *sql.DB, applier *sink.Applier, snapshotChunk int, log zerolog.Logger, reg prometheus.Registerer) *Pipeline {
+// New builds a pipeline that leads under lease. db reaches the same server
+// as cfg (for checks, positions and snapshots).
+func New(cfg binlog.Config, flavor string, db *sql.DB, applier *sink.Applier, lease *leader.Lease, snapshotChunk int, log zerolog.Logger, reg prometheus.Registerer) *Pipeline {
 	p := &Pipeline{
 		cfg:     cfg,
 		chunk:   snapshotChunk,
 		db:      db,
 		applier: applier,
+		lease:   lease,
 		source:  binlog.NewSource(cfg, flavor, applier.Rules().Tables(), log.With().Str("component", "binlog").Logger(), reg),
 		log:     log,
 		resets: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "cachesync", Name: "redis_resets_total",
 			Help: "Times Redis was found to have lost its data and was rebuilt from a snapshot."}),
+		rewinds: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "cachesync", Name: "redis_rewinds_total",
+			Help: "Times Redis was found to have gone back in time (checkpoint older than applied) and the binlog was replayed from its checkpoint."}),
 	}
 	if reg != nil {
-		reg.MustRegister(p.resets)
+		reg.MustRegister(p.resets, p.rewinds)
 	}
 	p.phase.Store("starting")
 	return p
 }
 
-// Ready returns nil when the pipeline streams and Redis accepts writes.
+// Ready returns nil when the pipeline streams and Redis accepts writes, or
+// stands by with MySQL reachable: a standby is healthy.
 func (p *Pipeline) Ready() error {
 	switch ph := p.phase.Load().(string); {
+	case ph == "standby":
+		if err := p.dbErr.Load(); err != nil && *err != nil {
+			return fmt.Errorf("standby: mysql: %w", *err)
+		}
+		return nil
 	case ph != "streaming":
 		return fmt.Errorf("pipeline is %s", ph)
 	case !p.source.Connected():
@@ -67,27 +82,95 @@ func (p *Pipeline) Ready() error {
 	return nil
 }
 
-// Run streams until ctx is done (returns nil) or an error no retry can
-// cure: a purged binlog, a rule that no longer fits its table.
+// Role is "leader" or "standby".
+func (p *Pipeline) Role() string { return p.lease.Role() }
+
+// Run leads while this process holds the CDC lease and stands by
+// otherwise, until ctx is done (returns nil) or an error no retry can
+// cure: a purged binlog, a rule that no longer fits its table. A leader
+// whose writes are refused by fencing, or whose lease is lost, steps down
+// at once and stands by; SIGTERM (ctx) releases the lease.
 func (p *Pipeline) Run(ctx context.Context) error {
 	defer p.phase.Store("stopped")
-	reset := false
 	for {
-		err := p.runOnce(ctx, reset)
-		reset = errors.Is(err, sink.ErrRedisReset)
-		if reset {
-			p.resets.Inc()
-			p.log.Warn().Msg("redis lost its data (checkpoint or snapshot journal gone): rebuilding from a snapshot")
-			continue
+		p.phase.Store("standby")
+		t, err := p.standby(ctx)
+		if err != nil {
+			return nil // ctx is done
 		}
-		if ctx.Err() != nil {
+		err = p.lead(t.Context(), sink.Fence{Key: t.Key, Value: t.Value})
+		t.Release()
+		switch {
+		case ctx.Err() != nil:
 			return nil
+		case errors.Is(err, sink.ErrFenced), errors.Is(err, sink.ErrConflict):
+			p.log.Warn().Err(err).Uint64("token", t.Token).Msg("another writer took over: stepping down")
+		case err != nil:
+			return err
+		default:
+			p.log.Warn().Err(context.Cause(t.Context())).Uint64("token", t.Token).Msg("lease ended: stepping down")
 		}
-		return err
 	}
 }
 
-func (p *Pipeline) runOnce(ctx context.Context, reset bool) error {
+// standby campaigns for the lease, keeping the MySQL pool warm (and its
+// state for Ready) meanwhile.
+func (p *Pipeline) standby(ctx context.Context) (*leader.Term, error) {
+	pingCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer stop()
+	wg.Go(func() {
+		t := time.NewTicker(2 * time.Second)
+		defer t.Stop()
+		for {
+			c, cancel := context.WithTimeout(pingCtx, 2*time.Second)
+			err := p.db.PingContext(c)
+			cancel()
+			if pingCtx.Err() != nil {
+				return
+			}
+			p.dbErr.Store(&err)
+			select {
+			case <-pingCtx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	})
+	return p.lease.Campaign(ctx)
+}
+
+// lead streams under fence until ctx is done (nil) or an error that
+// restarting cannot cure here: starting over from a snapshot (Redis lost
+// its data) and from the stored checkpoint (Redis went back in time) is
+// done here.
+func (p *Pipeline) lead(ctx context.Context, fence sink.Fence) error {
+	reset, rewound := false, false
+	for {
+		err := p.runOnce(ctx, reset, fence)
+		reset = errors.Is(err, sink.ErrRedisReset)
+		switch {
+		case reset:
+			p.resets.Inc()
+			p.log.Warn().Err(err).Msg("redis lost its data: rebuilding from a snapshot")
+		case errors.Is(err, sink.ErrRewind):
+			rewound = true
+			p.rewinds.Inc()
+			p.log.Warn().Err(err).Msg("redis went back in time: replaying the binlog from its stored checkpoint")
+		case ctx.Err() != nil:
+			return nil
+		case rewound && errors.Is(err, binlog.ErrFatal):
+			// A snapshot would not remove the keys of rows deleted since
+			// the checkpoint Redis went back to.
+			return fmt.Errorf("%w; redis went back in time to a checkpoint the binlog no longer has: delete the keys the rules own and cachesync's checkpoint, then restart to take a snapshot", err)
+		default:
+			return err
+		}
+	}
+}
+
+func (p *Pipeline) runOnce(ctx context.Context, reset bool, fence sink.Fence) error {
 	p.phase.Store("starting")
 	start, snapshot, expect, err := p.startPoint(ctx, reset)
 	if err != nil || ctx.Err() != nil {
@@ -119,7 +202,7 @@ func (p *Pipeline) runOnce(ctx context.Context, reset bool) error {
 		p.log.Info().Stringer("pos", start.Pos).Str("gtid", start.GTID).Msg("streaming binlog")
 		srcErr = p.source.Run(srcCtx, start, q)
 	}()
-	err = p.applier.Run(ctx, q, expect)
+	err = p.applier.Run(ctx, q, sink.Resume{Expect: expect, Fence: fence})
 	cancel()
 	wg.Wait()
 	if err != nil {
@@ -136,7 +219,7 @@ func (p *Pipeline) runOnce(ctx context.Context, reset bool) error {
 // rule keeps state), the current position, or the configured position/GTID.
 // After Redis lost its data, rules that keep state always snapshot.
 // Redis and MySQL being unreachable is retried until ctx is done.
-func (p *Pipeline) startPoint(ctx context.Context, reset bool) (start binlog.Start, snapshot, expect bool, err error) {
+func (p *Pipeline) startPoint(ctx context.Context, reset bool) (start binlog.Start, snapshot bool, expect *sink.Checkpoint, err error) {
 	bo := backoff.NewExponentialBackOff()
 	bo.MaxInterval = 5 * time.Second
 	bo.MaxElapsedTime = 0
@@ -150,7 +233,7 @@ func (p *Pipeline) startPoint(ctx context.Context, reset bool) (start binlog.Sta
 			if p.cfg.Start.From != binlog.FromCheckpoint {
 				p.log.Info().Str("start.from", p.cfg.Start.From).Msg("a checkpoint exists and wins over mysql.start.from")
 			}
-			start, expect = binlog.Start{Pos: cp.Pos}, true
+			start, expect = binlog.Start{Pos: cp.Pos}, &cp
 			return nil
 		}
 		stateful := len(p.applier.Rules().Stateful()) > 0

@@ -51,7 +51,8 @@ func (j *Jobs) Kick(item int64) {
 // Run runs every job until ctx is done and they all returned.
 func (j *Jobs) Run(ctx context.Context) {
 	var wg sync.WaitGroup
-	loop := func(every time.Duration, now bool, fn func(context.Context)) {
+	loop := func(name string, every time.Duration, now bool, fn func(context.Context)) {
+		runs := j.m.jobRuns.WithLabelValues(name)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -59,6 +60,7 @@ func (j *Jobs) Run(ctx context.Context) {
 			defer t.Stop()
 			for {
 				if now {
+					runs.Inc()
 					fn(ctx)
 				}
 				now = true
@@ -70,12 +72,12 @@ func (j *Jobs) Run(ctx context.Context) {
 			}
 		}()
 	}
-	loop(j.cfg.JobInterval, true, j.cancelUnpaid)
-	loop(j.cfg.JobInterval, true, j.reapOrphans)
-	loop(j.cfg.JobInterval, true, j.ensureReady)
+	loop("unpaid", j.cfg.JobInterval, true, j.cancelUnpaid)
+	loop("orphans", j.cfg.JobInterval, true, j.reapOrphans)
+	loop("ready", j.cfg.JobInterval, true, j.ensureReady)
 	if j.cfg.CheckInterval > 0 {
 		// First after one interval: items are made ready at start.
-		loop(j.cfg.CheckInterval, false, j.runCheck)
+		loop("check", j.cfg.CheckInterval, false, j.runCheck)
 	}
 	wg.Add(1)
 	go func() {

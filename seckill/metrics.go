@@ -15,6 +15,7 @@ type metrics struct {
 	limited       *prometheus.CounterVec
 	drift         *prometheus.GaugeVec
 	checks        prometheus.Counter
+	jobRuns       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -43,10 +44,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Disagreements between Redis and MySQL found by the last drift check, by kind."}, []string{"kind"}),
 		checks: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachesync_seckill_drift_checks_total",
 			Help: "Drift checks completed."}),
+		jobRuns: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachesync_seckill_job_runs_total",
+			Help: "Runs of the jobs role's periodic jobs in this process, by job (unpaid, orphans, ready, check); only the holder of the jobs lease runs them."}, []string{"job"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.reservations, m.consumed, m.retries, m.deadLettered, m.storeSeconds, m.canceled, m.reaped,
-			m.rebuilds, m.rebuildErrors, m.limited, m.drift, m.checks)
+			m.rebuilds, m.rebuildErrors, m.limited, m.drift, m.checks, m.jobRuns)
 	}
 	return m
 }

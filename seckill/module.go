@@ -10,6 +10,7 @@ import (
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/cache"
 	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/leader"
 	"github.com/cachesync/cachesync/sink"
 	"github.com/cenkalti/backoff/v4"
 	"github.com/go-sql-driver/mysql"
@@ -40,6 +41,10 @@ func OpenDB(ctx context.Context, mc binlog.Config) (*sql.DB, error) {
 	return db, nil
 }
 
+// JobsLease is the lease under which one process at a time runs the jobs
+// role.
+const JobsLease = "jobs"
+
 // Params are the sale's dependencies.
 type Params struct {
 	fx.In
@@ -49,6 +54,8 @@ type Params struct {
 	Redis      redis.UniversalClient
 	Cache      *cache.Cache
 	Server     *api.Server
+	Health     *api.Health
+	Elector    *leader.Elector
 	Log        zerolog.Logger
 	Registerer prometheus.Registerer
 	Lifecycle  fx.Lifecycle
@@ -81,6 +88,7 @@ func start(p Params) error {
 		stop  context.CancelFunc = func() {}
 	)
 	var jobs *Jobs
+	var jobsLease *leader.Lease
 	var reserver *Reserver
 	if cfg.has(RoleJobs) {
 		rb, err := retry(ctx, func() (*Rebuilder, error) {
@@ -90,6 +98,8 @@ func start(p Params) error {
 			return err
 		}
 		p.Lifecycle.Append(fx.StopHook(rb.Close))
+		jobsLease = p.Elector.Lease(JobsLease)
+		p.Health.Role(JobsLease, jobsLease.Role)
 		jobs = newJobs(cfg, p.Redis, store, rb, NewChecker(cfg, ks, p.Redis, db, store), m, log.With().Str("role", "jobs").Logger())
 	}
 	if cfg.has(RoleAPI) {
@@ -136,7 +146,7 @@ func start(p Params) error {
 				run(func(ctx context.Context) { reserver.run(ctx, 4) })
 			}
 			if jobs != nil {
-				run(jobs.Run)
+				run(func(ctx context.Context) { jobsLease.Run(ctx, jobs.Run) })
 			}
 			log.Info().Strs("roles", cfg.Roles).Strs("brokers", cfg.Kafka.Brokers).Str("topic", cfg.Kafka.Topic).Msg("seckill started")
 			return nil

@@ -40,6 +40,20 @@ var applyLua string
 // state must be rebuilt from a snapshot before streaming again.
 var ErrRedisReset = errors.New("redis lost its data: checkpoint missing")
 
+// ErrRewind means Redis went back in time: the stored checkpoint is older
+// than what this writer applied (an RDB/AOF restore, a failover to a
+// lagging replica), so the batches in between are lost there. Resume from
+// the stored checkpoint: replaying is harmless.
+var ErrRewind = errors.New("redis went back in time: checkpoint older than applied")
+
+// ErrFenced means this writer's lease term is over (another process took
+// the lease, or it expired): nothing of the batch was applied; step down.
+var ErrFenced = errors.New("refused by fencing: this process no longer holds the lease")
+
+// ErrConflict means another writer moved the checkpoint past what this one
+// applied: nothing of the batch was applied; step down.
+var ErrConflict = errors.New("checkpoint moved by another writer")
+
 // ErrRule means a rule cannot be applied to a row as the binlog wrote it
 // (a column was dropped or renamed). Nothing past the last checkpoint was
 // applied; fix the rules and restart.
@@ -51,6 +65,21 @@ type Checkpoint struct {
 	Version uint64
 	GTID    string
 	Commit  time.Time
+}
+
+// Fence is the lease term a writer applies under: every batch's script
+// checks that Key still holds Value and refuses the batch otherwise
+// (ErrFenced). The zero Fence applies unfenced (tests of the sink alone).
+type Fence struct{ Key, Value string }
+
+// Resume says what Run can rely on when it starts.
+type Resume struct {
+	// Expect is the stored checkpoint streaming resumes from; the first
+	// batch must find it unchanged (compare-and-set), and every batch the
+	// one before it wrote. Nil: there is none yet (a snapshot, or a
+	// configured start).
+	Expect *Checkpoint
+	Fence  Fence
 }
 
 // Applier applies transactions to Redis. It is driven by one goroutine
@@ -66,6 +95,7 @@ type Applier struct {
 	bound   map[*binlog.Table][]*boundRule
 	healthy atomic.Bool
 	applied atomic.Pointer[Checkpoint]
+	lastSeq atomic.Int64 // last seq this applier published
 	// Retry is the back-off between failed script calls (for tests).
 	newBackOff func() backoff.BackOff
 }
@@ -134,20 +164,24 @@ func ReadCheckpoint(ctx context.Context, rdb redis.UniversalClient, ks keyspace.
 
 // Run applies the transactions read from in, in order, batching those that
 // are already queued, until in is closed or ctx is done; both return nil
-// after the batch in flight was applied. expect says a checkpoint exists
-// (was read at start): if it vanishes, Redis lost its data and Run returns
-// ErrRedisReset. Without one (a snapshot), the first batch creates the
-// snapshot journal, and if that vanishes before the checkpoint is written,
-// Run returns ErrRedisReset likewise. The next batch notices the loss; while
-// no transaction arrives, a check every second does. A failing Redis call is
-// retried with back-off for as long as it takes (Healthy is false
-// meanwhile): nothing is skipped. A rule that does not fit a row returns an
-// error wrapping ErrRule.
-func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, expect bool) error {
-	b := newBatch(a.ks)
-	guard := guardFirst
-	if expect {
-		guard = guardCheckpoint
+// after the batch in flight was applied. Every batch is fenced by
+// r.Fence and compare-and-sets the checkpoint, starting from r.Expect.
+// It returns:
+//   - ErrRedisReset when the checkpoint vanished (Redis lost its data), or,
+//     without r.Expect (a snapshot), the snapshot journal the first batch
+//     created vanished before the checkpoint was written;
+//   - ErrRewind when the stored checkpoint went back (resume from it);
+//   - ErrFenced or ErrConflict when another writer took over (step down);
+//   - an error wrapping ErrRule when a rule does not fit a row.
+//
+// The next batch notices each of these; while no transaction arrives, a
+// check every second does. A failing Redis call is retried with back-off
+// for as long as it takes (Healthy is false meanwhile): nothing is skipped.
+func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, r Resume) error {
+	b := newBatch(a.ks, r.Fence)
+	guard, expect := guardFirst, ""
+	if r.Expect != nil {
+		guard, expect = guardCheckpoint, strconv.FormatUint(r.Expect.Version, 10)
 	}
 	idle := time.NewTicker(time.Second)
 	defer idle.Stop()
@@ -159,9 +193,8 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, expect bool) e
 		case <-idle.C:
 			if len(in) == 0 {
 				a.m.lag.Set(0) // nothing queued: caught up
-				if a.lost(ctx, guard) {
-					a.m.errors.WithLabelValues("reset").Inc()
-					return ErrRedisReset
+				if err := a.verify(ctx, guard, expect); err != nil {
+					return err
 				}
 			}
 			continue
@@ -187,11 +220,11 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, expect bool) e
 				break fill
 			}
 		}
-		if err := a.apply(ctx, b, guard); err != nil {
+		if err := a.apply(ctx, b, guard, expect); err != nil {
 			return err
 		}
 		if b.cp != nil {
-			guard = guardCheckpoint
+			guard, expect = guardCheckpoint, b.cpVersion()
 		} else if guard == guardFirst {
 			guard = guardJournal
 		}
@@ -245,21 +278,52 @@ func (a *Applier) rulesFor(t *binlog.Table) ([]*boundRule, error) {
 	return brs, nil
 }
 
-// lost reports whether what guard says must exist in Redis is gone. While
-// the binlog is idle no script call would notice that Redis lost its data,
-// and what depends on the checkpoint (a rebuild waiting for it) would wait
-// for the next row change, which may never come.
-func (a *Applier) lost(ctx context.Context, guard string) bool {
-	key := a.ks.Checkpoint()
+// verify returns the error the next batch would get for what guard and
+// expect say must be in Redis (see Run), so that it is noticed while the
+// binlog is idle too: what depends on the checkpoint (a rebuild waiting
+// for it) would otherwise wait for the next row change, which may never
+// come. A failing Redis call is no finding.
+func (a *Applier) verify(ctx context.Context, guard, expect string) error {
 	switch guard {
 	case guardCheckpoint:
+		stored, err := a.rdb.HGet(ctx, a.ks.Checkpoint(), "version").Result()
+		switch {
+		case errors.Is(err, redis.Nil):
+			return a.refused(ErrRedisReset, "checkpoint missing")
+		case err != nil || stored == expect:
+			return nil
+		}
+		s, _ := strconv.ParseUint(stored, 10, 64)
+		e, _ := strconv.ParseUint(expect, 10, 64)
+		if s < e {
+			return a.refused(ErrRewind, "checkpoint "+stored+" is older than "+expect+", which this writer applied")
+		}
+		return a.refused(ErrConflict, "checkpoint "+stored+" is newer than "+expect)
 	case guardJournal:
-		key = a.ks.Snapshot()
-	default:
-		return false
+		n, err := a.rdb.Exists(ctx, a.ks.Snapshot()).Result()
+		if err == nil && n == 0 {
+			return a.refused(ErrRedisReset, "snapshot journal missing")
+		}
 	}
-	n, err := a.rdb.Exists(ctx, key).Result()
-	return err == nil && n == 0
+	return nil
+}
+
+// refused counts a refusal of kind err and wraps err with what Redis said.
+func (a *Applier) refused(err error, detail string) error {
+	kind := map[error]string{ErrRedisReset: "reset", ErrRewind: "rewind", ErrFenced: "fenced", ErrConflict: "conflict"}[err]
+	a.m.errors.WithLabelValues(kind).Inc()
+	return fmt.Errorf("%w: %s", err, detail)
+}
+
+// refusals are the apply script's error prefixes that no retry can cure.
+var refusals = []struct {
+	prefix string
+	err    error
+}{
+	{"CSRESET ", ErrRedisReset},
+	{"CSREWIND ", ErrRewind},
+	{"CSFENCED ", ErrFenced},
+	{"CSCONFLICT ", ErrConflict},
 }
 
 // Guards of a batch: what must exist in Redis, else it lost its data
@@ -270,9 +334,9 @@ const (
 	guardFirst      = "0" // nothing: first batch without a checkpoint
 )
 
-// apply runs the batch's script until it succeeds.
-func (a *Applier) apply(ctx context.Context, b *batch, guard string) error {
-	b.finish(guard, a.cfg.Channel, a.cfg.TombstoneTTL.Milliseconds())
+// apply runs the batch's script until it succeeds or is refused.
+func (a *Applier) apply(ctx context.Context, b *batch, guard, expect string) error {
+	b.finish(guard, expect, a.lastSeq.Load(), a.cfg.Channel, a.cfg.TombstoneTTL.Milliseconds())
 	bo := a.newBackOff()
 	for {
 		// A call in flight is finished even when ctx is cancelled: shutdown
@@ -285,9 +349,11 @@ func (a *Applier) apply(ctx context.Context, b *batch, guard string) error {
 			a.done(b, seq, time.Since(start))
 			return nil
 		}
-		if strings.HasPrefix(err.Error(), "CSRESET") {
-			a.m.errors.WithLabelValues("reset").Inc()
-			return ErrRedisReset
+		for _, r := range refusals {
+			if msg, ok := strings.CutPrefix(err.Error(), r.prefix); ok {
+				a.healthy.Store(true) // Redis answers; the caller decides
+				return a.refused(r.err, msg)
+			}
 		}
 		a.healthy.Store(false)
 		a.m.retries.Inc()
@@ -358,6 +424,7 @@ func (a *Applier) done(b *batch, seq int64, took time.Duration) {
 		br.applied = 0
 	}
 	if seq > 0 {
+		a.lastSeq.Store(seq)
 		a.m.published.Inc()
 		a.m.seq.Set(float64(seq))
 	}

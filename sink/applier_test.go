@@ -32,7 +32,7 @@ type applierEnv struct {
 
 var goods = binlog.NewTable("shop", "goods", []string{"id", "name", "stock", "status"}, nil)
 
-func startApplier(t *testing.T, rdb *redis.Client, expect bool, rules ...RuleConfig) *applierEnv {
+func startApplier(t *testing.T, rdb *redis.Client, r Resume, rules ...RuleConfig) *applierEnv {
 	t.Helper()
 	cfg := Config{KeyPrefix: "cs:" + t.Name() + ":", Channel: "inv:" + t.Name(), Rules: rules}
 	cfg.SetDefaults()
@@ -47,7 +47,7 @@ func startApplier(t *testing.T, rdb *redis.Client, expect bool, rules ...RuleCon
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &applierEnv{t: t, rdb: rdb, a: a, ks: keyspace.Keyspace{Prefix: cfg.KeyPrefix},
 		in: make(chan *binlog.Txn, 16), done: make(chan error, 1), stop: cancel}
-	go func() { e.done <- a.Run(ctx, e.in, expect) }()
+	go func() { e.done <- a.Run(ctx, e.in, r) }()
 	t.Cleanup(func() { cancel(); <-e.done })
 	return e
 }
@@ -102,7 +102,7 @@ func TestApplierVersionGuard(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: testenv.StartRedis(t).Addr()})
 	defer rdb.Close()
 	p := "vg:"
-	e := startApplier(t, rdb, false,
+	e := startApplier(t, rdb, Resume{},
 		RuleConfig{Table: "shop.goods", Kind: KindRewrite, Key: p + "j:{id}", Columns: []string{"id", "stock"}},
 		RuleConfig{Table: "shop.goods", Kind: KindMirror, Key: p + "m:{id}", Column: "stock"},
 	)
@@ -158,7 +158,7 @@ func TestApplierVersionGuard(t *testing.T) {
 func TestApplierPartialTxnNoCheckpoint(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: testenv.StartRedis(t).Addr()})
 	defer rdb.Close()
-	e := startApplier(t, rdb, false, RuleConfig{Table: "shop.goods", Kind: KindMirror, Key: "m:{id}", Column: "stock"})
+	e := startApplier(t, rdb, Resume{}, RuleConfig{Table: "shop.goods", Kind: KindMirror, Key: "m:{id}", Column: "stock"})
 	e.apply(txn(pos("binlog.000001", 100), ins(int32(1), "a", int32(1), "on")))
 	piece := txn(pos("binlog.000001", 150), ins(int32(2), "b", int32(2), "on"))
 	piece.Partial = true
@@ -190,7 +190,7 @@ func TestApplierDetectsReset(t *testing.T) {
 	rule := RuleConfig{Table: "shop.goods", Kind: KindMirror, Key: "m:{id}", Column: "stock"}
 
 	// Told a checkpoint exists, but there is none: a reset.
-	e := startApplier(t, rdb, true, rule)
+	e := startApplier(t, rdb, Resume{Expect: &Checkpoint{Version: 1}}, rule)
 	e.in <- txn(pos("binlog.000001", 100), ins(int32(1), "a", int32(1), "on"))
 	select {
 	case err := <-e.done:
@@ -207,7 +207,7 @@ func TestApplierDetectsReset(t *testing.T) {
 
 	// Starting without a checkpoint, the first checkpoint written arms the
 	// check: a later FLUSHALL is detected.
-	e2 := startApplier(t, rdb, false, rule)
+	e2 := startApplier(t, rdb, Resume{}, rule)
 	e2.apply(txn(pos("binlog.000001", 100), ins(int32(1), "a", int32(1), "on")))
 	if err := rdb.FlushAll(context.Background()).Err(); err != nil {
 		t.Fatal(err)
@@ -231,7 +231,7 @@ func TestApplierDetectsReset(t *testing.T) {
 func TestApplierRuleError(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: testenv.StartRedis(t).Addr()})
 	defer rdb.Close()
-	e := startApplier(t, rdb, false,
+	e := startApplier(t, rdb, Resume{},
 		RuleConfig{Table: "shop.goods", Kind: KindMirror, Key: "m:{id}", Column: "stock"},
 		RuleConfig{Table: "shop.goods", Kind: KindMirror, Key: "s:{id}", Column: "status"})
 	e.apply(txn(pos("binlog.000001", 100), ins(int32(1), "a", int32(1), "on")))
@@ -271,7 +271,7 @@ func TestApplierAllOrNothing(t *testing.T) {
 	if err := rdb.Set(ctx, "on_sale", "oops", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
-	e := startApplier(t, rdb, false,
+	e := startApplier(t, rdb, Resume{},
 		RuleConfig{Table: "shop.goods", Kind: KindMirror, Key: "m:{id}", Column: "stock"},
 		RuleConfig{Table: "shop.goods", Kind: KindMember, Key: "on_sale", Member: "{id}", When: &Condition{Column: "status", Equals: "on"}})
 	e.in <- txn(pos("binlog.000001", 100), ins(int32(1), "a", int32(1), "on"), ins(int32(2), "b", int32(2), "off"))

@@ -2,23 +2,34 @@
 -- with the checkpoint and the invalidation message.
 --
 -- KEYS[1] checkpoint hash, KEYS[2] sequence counter, KEYS[3] snapshot
--- journal, then the keys of the ops, consumed in order (every op names its
--- keys by position).
--- ARGV[1]  what must exist, else Redis lost its data: "1" the checkpoint;
---          "J" the snapshot journal (no checkpoint yet); "0" nothing (the
---          first batch without a checkpoint). Unless "1", the key of every
---          S, H, X, A and HA op is added to the journal, which the first
---          batch creates and writing the checkpoint deletes: a snapshot cut
---          short can be undone (see Applier.DiscardUnfinishedSnapshot).
---          R and HR are not journaled: they only remove, and deleting the
---          whole key (often filled by the application, like a sale's
---          pending set) would undo nothing.
+-- journal, KEYS[4] the writer's lease (see ARGV[12]), then the keys of the
+-- ops, consumed in order (every op names its keys by position).
+-- ARGV[1]  what must exist, else Redis lost its data: "1" the checkpoint,
+--          at version ARGV[11]; "J" the snapshot journal (no checkpoint
+--          yet); "0" nothing (the first batch without a checkpoint). Unless
+--          "1", the key of every S, H, X, A and HA op is added to the
+--          journal, which the first batch creates and writing the
+--          checkpoint deletes: a snapshot cut short can be undone (see
+--          Applier.DiscardUnfinishedSnapshot). R and HR are not journaled:
+--          they only remove, and deleting the whole key (often filled by the
+--          application, like a sale's pending set) would undo nothing.
 -- ARGV[2]  "1": write the checkpoint (ARGV[3..7])
 -- ARGV[3]  file, ARGV[4] pos, ARGV[5] version, ARGV[6] gtid, ARGV[7] commit µs
 -- ARGV[8]  tombstone TTL in ms
 -- ARGV[9]  invalidation channel
 -- ARGV[10] JSON array of the keys to announce ("" for none)
--- ARGV[11..] ops, with the keys they take from KEYS:
+-- ARGV[11] with ARGV[1] "1": the checkpoint version this batch follows
+--          (compare-and-set). Older in Redis: Redis went back in time (an
+--          RDB/AOF restore, a failover to a lagging replica) and the batches
+--          in between are lost there: CSREWIND. Newer: another writer moved
+--          it: CSCONFLICT.
+-- ARGV[12] the lease value KEYS[4] must hold ("" for none): a writer whose
+--          term ended (another process took the lease, or it expired) is
+--          refused: CSFENCED.
+-- ARGV[13] the last seq this writer published ("" for none): a counter
+--          below it went back with a rewound Redis and jumps past it, so
+--          that subscribers see a gap.
+-- ARGV[14..] ops, with the keys they take from KEYS:
 --   D                  keys k, l: DEL data key k and its lease l
 --   S ver val          keys k, v: if ver >= version(v): SET k val, SET v ver
 --   H ver n f1 x1 ..   keys k, v: same, as a hash of n fields
@@ -34,11 +45,27 @@
 -- applied whole or not at all. The checks follow the member ops' keys
 -- through the batch: an A or HA on a missing key makes it a set or a hash
 -- for the ops after it.
-if ARGV[1] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
-  return redis.error_reply('CSRESET checkpoint missing: Redis lost its data')
+local stored
+if ARGV[1] == '1' then
+  stored = redis.call('HGET', KEYS[1], 'version')
+  if not stored then
+    return redis.error_reply('CSRESET checkpoint missing: Redis lost its data')
+  end
+  if stored ~= ARGV[11] and tonumber(stored) < tonumber(ARGV[11]) then
+    return redis.error_reply('CSREWIND checkpoint ' .. stored .. ' is older than ' .. ARGV[11] .. ', which this writer applied')
+  end
 end
 if ARGV[1] == 'J' and redis.call('EXISTS', KEYS[3]) == 0 then
   return redis.error_reply('CSRESET snapshot journal missing: Redis lost its data')
+end
+if ARGV[12] ~= '' then
+  local holder = redis.call('GET', KEYS[4])
+  if holder ~= ARGV[12] then
+    return redis.error_reply('CSFENCED lease ' .. KEYS[4] .. ' is held by "' .. tostring(holder or '') .. '", not "' .. ARGV[12] .. '"')
+  end
+end
+if stored and stored ~= ARGV[11] then
+  return redis.error_reply('CSCONFLICT checkpoint ' .. stored .. ' is newer than ' .. ARGV[11] .. ': another writer moved it')
 end
 local n = #ARGV
 local types = {} -- key of a member op -> what it holds at this point of the batch
@@ -53,7 +80,7 @@ end
 local function wrongtype(key, t, want)
   return redis.error_reply('WRONGTYPE member rule: ' .. key .. ' holds a ' .. t .. ', not a ' .. want)
 end
-local i, k = 11, 4
+local i, k = 14, 5
 while i <= n do
   local op = ARGV[i]
   if op == 'D' then i, k = i + 1, k + 2
@@ -99,7 +126,7 @@ local function newer(vk, ver)
   local cur = redis.call('GET', vk)
   return (not cur) or tonumber(ver) >= tonumber(cur)
 end
-i, k = 11, 4
+i, k = 14, 5
 while i <= n do
   local op = ARGV[i]
   if op == 'D' then
@@ -159,6 +186,9 @@ if ARGV[2] == '1' then
   if journal then
     redis.call('DEL', KEYS[3])
   end
+end
+if ARGV[13] ~= '' and tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[13]) then
+  redis.call('SET', KEYS[2], string.format('%d', ARGV[13] + 1))
 end
 if ARGV[10] ~= '' then
   local seq = redis.call('INCR', KEYS[2])

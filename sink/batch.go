@@ -9,11 +9,12 @@ import (
 )
 
 // header is the number of fixed ARGV slots before the ops (see apply.lua).
-const header = 10
+const header = 13
 
 // batch accumulates the script arguments for consecutive transactions.
 type batch struct {
 	ks      keyspace.Keyspace
+	fence   Fence
 	keys    []string
 	args    []any
 	pub     map[string]struct{}
@@ -26,14 +27,17 @@ type batch struct {
 	rules   []*boundRule // rules that counted changes in this batch
 }
 
-func newBatch(ks keyspace.Keyspace) *batch {
-	b := &batch{ks: ks, pub: make(map[string]struct{})}
+func newBatch(ks keyspace.Keyspace, fence Fence) *batch {
+	if fence.Key == "" { // unfenced: KEYS[4] is never read
+		fence.Key = ks.Checkpoint()
+	}
+	b := &batch{ks: ks, fence: fence, pub: make(map[string]struct{})}
 	b.reset()
 	return b
 }
 
 func (b *batch) reset() {
-	b.keys = append(b.keys[:0], b.ks.Checkpoint(), b.ks.Seq(), b.ks.Snapshot())
+	b.keys = append(b.keys[:0], b.ks.Checkpoint(), b.ks.Seq(), b.ks.Snapshot(), b.fence.Key)
 	clear(b.pub)
 	b.pubList = b.pubList[:0]
 	b.args = append(b.args[:0], make([]any, header)...)
@@ -96,9 +100,10 @@ func (b *batch) member(add bool, e entry) {
 	b.announce(e.key)
 }
 
-// finish fills the header. guard says what must already exist (see
-// apply.lua, ARGV[1]).
-func (b *batch) finish(guard string, channel string, tombstoneMS int64) {
+// finish fills the header. guard says what must already exist, expect the
+// checkpoint version that must be stored (with guard "1"), lastSeq the last
+// seq this writer published (0: none); see apply.lua.
+func (b *batch) finish(guard, expect string, lastSeq int64, channel string, tombstoneMS int64) {
 	// The checkpoint is that of the last complete transaction: a piece of
 	// a split one is never a resume point.
 	b.cp = nil
@@ -128,6 +133,12 @@ func (b *batch) finish(guard string, channel string, tombstoneMS int64) {
 	b.args[7] = strconv.FormatInt(tombstoneMS, 10)
 	b.args[8] = channel
 	b.args[9] = ""
+	b.args[10] = expect
+	b.args[11] = b.fence.Value
+	b.args[12] = ""
+	if lastSeq > 0 {
+		b.args[12] = strconv.FormatInt(lastSeq, 10)
+	}
 	if len(b.pubList) > 0 {
 		out := append(b.buf[:0], '[')
 		for i, k := range b.pubList {
@@ -141,6 +152,9 @@ func (b *batch) finish(guard string, channel string, tombstoneMS int64) {
 		b.buf = out
 	}
 }
+
+// cpVersion is the checkpoint version finish put in the header.
+func (b *batch) cpVersion() string { return b.args[4].(string) }
 
 // appendJSONString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD.
 func appendJSONString(buf []byte, s string) []byte {

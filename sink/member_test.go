@@ -104,7 +104,7 @@ func TestMemberRemoveFromSortedSet(t *testing.T) {
 	p := "rz:"
 	pending := p + "sk:{7}:pending"
 	set := p + "set:7"
-	e := startApplier(t, rdb, false,
+	e := startApplier(t, rdb, Resume{},
 		flashSaleRules(p)[0],
 		RuleConfig{Table: "shop.orders", Kind: KindMember, Op: OpRemove, Key: p + "set:{item_id}", Member: "{order_id}",
 			When: &Condition{Column: "status", Equals: "paid"}})
@@ -160,7 +160,7 @@ func TestMemberHashCompareAndDelete(t *testing.T) {
 	ctx := context.Background()
 	p := "hc:"
 	buyers := p + "sk:{7}:buyers"
-	e := startApplier(t, rdb, false, flashSaleRules(p)...)
+	e := startApplier(t, rdb, Resume{}, flashSaleRules(p)...)
 	// The application marked user 9 as a buyer of an order not in MySQL.
 	if err := rdb.HSet(ctx, buyers, "9", "o9").Err(); err != nil {
 		t.Fatal(err)
@@ -224,7 +224,7 @@ func TestMemberHashOrderIndependent(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			p := "oi:" + name + ":"
-			e := startApplier(t, rdb, false, flashSaleRules(p)...)
+			e := startApplier(t, rdb, Resume{}, flashSaleRules(p)...)
 			// in one transaction, and in two
 			e.apply(txn(pos("binlog.000001", 100), changes...))
 			e.wantHash("one transaction", p+"sk:{7}:buyers", map[string]string{"1": "new"})
@@ -269,7 +269,7 @@ func TestMemberWrongType(t *testing.T) {
 			p := "wt:" + tc.name + ":"
 			bad := p + "k:7"
 			tc.rule.Table, tc.rule.Kind, tc.rule.Key = "shop.orders", KindMember, p+tc.rule.Key
-			e := startApplier(t, rdb, false, tc.rule,
+			e := startApplier(t, rdb, Resume{}, tc.rule,
 				RuleConfig{Table: "shop.orders", Kind: KindMember, Key: p + "ok:{item_id}", Member: "{order_id}"})
 			if err := tc.setup(bad); err != nil {
 				t.Fatal(err)
@@ -304,7 +304,7 @@ func TestMemberWrongTypeWithinBatch(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: testenv.StartRedis(t).Addr()})
 	defer rdb.Close()
 	ctx := context.Background()
-	e := startApplier(t, rdb, false,
+	e := startApplier(t, rdb, Resume{},
 		RuleConfig{Table: "shop.orders", Kind: KindMember, Key: "same:{item_id}", Member: "{order_id}"},
 		RuleConfig{Table: "shop.orders", Kind: KindMember, Key: "same:{item_id}", Member: "{user_id}", Value: "{order_id}"},
 		RuleConfig{Table: "shop.orders", Kind: KindMirror, Key: "m:{order_id}", Column: "status"})
@@ -327,7 +327,7 @@ func TestMemberHashJournalAndAnnounce(t *testing.T) {
 	if _, err := sub.Receive(ctx); err != nil {
 		t.Fatal(err)
 	}
-	e := startApplier(t, rdb, false, flashSaleRules("j:")...)
+	e := startApplier(t, rdb, Resume{}, flashSaleRules("j:")...)
 	piece := txn(pos("binlog.000001", 100), oIns(order("o1", 1, 7, "created")), oIns(order("o2", 2, 8, "canceled")))
 	piece.Partial = true
 	e.in <- piece

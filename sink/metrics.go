@@ -17,7 +17,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		rows: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "rows_total",
 			Help: "Row changes applied, by table and rule."}, []string{"table", "rule"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "errors_total",
-			Help: "Failed apply calls, by kind (connection, wrongtype, oom, reset, other)."}, []string{"kind"}),
+			Help: "Failed or refused apply calls, by kind (connection, wrongtype, oom, other; refused: reset, rewind, fenced, conflict)."}, []string{"kind"}),
 		txns: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "transactions_total",
 			Help: "Transactions applied."}),
 		batches: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "batches_total",

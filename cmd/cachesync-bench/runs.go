@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cachesync/cachesync/binlog"
+	"github.com/cachesync/cachesync/leader"
 	"github.com/cachesync/cachesync/pipeline"
 	"github.com/cachesync/cachesync/sink"
 	"github.com/prometheus/client_golang/prometheus"
@@ -49,7 +50,7 @@ func (e *env) newPipeline(rules []sink.RuleConfig, start binlog.StartConfig) (*p
 	if err != nil {
 		return nil, nil, err
 	}
-	return pipeline.New(bc, "mariadb", e.db, a, sc.BatchChanges, zerolog.Nop(), prometheus.NewRegistry()), a, nil
+	return pipeline.New(bc, "mariadb", e.db, a, leader.Standalone(e.rdb, sc.KeyPrefix), sc.BatchChanges, zerolog.Nop(), prometheus.NewRegistry()), a, nil
 }
 
 // applyRate replays start..end through cachesync into an empty Redis and

@@ -119,66 +119,11 @@ func TestCrashSafety(t *testing.T) {
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 0))
 
-	// Preload, and hand each writer the ids of its partition (id % writers).
-	ws := make([]*writer, writerCount)
-	for i := range ws {
-		ws[i] = &writer{n: i, db: db, rng: rand.New(rand.NewPCG(seed, uint64(i+1))), items: map[int]bool{}, notes: map[int]bool{}, touched: map[int]bool{}}
-	}
-	var rows [][]any
-	flush := func() {
-		if len(rows) == 0 {
-			return
-		}
-		q := "INSERT INTO items (id, name, qty, price, grp, status) VALUES " + strings.Repeat("(?,?,?,?,?,?),", len(rows))
-		var args []any
-		for _, r := range rows {
-			args = append(args, r...)
-		}
-		mustExec(t, db, q[:len(q)-1], args...)
-		rows = rows[:0]
-	}
-	for id := range itemIDs {
-		if rng.Float64() < itemFill {
-			rows = append(rows, append([]any{id}, randomItem(rng)...))
-			ws[id%writerCount].items[id] = true
-			if len(rows) == 1000 {
-				flush()
-			}
-		}
-	}
-	flush()
-	for id := range noteIDs {
-		if rng.IntN(2) == 0 {
-			mustExec(t, db, "INSERT INTO notes (id, body, rev) VALUES (?, ?, 0)", id, "note")
-			ws[id%writerCount].notes[id] = true
-		}
-	}
-	// The application filled its cache before cachesync ran: every
-	// inv:{id} must survive until its row changes.
-	pipe := rdb.Pipeline()
-	for id := range noteIDs {
-		pipe.Set(ctx, "inv:"+strconv.Itoa(id), invFill, 0)
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		t.Fatal(err)
-	}
-
 	// Writers run from before the first start to the end of the kill loop.
-	wctx, stopWriters := context.WithCancel(ctx)
-	var rowChanges, txns atomic.Int64
-	var notesOn atomic.Bool
-	var wg sync.WaitGroup
-	werr := make(chan error, writerCount)
-	for _, w := range ws {
-		w.rows, w.txns, w.notesOn = &rowChanges, &txns, &notesOn
-		wg.Go(func() {
-			if err := w.run(wctx); err != nil {
-				werr <- err
-				stopWriters()
-			}
-		})
-	}
-	defer func() { stopWriters(); wg.Wait() }()
+	wl := startWorkload(t, db, rdb, seed, rng, 0)
+	defer wl.stop()
+	werr, rowChanges, txns, notesOn := wl.werr, &wl.rows, &wl.txns, &wl.notesOn
+	stopWriters := wl.stop
 
 	// First start: kill it during the snapshot, then let a snapshot finish.
 	tWork := time.Now()
@@ -235,7 +180,6 @@ func TestCrashSafety(t *testing.T) {
 		r = d.Start(t)
 	}
 	stopWriters()
-	wg.Wait()
 	select {
 	case err := <-werr:
 		t.Fatalf("writer: %v", err)
@@ -258,16 +202,7 @@ func TestCrashSafety(t *testing.T) {
 
 	checkHTTP(t, r)
 
-	kept := map[int]bool{} // inv keys of notes rows that never changed
-	for id := range noteIDs {
-		kept[id] = true
-	}
-	for _, w := range ws {
-		for id := range w.touched {
-			delete(kept, id)
-		}
-	}
-	mism, stats := compare(t, db, rdb, kept)
+	mism, stats := compare(t, db, rdb, wl.kept())
 	t.Logf("workload %s: %d row changes in %d transactions by %d writers; %d kills (%d during the first snapshot, %d mid-snapshot; %d while streaming), %d binlog rotations, %d daemon runs",
 		tWorkload.Round(time.Millisecond), rowChanges.Load(), txns.Load(), writerCount, kills, snapshotKills, snapKills, streamKills, flushes, d.Runs())
 	t.Logf("caught up %s after the writers stopped; set-up (build, servers) %s; checked %s", tCatchUp.Round(time.Millisecond), tSetup.Round(time.Millisecond), stats)
@@ -414,6 +349,102 @@ func TestRedisLossDuringSnapshot(t *testing.T) {
 }
 
 // preloadSimple inserts items 0..n-1: active, grp id%groups, qty id.
+// workload is the writers of the crash schema: each changes rows of its own
+// id partition in transactions of 1-20 row changes until stopped.
+type workload struct {
+	ws         []*writer
+	rows, txns atomic.Int64
+	notesOn    atomic.Bool // notes changes are made from here on
+	werr       chan error  // a writer's error; it stops all of them
+	cancel     func()
+	wg         sync.WaitGroup
+}
+
+// startWorkload preloads items and notes, fills the application's inv:
+// keys (every one must survive until its row changes) and starts the
+// writers, each pausing pace after every transaction (0: as fast as
+// MariaDB takes them); stop them with stop.
+func startWorkload(t *testing.T, db *sql.DB, rdb *redis.Client, seed uint64, rng *rand.Rand, pace time.Duration) *workload {
+	t.Helper()
+	ctx := context.Background()
+	wl := &workload{werr: make(chan error, writerCount)}
+	// Preload, and hand each writer the ids of its partition (id % writers).
+	ws := make([]*writer, writerCount)
+	for i := range ws {
+		ws[i] = &writer{n: i, db: db, rng: rand.New(rand.NewPCG(seed, uint64(i+1))), items: map[int]bool{}, notes: map[int]bool{}, touched: map[int]bool{}}
+	}
+	var rows [][]any
+	flush := func() {
+		if len(rows) == 0 {
+			return
+		}
+		q := "INSERT INTO items (id, name, qty, price, grp, status) VALUES " + strings.Repeat("(?,?,?,?,?,?),", len(rows))
+		var args []any
+		for _, r := range rows {
+			args = append(args, r...)
+		}
+		mustExec(t, db, q[:len(q)-1], args...)
+		rows = rows[:0]
+	}
+	for id := range itemIDs {
+		if rng.Float64() < itemFill {
+			rows = append(rows, append([]any{id}, randomItem(rng)...))
+			ws[id%writerCount].items[id] = true
+			if len(rows) == 1000 {
+				flush()
+			}
+		}
+	}
+	flush()
+	for id := range noteIDs {
+		if rng.IntN(2) == 0 {
+			mustExec(t, db, "INSERT INTO notes (id, body, rev) VALUES (?, ?, 0)", id, "note")
+			ws[id%writerCount].notes[id] = true
+		}
+	}
+	pipe := rdb.Pipeline()
+	for id := range noteIDs {
+		pipe.Set(ctx, "inv:"+strconv.Itoa(id), invFill, 0)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	wl.cancel = cancel
+	for _, w := range ws {
+		w.rows, w.txns, w.notesOn, w.pace = &wl.rows, &wl.txns, &wl.notesOn, pace
+		wl.wg.Go(func() {
+			if err := w.run(wctx); err != nil {
+				wl.werr <- err
+				cancel()
+			}
+		})
+	}
+	wl.ws = ws
+	return wl
+}
+
+// stop stops the writers and waits for them; calling it again is harmless.
+func (wl *workload) stop() {
+	wl.cancel()
+	wl.wg.Wait()
+}
+
+// kept are the ids of notes rows no committed transaction changed: their
+// inv: keys must still hold what the application filled.
+func (wl *workload) kept() map[int]bool {
+	kept := map[int]bool{}
+	for id := range noteIDs {
+		kept[id] = true
+	}
+	for _, w := range wl.ws {
+		for id := range w.touched {
+			delete(kept, id)
+		}
+	}
+	return kept
+}
+
 func preloadSimple(t *testing.T, db *sql.DB, n int) {
 	t.Helper()
 	for start := 0; start < n; start += 1000 {
@@ -438,11 +469,15 @@ type writer struct {
 	notesOn *atomic.Bool
 	rows    *atomic.Int64
 	txns    *atomic.Int64
+	pace    time.Duration // pause after each transaction
 }
 
 func (w *writer) run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		err := w.txn(ctx)
+		if w.pace > 0 {
+			time.Sleep(w.pace)
+		}
 		if err == nil || ctx.Err() != nil {
 			continue
 		}
@@ -927,13 +962,7 @@ func lastCommit(t *testing.T, db *sql.DB) (file, pos string) {
 // answer /healthz, /readyz (ready: the daemon streams) and /metrics.
 func checkHTTP(t *testing.T, r *testenv.ChildRun) {
 	t.Helper()
-	var addr string
-	for _, line := range strings.Split(r.Grep(`"http listening"`), "\n") {
-		var m struct{ Addr string }
-		if json.Unmarshal([]byte(line), &m) == nil {
-			addr = m.Addr
-		}
-	}
+	addr := httpAddr(r)
 	if addr == "" {
 		t.Errorf("run %d: no \"http listening\" log line with the address%s", r.N, r.Tail())
 		return
@@ -960,6 +989,18 @@ func checkHTTP(t *testing.T, r *testenv.ChildRun) {
 	if code, body := get("/metrics"); code != http.StatusOK || !strings.Contains(body, "cachesync_sink_transactions_total") {
 		t.Errorf("/metrics: %d, %d bytes, no cachesync_sink_transactions_total", code, len(body))
 	}
+}
+
+// httpAddr is the address the run's HTTP server logged ("" before it did).
+func httpAddr(r *testenv.ChildRun) string {
+	var addr string
+	for _, line := range strings.Split(r.Grep(`"http listening"`), "\n") {
+		var m struct{ Addr string }
+		if json.Unmarshal([]byte(line), &m) == nil {
+			addr = m.Addr
+		}
+	}
+	return addr
 }
 
 // diagnose logs what helps to understand a daemon that does not catch up:
@@ -1020,6 +1061,8 @@ const termWithin = 60 * time.Second
 // crashEnv is the daemon binary with private MariaDB and Redis servers,
 // the crash schema and a configuration file.
 type crashEnv struct {
+	bin string
+	my  *testenv.MariaDB
 	rs  *testenv.Redis
 	db  *sql.DB
 	rdb *redis.Client
@@ -1032,7 +1075,7 @@ func newCrashEnv(t *testing.T, batchChanges int) *crashEnv {
 	bin := testenv.BuildCachesync(t)
 	my := testenv.StartMariaDB(t)
 	rs := testenv.StartRedis(t)
-	e := &crashEnv{rs: rs, db: my.DB(t, crashSchema), rdb: redis.NewClient(&redis.Options{Addr: rs.Addr()})}
+	e := &crashEnv{bin: bin, my: my, rs: rs, db: my.DB(t, crashSchema), rdb: redis.NewClient(&redis.Options{Addr: rs.Addr()})}
 	t.Cleanup(func() { e.rdb.Close() })
 	mustExec(t, e.db, `CREATE TABLE items (
 		id INT PRIMARY KEY, name VARCHAR(64) NULL, qty INT NULL, price DECIMAL(10,2) NULL,

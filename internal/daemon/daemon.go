@@ -15,6 +15,8 @@ import (
 	"github.com/cachesync/cachesync/cache"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/goods"
+	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/leader"
 	"github.com/cachesync/cachesync/pipeline"
 	"github.com/cachesync/cachesync/seckill"
 	"github.com/cachesync/cachesync/sink"
@@ -29,8 +31,8 @@ import (
 // Options are the daemon's fx options for cfg.
 func Options(cfg *config.Config) fx.Option {
 	return fx.Options(
-		fx.Supply(cfg.MySQL, cfg.Sink, cfg.HTTP, cfg.Redis, cfg.Log, cfg.Cache, cfg.Goods, cfg.Seckill),
-		fx.Provide(NewLogger, newRedis, newMySQL, newApplier),
+		fx.Supply(cfg.MySQL, cfg.Sink, cfg.HTTP, cfg.Redis, cfg.Log, cfg.Cache, cfg.Goods, cfg.Seckill, cfg.HA),
+		fx.Provide(NewLogger, newRedis, newMySQL, newApplier, newElector),
 		api.Module,
 		pipeline.Module,
 		cache.Module,
@@ -137,4 +139,8 @@ func newMySQL(cfg binlog.Config, sc sink.Config, log zerolog.Logger, lc fx.Lifec
 
 func newApplier(cfg sink.Config, rdb redis.UniversalClient, log zerolog.Logger, reg prometheus.Registerer) (*sink.Applier, error) {
 	return sink.NewApplier(cfg, rdb, log.With().Str("component", "sink").Logger(), reg)
+}
+
+func newElector(cfg leader.Config, sc sink.Config, rdb redis.UniversalClient, log zerolog.Logger, reg prometheus.Registerer) *leader.Elector {
+	return leader.New(cfg, rdb, keyspace.Keyspace{Prefix: sc.KeyPrefix}, log.With().Str("component", "leader").Logger(), reg)
 }
