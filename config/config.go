@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -41,11 +40,32 @@ type Config struct {
 
 // Redis configures the Redis connection.
 type Redis struct {
-	Addr     string `yaml:"addr"`
+	// Mode is how the daemon finds Redis: "standalone" (the default)
+	// connects to Addr; "sentinel" asks the Sentinels at SentinelAddrs for
+	// the master of MasterName and follows it through failovers. "cluster"
+	// is refused: it is not supported yet.
+	Mode string `yaml:"mode"`
+	// Addr is the server of standalone mode. Sentinel mode refuses it.
+	Addr string `yaml:"addr"`
+	// Username, Password and DB apply to the data server in both modes (in
+	// sentinel mode, to whichever node is the master).
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
 	DB       int    `yaml:"db"`
+	// MasterName, SentinelAddrs, SentinelUsername and SentinelPassword are
+	// for sentinel mode only; standalone mode refuses them. The Sentinel
+	// credentials are those of the Sentinels themselves, not of the master.
+	MasterName       string   `yaml:"master_name"`
+	SentinelAddrs    []string `yaml:"sentinel_addrs"`
+	SentinelUsername string   `yaml:"sentinel_username"`
+	SentinelPassword string   `yaml:"sentinel_password"`
 }
+
+// Redis modes.
+const (
+	RedisStandalone = "standalone"
+	RedisSentinel   = "sentinel"
+)
 
 // Log configures logging.
 type Log struct {
@@ -65,6 +85,9 @@ var envOverrides = []struct {
 	{"CACHESYNC_REDIS_ADDR", "redis.addr", func(c *Config, v string) { c.Redis.Addr = v }},
 	{"CACHESYNC_REDIS_USERNAME", "redis.username", func(c *Config, v string) { c.Redis.Username = v }},
 	{"CACHESYNC_REDIS_PASSWORD", "redis.password", func(c *Config, v string) { c.Redis.Password = v }},
+	{"CACHESYNC_REDIS_MASTER_NAME", "redis.master_name", func(c *Config, v string) { c.Redis.MasterName = v }},
+	{"CACHESYNC_REDIS_SENTINEL_ADDRS", "redis.sentinel_addrs", func(c *Config, v string) { c.Redis.SentinelAddrs = splitList(v) }},
+	{"CACHESYNC_REDIS_SENTINEL_PASSWORD", "redis.sentinel_password", func(c *Config, v string) { c.Redis.SentinelPassword = v }},
 	{"CACHESYNC_HTTP_ADDR", "http.addr", func(c *Config, v string) { c.HTTP.Addr = v }},
 	{"CACHESYNC_MYSQL_SERVER_ID", "mysql.server_id", func(c *Config, v string) {
 		n, _ := strconv.ParseUint(v, 10, 32) // checked by parseServerID
@@ -75,6 +98,16 @@ var envOverrides = []struct {
 	{"CACHESYNC_KAFKA_USERNAME", "seckill.kafka.username", func(c *Config, v string) { c.Seckill.Kafka.Username = v }},
 	{"CACHESYNC_KAFKA_PASSWORD", "seckill.kafka.password", func(c *Config, v string) { c.Seckill.Kafka.Password = v }},
 	{"CACHESYNC_ADMIN_TOKEN", "seckill.admin_token", func(c *Config, v string) { c.Seckill.AdminToken = v }},
+}
+
+// splitList splits a comma-separated variable and trims spaces around each
+// element; empty elements stay, so that validation reports them.
+func splitList(v string) []string {
+	l := strings.Split(v, ",")
+	for i := range l {
+		l[i] = strings.TrimSpace(l[i])
+	}
+	return l
 }
 
 // envChecks refuse environment values that the field's type cannot hold
@@ -139,8 +172,10 @@ func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 	c.SetDefaults()
 	if err := c.Validate(); err != nil {
 		// A bad value from the environment is not in the file: say so.
+		// Errors start with the field, then a space, a colon or an index.
+		msg := err.Error()
 		for field, name := range fromEnv {
-			if strings.HasPrefix(err.Error(), field+" ") {
+			if rest, ok := strings.CutPrefix(msg, field); ok && rest != "" && strings.ContainsRune(" :[", rune(rest[0])) {
 				return nil, fmt.Errorf("%w (set by environment variable %s)", err, name)
 			}
 		}
@@ -158,9 +193,7 @@ func (c *Config) SetDefaults() {
 	c.Cache.SetDefaults()
 	c.Goods.SetDefaults()
 	c.Seckill.SetDefaults()
-	if c.Redis.Addr == "" {
-		c.Redis.Addr = "127.0.0.1:6379"
-	}
+	c.Redis.SetDefaults()
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
@@ -174,13 +207,8 @@ func (c *Config) Validate() error {
 	if err := c.MySQL.Validate(); err != nil {
 		return err
 	}
-	if _, port, err := net.SplitHostPort(c.Redis.Addr); err != nil {
-		return fmt.Errorf("redis.addr %q: want host:port", c.Redis.Addr)
-	} else if p, err := strconv.Atoi(port); err != nil || p <= 0 || p > 65535 {
-		return fmt.Errorf("redis.addr %q: bad port", c.Redis.Addr)
-	}
-	if c.Redis.DB < 0 || c.Redis.DB > 15 {
-		return fmt.Errorf("redis.db %d: want 0..15", c.Redis.DB)
+	if err := c.Redis.Validate(); err != nil {
+		return err
 	}
 	if err := c.Sink.Validate(); err != nil {
 		return err

@@ -1,8 +1,10 @@
 package config
 
 import (
+	"maps"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -49,66 +51,77 @@ func TestBadConfigs(t *testing.T) {
 	// File name -> substrings the error must contain: the field it names
 	// and, where it helps, the offending value or the rule's position.
 	want := map[string][]string{
-		"unknown_top_field.yaml":            {"keyz", "line 1"},
-		"unknown_nested_field.yaml":         {"keyz", "line 5"},
-		"unknown_mysql_field.yaml":          {"field adr not found"},
-		"mysql_addr_no_port.yaml":           {"mysql.addr", `"localhost"`},
-		"mysql_addr_bad_port.yaml":          {"mysql.addr", "70000", "port"},
-		"mysql_addr_no_host.yaml":           {"mysql.addr", `":3306"`},
-		"mysql_flavor.yaml":                 {"mysql.flavor", "postgres"},
-		"mysql_start_from.yaml":             {"mysql.start.from", "beginning"},
-		"start_position_missing.yaml":       {"mysql.start.position", "file:pos"},
-		"start_position_bad.yaml":           {"mysql.start.position", "bad offset"},
-		"start_position_no_offset.yaml":     {"mysql.start.position", "file:pos"},
-		"start_position_no_number.yaml":     {"mysql.start.position", "numeric suffix"},
-		"start_gtid_missing.yaml":           {"mysql.start.gtid", "required"},
-		"heartbeat_too_short.yaml":          {"mysql.heartbeat", "10ms"},
-		"heartbeat_too_long.yaml":           {"mysql.heartbeat", "5m"},
-		"heartbeat_not_duration.yaml":       {"soon", "time.Duration"},
-		"max_txn_changes_small.yaml":        {"mysql.max_txn_changes", "10"},
-		"server_id_negative.yaml":           {"-1", "uint32"},
-		"redis_addr_no_port.yaml":           {"redis.addr", `"localhost"`},
-		"redis_addr_bad_port.yaml":          {"redis.addr", "port"},
-		"redis_db_negative.yaml":            {"redis.db", "-1"},
-		"cache_load_timeout_short.yaml":     {"cache.load_timeout", "1ms"},
-		"ha_lease_ttl_short.yaml":           {"ha.lease_ttl", "50ms"},
-		"ha_renew_too_slow.yaml":            {"ha.renew_interval", "2s", "half"},
-		"ha_poll_too_slow.yaml":             {"ha.poll_interval", "4s"},
-		"redis_db_too_big.yaml":             {"redis.db", "16"},
-		"no_rules.yaml":                     {"sink.rules", "at least one rule"},
-		"empty_rules.yaml":                  {"sink.rules", "at least one rule"},
-		"rule_table_no_schema.yaml":         {"sink.rules[0]", "table", "schema.table"},
-		"rule_no_kind.yaml":                 {"sink.rules[0]", "kind: required"},
-		"rule_unknown_kind.yaml":            {"sink.rules[0]", "kind", "refresh"},
-		"invalidate_no_keys.yaml":           {"sink.rules[0]", "keys"},
-		"invalidate_empty_key.yaml":         {"sink.rules[0]", "keys[1]", "required for a"},
-		"rewrite_no_key.yaml":               {"sink.rules[0]", "key: required", "rewrite"},
-		"template_unclosed.yaml":            {"sink.rules[0]", "key", "goods:{id", "unclosed"},
-		"template_unmatched_close.yaml":     {"sink.rules[0]", "key", "unmatched '}'"},
-		"template_empty_column.yaml":        {"sink.rules[0]", "keys[0]", "bad column reference"},
-		"mirror_no_column.yaml":             {"sink.rules[0]", "column: required", "mirror"},
-		"member_no_member.yaml":             {"sink.rules[0]", "member: required"},
-		"member_equals_and_in.yaml":         {"sink.rules[0]", "when", "exactly one of equals or in"},
-		"member_when_no_column.yaml":        {"sink.rules[0]", "when.column"},
-		"member_bad_op.yaml":                {"sink.rules[0]", "op", `"delete"`, "want sync or remove"},
-		"member_bad_value.yaml":             {"sink.rules[0]", "value", "{order_id", "unclosed"},
-		"forbidden_value_on_mirror.yaml":    {"sink.rules[0]", "value", "not used by a mirror rule"},
-		"forbidden_op_on_rewrite.yaml":      {"sink.rules[0]", "op", "not used by a rewrite rule"},
-		"forbidden_column_on_rewrite.yaml":  {"sink.rules[0]", "column", "not used by a rewrite rule"},
-		"forbidden_when_on_invalidate.yaml": {"sink.rules[0]", "when", "not used by a invalidate rule"},
-		"forbidden_format_on_mirror.yaml":   {"sink.rules[0]", "format", "not used by a mirror rule"},
-		"rewrite_bad_format.yaml":           {"sink.rules[0]", "format", "xml"},
-		"second_rule_bad.yaml":              {"sink.rules[1]", "column"},
-		"batch_changes_negative.yaml":       {"sink.batch_changes", "-1"},
-		"batch_changes_too_big.yaml":        {"sink.batch_changes", "100001"},
-		"tombstone_ttl_small.yaml":          {"sink.tombstone_ttl", "30s"},
-		"log_level.yaml":                    {"log.level", "verbose"},
-		"log_format.yaml":                   {"log.format", "text"},
-		"http_addr.yaml":                    {"http.addr", "localhost"},
-		"wrong_type.yaml":                   {"line 2", "one"},
-		"not_yaml.yaml":                     {"yaml"},
-		"empty.yaml":                        {"empty file"},
-		"comments_only.yaml":                {"empty file"},
+		"unknown_top_field.yaml":                 {"keyz", "line 1"},
+		"unknown_nested_field.yaml":              {"keyz", "line 5"},
+		"unknown_mysql_field.yaml":               {"field adr not found"},
+		"mysql_addr_no_port.yaml":                {"mysql.addr", `"localhost"`},
+		"mysql_addr_bad_port.yaml":               {"mysql.addr", "70000", "port"},
+		"mysql_addr_no_host.yaml":                {"mysql.addr", `":3306"`},
+		"mysql_flavor.yaml":                      {"mysql.flavor", "postgres"},
+		"mysql_start_from.yaml":                  {"mysql.start.from", "beginning"},
+		"start_position_missing.yaml":            {"mysql.start.position", "file:pos"},
+		"start_position_bad.yaml":                {"mysql.start.position", "bad offset"},
+		"start_position_no_offset.yaml":          {"mysql.start.position", "file:pos"},
+		"start_position_no_number.yaml":          {"mysql.start.position", "numeric suffix"},
+		"start_gtid_missing.yaml":                {"mysql.start.gtid", "required"},
+		"heartbeat_too_short.yaml":               {"mysql.heartbeat", "10ms"},
+		"heartbeat_too_long.yaml":                {"mysql.heartbeat", "5m"},
+		"heartbeat_not_duration.yaml":            {"soon", "time.Duration"},
+		"max_txn_changes_small.yaml":             {"mysql.max_txn_changes", "10"},
+		"server_id_negative.yaml":                {"-1", "uint32"},
+		"redis_addr_no_port.yaml":                {"redis.addr", `"localhost"`},
+		"redis_addr_bad_port.yaml":               {"redis.addr", "port"},
+		"redis_db_negative.yaml":                 {"redis.db", "-1"},
+		"cache_load_timeout_short.yaml":          {"cache.load_timeout", "1ms"},
+		"ha_lease_ttl_short.yaml":                {"ha.lease_ttl", "50ms"},
+		"ha_renew_too_slow.yaml":                 {"ha.renew_interval", "2s", "half"},
+		"ha_poll_too_slow.yaml":                  {"ha.poll_interval", "4s"},
+		"redis_db_too_big.yaml":                  {"redis.db", "16"},
+		"redis_mode_cluster.yaml":                {"redis.mode", `"cluster"`, "not supported yet"},
+		"redis_mode_unknown.yaml":                {"redis.mode", `"replica"`, "want standalone or sentinel"},
+		"sentinel_no_master_name.yaml":           {"redis.master_name", "required in sentinel mode"},
+		"sentinel_no_addrs.yaml":                 {"redis.sentinel_addrs", "at least one host:port"},
+		"sentinel_addr_no_port.yaml":             {"redis.sentinel_addrs[1]", `"s2"`, "want host:port"},
+		"sentinel_addr_bad_port.yaml":            {"redis.sentinel_addrs[0]", "263790", "bad port"},
+		"sentinel_addr_twice.yaml":               {"redis.sentinel_addrs[2]", `"s1:26379"`, "listed twice"},
+		"sentinel_with_addr.yaml":                {"redis.addr", `"redis-a:6379"`, "not used in sentinel mode"},
+		"standalone_with_master_name.yaml":       {"redis.master_name", "only used in sentinel mode"},
+		"standalone_with_sentinel_addrs.yaml":    {"redis.sentinel_addrs", "only used in sentinel mode"},
+		"standalone_with_sentinel_password.yaml": {"redis.sentinel_password", "only used in sentinel mode"},
+		"no_rules.yaml":                          {"sink.rules", "at least one rule"},
+		"empty_rules.yaml":                       {"sink.rules", "at least one rule"},
+		"rule_table_no_schema.yaml":              {"sink.rules[0]", "table", "schema.table"},
+		"rule_no_kind.yaml":                      {"sink.rules[0]", "kind: required"},
+		"rule_unknown_kind.yaml":                 {"sink.rules[0]", "kind", "refresh"},
+		"invalidate_no_keys.yaml":                {"sink.rules[0]", "keys"},
+		"invalidate_empty_key.yaml":              {"sink.rules[0]", "keys[1]", "required for a"},
+		"rewrite_no_key.yaml":                    {"sink.rules[0]", "key: required", "rewrite"},
+		"template_unclosed.yaml":                 {"sink.rules[0]", "key", "goods:{id", "unclosed"},
+		"template_unmatched_close.yaml":          {"sink.rules[0]", "key", "unmatched '}'"},
+		"template_empty_column.yaml":             {"sink.rules[0]", "keys[0]", "bad column reference"},
+		"mirror_no_column.yaml":                  {"sink.rules[0]", "column: required", "mirror"},
+		"member_no_member.yaml":                  {"sink.rules[0]", "member: required"},
+		"member_equals_and_in.yaml":              {"sink.rules[0]", "when", "exactly one of equals or in"},
+		"member_when_no_column.yaml":             {"sink.rules[0]", "when.column"},
+		"member_bad_op.yaml":                     {"sink.rules[0]", "op", `"delete"`, "want sync or remove"},
+		"member_bad_value.yaml":                  {"sink.rules[0]", "value", "{order_id", "unclosed"},
+		"forbidden_value_on_mirror.yaml":         {"sink.rules[0]", "value", "not used by a mirror rule"},
+		"forbidden_op_on_rewrite.yaml":           {"sink.rules[0]", "op", "not used by a rewrite rule"},
+		"forbidden_column_on_rewrite.yaml":       {"sink.rules[0]", "column", "not used by a rewrite rule"},
+		"forbidden_when_on_invalidate.yaml":      {"sink.rules[0]", "when", "not used by a invalidate rule"},
+		"forbidden_format_on_mirror.yaml":        {"sink.rules[0]", "format", "not used by a mirror rule"},
+		"rewrite_bad_format.yaml":                {"sink.rules[0]", "format", "xml"},
+		"second_rule_bad.yaml":                   {"sink.rules[1]", "column"},
+		"batch_changes_negative.yaml":            {"sink.batch_changes", "-1"},
+		"batch_changes_too_big.yaml":             {"sink.batch_changes", "100001"},
+		"tombstone_ttl_small.yaml":               {"sink.tombstone_ttl", "30s"},
+		"log_level.yaml":                         {"log.level", "verbose"},
+		"log_format.yaml":                        {"log.format", "text"},
+		"http_addr.yaml":                         {"http.addr", "localhost"},
+		"wrong_type.yaml":                        {"line 2", "one"},
+		"not_yaml.yaml":                          {"yaml"},
+		"empty.yaml":                             {"empty file"},
+		"comments_only.yaml":                     {"empty file"},
 	}
 	files, err := filepath.Glob("testdata/bad/*.yaml")
 	if err != nil {
@@ -172,6 +185,7 @@ func TestDefaults(t *testing.T) {
 		{"mysql.heartbeat", c.MySQL.Heartbeat, time.Second},
 		{"mysql.max_txn_changes", c.MySQL.MaxTxnChanges, 100_000},
 		{"mysql.start.from", c.MySQL.Start.From, "checkpoint"},
+		{"redis.mode", c.Redis.Mode, "standalone"},
 		{"redis.addr", c.Redis.Addr, "127.0.0.1:6379"},
 		{"redis.db", c.Redis.DB, 0},
 		{"sink.key_prefix", c.Sink.KeyPrefix, "cachesync:"},
@@ -207,7 +221,7 @@ func TestFullConfig(t *testing.T) {
 		c.MySQL.MaxTxnChanges != 5000 {
 		t.Errorf("mysql = %+v", c.MySQL)
 	}
-	if c.Redis != (Redis{Addr: "cache.internal:6380", Username: "cs", Password: "redis-secret", DB: 3}) {
+	if want := (Redis{Mode: "standalone", Addr: "cache.internal:6380", Username: "cs", Password: "redis-secret", DB: 3}); !reflect.DeepEqual(c.Redis, want) {
 		t.Errorf("redis = %+v", c.Redis)
 	}
 	if c.Sink.KeyPrefix != "cs:" || c.Sink.Channel != "cs:inv" || c.Sink.BatchChanges != 500 || c.Sink.TombstoneTTL != 48*time.Hour {
@@ -229,6 +243,8 @@ func TestFullConfig(t *testing.T) {
 }
 
 func TestEnvOverrides(t *testing.T) {
+	// The Sentinel variables go with a sentinel-mode file, the others with
+	// the standalone full.yaml (each mode refuses the other's fields).
 	env := map[string]string{
 		"CACHESYNC_MYSQL_ADDR":      "10.0.0.1:3306",
 		"CACHESYNC_MYSQL_USER":      "envuser",
@@ -244,26 +260,41 @@ func TestEnvOverrides(t *testing.T) {
 		"CACHESYNC_MYSQL_SERVER_ID": "77",
 		"CACHESYNC_HA_ID":           "pod-1",
 	}
+	sentinelEnv := map[string]string{
+		"CACHESYNC_REDIS_MASTER_NAME":       "envmaster",
+		"CACHESYNC_REDIS_SENTINEL_ADDRS":    "10.0.0.5:26379, 10.0.0.6:26379,10.0.0.7:26379",
+		"CACHESYNC_REDIS_SENTINEL_PASSWORD": "envsentinelpass",
+	}
 	c, err := Load("testdata/good/full.yaml", envMap(env))
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := map[string]string{
-		"CACHESYNC_MYSQL_ADDR":      c.MySQL.Addr,
-		"CACHESYNC_MYSQL_USER":      c.MySQL.User,
-		"CACHESYNC_MYSQL_PASSWORD":  c.MySQL.Password,
-		"CACHESYNC_REDIS_ADDR":      c.Redis.Addr,
-		"CACHESYNC_REDIS_USERNAME":  c.Redis.Username,
-		"CACHESYNC_REDIS_PASSWORD":  c.Redis.Password,
-		"CACHESYNC_HTTP_ADDR":       c.HTTP.Addr,
-		"CACHESYNC_KAFKA_BROKERS":   strings.Join(c.Seckill.Kafka.Brokers, ","),
-		"CACHESYNC_KAFKA_USERNAME":  c.Seckill.Kafka.Username,
-		"CACHESYNC_KAFKA_PASSWORD":  c.Seckill.Kafka.Password,
-		"CACHESYNC_ADMIN_TOKEN":     c.Seckill.AdminToken,
-		"CACHESYNC_MYSQL_SERVER_ID": strconv.FormatUint(uint64(c.MySQL.ServerID), 10),
-		"CACHESYNC_HA_ID":           c.HA.ID,
+	s, err := Load("testdata/good/sentinel.yaml", envMap(sentinelEnv))
+	if err != nil {
+		t.Fatal(err)
 	}
-	for k, v := range env {
+	got := map[string]string{
+		"CACHESYNC_MYSQL_ADDR":              c.MySQL.Addr,
+		"CACHESYNC_MYSQL_USER":              c.MySQL.User,
+		"CACHESYNC_MYSQL_PASSWORD":          c.MySQL.Password,
+		"CACHESYNC_REDIS_ADDR":              c.Redis.Addr,
+		"CACHESYNC_REDIS_USERNAME":          c.Redis.Username,
+		"CACHESYNC_REDIS_PASSWORD":          c.Redis.Password,
+		"CACHESYNC_HTTP_ADDR":               c.HTTP.Addr,
+		"CACHESYNC_KAFKA_BROKERS":           strings.Join(c.Seckill.Kafka.Brokers, ","),
+		"CACHESYNC_KAFKA_USERNAME":          c.Seckill.Kafka.Username,
+		"CACHESYNC_KAFKA_PASSWORD":          c.Seckill.Kafka.Password,
+		"CACHESYNC_ADMIN_TOKEN":             c.Seckill.AdminToken,
+		"CACHESYNC_MYSQL_SERVER_ID":         strconv.FormatUint(uint64(c.MySQL.ServerID), 10),
+		"CACHESYNC_HA_ID":                   c.HA.ID,
+		"CACHESYNC_REDIS_MASTER_NAME":       s.Redis.MasterName,
+		"CACHESYNC_REDIS_SENTINEL_ADDRS":    strings.Join(s.Redis.SentinelAddrs, ", "),
+		"CACHESYNC_REDIS_SENTINEL_PASSWORD": s.Redis.SentinelPassword,
+	}
+	sentinelEnv["CACHESYNC_REDIS_SENTINEL_ADDRS"] = "10.0.0.5:26379, 10.0.0.6:26379, 10.0.0.7:26379" // spaces trimmed
+	all := maps.Clone(env)
+	maps.Copy(all, sentinelEnv)
+	for k, v := range all {
 		if got[k] != v {
 			t.Errorf("%s: field is %q, want %q", k, got[k], v)
 		}
@@ -271,16 +302,19 @@ func TestEnvOverrides(t *testing.T) {
 	// Every documented variable is covered by this test.
 	names := EnvNames()
 	for _, n := range names {
-		if _, ok := env[n]; !ok {
+		if _, ok := all[n]; !ok {
 			t.Errorf("EnvNames has %s, which this test does not cover", n)
 		}
 	}
-	if len(names) != len(env) {
-		t.Errorf("EnvNames = %v, test covers %d names", names, len(env))
+	if len(names) != len(all) {
+		t.Errorf("EnvNames = %v, test covers %d names", names, len(all))
 	}
 	// The fields not overridden keep the file's values.
 	if c.MySQL.Heartbeat == 0 || c.Redis.DB != 3 || c.Log.Level != "debug" {
 		t.Errorf("overrides touched other fields: %+v %+v %+v", c.MySQL, c.Redis, c.Log)
+	}
+	if s.Redis.Mode != "sentinel" || s.Redis.SentinelUsername != "sentinel-user" || s.Redis.Password != "redis-secret" || s.Redis.DB != 2 {
+		t.Errorf("overrides touched other fields: %+v", s.Redis)
 	}
 }
 
@@ -333,6 +367,57 @@ func TestEnvOverrideBeforeDefaultsAndValidation(t *testing.T) {
 		if !strings.Contains(err.Error(), s) {
 			t.Errorf("error %q does not contain %q", err, s)
 		}
+	}
+}
+
+// A bad value from the environment is reported with the variable's name
+// whatever follows the field in the message: a space, a colon or an index.
+// (seckill.kafka.brokers, followed by a colon, was not annotated before.)
+func TestEnvOverrideBadListNamesVariable(t *testing.T) {
+	for _, tc := range []struct {
+		file, name, value string
+		want              []string
+	}{
+		{"testdata/good/sentinel.yaml", "CACHESYNC_REDIS_SENTINEL_ADDRS", "s1:26379,s2", []string{"redis.sentinel_addrs[1]", `"s2"`}},
+		{"testdata/good/sentinel.yaml", "CACHESYNC_REDIS_SENTINEL_ADDRS", "s1:26379,", []string{"redis.sentinel_addrs[1]", `""`}},
+		{"../configs/cachesync.yaml", "CACHESYNC_KAFKA_BROKERS", "k1", []string{"seckill.kafka.brokers", `"k1"`}},
+		{"testdata/good/full.yaml", "CACHESYNC_REDIS_MASTER_NAME", "m", []string{"redis.master_name", "only used in sentinel mode"}},
+		{"testdata/good/sentinel.yaml", "CACHESYNC_REDIS_ADDR", "10.0.0.2:6379", []string{"redis.addr", "not used in sentinel mode"}},
+	} {
+		_, err := Load(tc.file, envMap(map[string]string{tc.name: tc.value}))
+		if err == nil {
+			t.Errorf("%s=%q with %s accepted", tc.name, tc.value, tc.file)
+			continue
+		}
+		for _, s := range append(tc.want, "set by environment variable "+tc.name) {
+			if !strings.Contains(err.Error(), s) {
+				t.Errorf("%s=%q: error %q does not contain %q", tc.name, tc.value, err, s)
+			}
+		}
+	}
+}
+
+func TestSentinelConfig(t *testing.T) {
+	c, err := Load("testdata/good/sentinel.yaml", noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Redis{
+		Mode: "sentinel", MasterName: "cache-main",
+		SentinelAddrs:    []string{"s1.internal:26379", "s2.internal:26379", "10.0.0.3:26380"},
+		SentinelUsername: "sentinel-user", SentinelPassword: "sentinel-secret",
+		Username: "cs", Password: "redis-secret", DB: 2,
+	}
+	if !reflect.DeepEqual(c.Redis, want) {
+		t.Errorf("redis = %+v\nwant    %+v", c.Redis, want)
+	}
+	// No default address in sentinel mode: it would never be used.
+	m, err := Load("testdata/good/sentinel_minimal.yaml", noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Redis.Addr != "" || m.Redis.DB != 0 {
+		t.Errorf("sentinel_minimal: addr %q, db %d; want no address, db 0", m.Redis.Addr, m.Redis.DB)
 	}
 }
 

@@ -8,6 +8,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -104,15 +105,53 @@ func validate(cfg *config.Config) int {
 			err = rules.CheckSchema(ctx, db)
 		}
 	}
+	var reached string
 	if err == nil {
-		rdb := redis.NewClient(daemon.RedisOptions(cfg.Redis))
+		rdb := daemon.NewRedisClient(cfg.Redis)
 		defer rdb.Close()
-		err = rdb.Ping(ctx).Err()
+		if reached, err = redisReached(ctx, rdb, cfg.Redis); err != nil {
+			err = fmt.Errorf("%s: %w", describeRedis(cfg.Redis), err)
+		}
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "cachesync:", err)
 		return 1
 	}
-	fmt.Printf("ok: %s %s, %d rules\n", info.Flavor, info.Version, len(cfg.Sink.Rules))
+	fmt.Printf("ok: %s %s, %d rules; %s\n", info.Flavor, info.Version, len(cfg.Sink.Rules), reached)
 	return 0
+}
+
+// describeRedis names the Redis that cfg configures, for messages.
+func describeRedis(cfg config.Redis) string {
+	if cfg.Mode == config.RedisSentinel {
+		return fmt.Sprintf("redis sentinel master %q (sentinels %s)", cfg.MasterName, strings.Join(cfg.SentinelAddrs, ","))
+	}
+	return "redis " + cfg.Addr
+}
+
+// redisReached pings rdb and says which server answered: in sentinel mode,
+// the address of the master the Sentinels named (the server's side of the
+// connection, from CLIENT INFO) and that it answers ROLE as master.
+func redisReached(ctx context.Context, rdb redis.UniversalClient, cfg config.Redis) (string, error) {
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		return "", err
+	}
+	if cfg.Mode != config.RedisSentinel {
+		return "redis standalone " + cfg.Addr, nil
+	}
+	ci, err := rdb.ClientInfo(ctx).Result()
+	if err != nil {
+		return "", fmt.Errorf("client info: %w", err)
+	}
+	role, err := rdb.Do(ctx, "ROLE").Slice()
+	if err != nil {
+		return "", fmt.Errorf("role: %w", err)
+	}
+	if len(role) == 0 {
+		return "", errors.New("role: empty answer")
+	}
+	if role[0] != "master" {
+		return "", fmt.Errorf("the Sentinels named %s as master, but it answers ROLE %v", ci.LAddr, role[0])
+	}
+	return fmt.Sprintf("redis sentinel master %q at %s", cfg.MasterName, ci.LAddr), nil
 }

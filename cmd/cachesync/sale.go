@@ -42,11 +42,11 @@ func saleDeps(ctx context.Context, cfg *config.Config) (*seckill.Store, redis.Un
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	rdb := redis.NewClient(daemon.RedisOptions(cfg.Redis))
+	rdb := daemon.NewRedisClient(cfg.Redis)
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		db.Close()
 		rdb.Close()
-		return nil, nil, nil, fmt.Errorf("redis %s: %w", cfg.Redis.Addr, err)
+		return nil, nil, nil, fmt.Errorf("%s: %w", describeRedis(cfg.Redis), err)
 	}
 	return seckill.NewStore(db, cfg.Seckill.Database), rdb, func() { db.Close(); rdb.Close() }, nil
 }

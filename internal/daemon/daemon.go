@@ -56,13 +56,34 @@ func NewLogger(cfg config.Log) zerolog.Logger {
 	return log.Level(lvl).With().Timestamp().Logger()
 }
 
-// RedisOptions are go-redis options for cfg.
-func RedisOptions(cfg config.Redis) *redis.Options {
-	return &redis.Options{Addr: cfg.Addr, Username: cfg.Username, Password: cfg.Password, DB: cfg.DB}
+// NewRedisClient returns a client for cfg; the caller closes it. Nothing is
+// dialed before the first command.
+//
+// Standalone mode (also an empty Mode) connects to cfg.Addr. Sentinel mode
+// returns go-redis's failover client: it asks the Sentinels at
+// cfg.SentinelAddrs (authenticating with SentinelUsername/SentinelPassword)
+// for the master of cfg.MasterName, dials the master with Username,
+// Password and DB, and on a failover (the Sentinels' +switch-master message)
+// closes its idle connections to the old master, so later commands go to
+// the new one. Commands sent to the old master between its replica's
+// promotion and that message are not redirected.
+func NewRedisClient(cfg config.Redis) redis.UniversalClient {
+	if cfg.Mode == config.RedisSentinel {
+		return redis.NewFailoverClient(&redis.FailoverOptions{
+			MasterName:       cfg.MasterName,
+			SentinelAddrs:    cfg.SentinelAddrs,
+			SentinelUsername: cfg.SentinelUsername,
+			SentinelPassword: cfg.SentinelPassword,
+			Username:         cfg.Username,
+			Password:         cfg.Password,
+			DB:               cfg.DB,
+		})
+	}
+	return redis.NewClient(&redis.Options{Addr: cfg.Addr, Username: cfg.Username, Password: cfg.Password, DB: cfg.DB})
 }
 
 func newRedis(cfg config.Redis, health *api.Health, lc fx.Lifecycle) redis.UniversalClient {
-	rdb := redis.NewClient(RedisOptions(cfg))
+	rdb := NewRedisClient(cfg)
 	lc.Append(fx.StopHook(rdb.Close))
 	health.Register("redis", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)

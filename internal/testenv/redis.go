@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -27,6 +28,7 @@ type Redis struct {
 
 	mu     sync.Mutex
 	bin    string
+	args   []string // extra arguments, from NewRedisWith
 	proc   *process // nil while stopped
 	closed bool
 }
@@ -36,6 +38,15 @@ type Redis struct {
 // it answers PING. If the port turns out to be taken, it tries again on
 // another one. The caller must Close the server.
 func NewRedis() (*Redis, error) {
+	return NewRedisWith()
+}
+
+// NewRedisWith is NewRedis with extra redis-server arguments, such as
+// "--replicaof", "127.0.0.1", "6379". They come after NewRedis's own, so
+// they can also override them (a later argument wins), and every Start
+// passes them again. Readiness is still PING: a replica may not have
+// synchronized yet when NewRedisWith returns.
+func NewRedisWith(args ...string) (*Redis, error) {
 	bin, err := LookBinary("redis-server", "redis-server")
 	if err != nil {
 		return nil, err
@@ -44,7 +55,7 @@ func NewRedis() (*Redis, error) {
 	if err != nil {
 		return nil, fmt.Errorf("testenv: %w", err)
 	}
-	r := &Redis{Host: "127.0.0.1", Dir: dir, bin: bin}
+	r := &Redis{Host: "127.0.0.1", Dir: dir, bin: bin, args: slices.Clone(args)}
 	if err := onFreePorts(1, func(p []int) error { r.Port = p[0]; return r.start() }); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -57,6 +68,17 @@ func NewRedis() (*Redis, error) {
 func StartRedis(tb testing.TB) *Redis {
 	tb.Helper()
 	r, err := NewRedis()
+	if err != nil {
+		tb.Fatalf("testenv: start Redis: %v", err)
+	}
+	tb.Cleanup(r.Close)
+	return r
+}
+
+// StartRedisWith is NewRedisWith for tests, like StartRedis.
+func StartRedisWith(tb testing.TB, args ...string) *Redis {
+	tb.Helper()
+	r, err := NewRedisWith(args...)
 	if err != nil {
 		tb.Fatalf("testenv: start Redis: %v", err)
 	}
@@ -153,6 +175,7 @@ func (r *Redis) start() error {
 		"--daemonize", "no",
 		"--logfile", "", // stdout, which goes to redis.log
 	}
+	args = append(args, r.args...)
 	p, err := startProcess(r.bin, args, nil, log)
 	if err != nil {
 		return fmt.Errorf("testenv: %w", err)
