@@ -362,6 +362,44 @@ func TestPubSubDisconnectFlushesL1(t *testing.T) {
 	waitFor(t, "drop after reconnect", func() bool { _, _, ok := f.c.PeekL1(key); return !ok })
 }
 
+// A subscription that stops receiving what the writer publishes (after a
+// Sentinel failover it stays on the old master) must notice from the seq
+// counter, flush L1 and subscribe again.
+func TestMissedMessagesResubscribe(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	var loads atomic.Int64
+	key := f.key(1)
+	f.invalidate(99)
+	waitFor(t, "seq 1", func() bool { return f.c.lastSeq.Load() == 1 })
+	_, _, _ = f.c.Get(ctx, key, constant("v", &loads))
+	if _, _, ok := f.c.PeekL1(key); !ok {
+		t.Fatal("not in L1")
+	}
+	subscribed := testutil.ToFloat64(f.c.m.flushes.WithLabelValues("subscribed"))
+	// Published where this subscriber does not listen.
+	if err := f.rdb.Incr(ctx, f.c.ks.Seq()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "flush for missing messages", func() bool {
+		return testutil.ToFloat64(f.c.m.flushes.WithLabelValues("messages missing")) == 1
+	})
+	if _, _, ok := f.c.PeekL1(key); ok {
+		t.Error("L1 kept a key after messages went missing")
+	}
+	waitFor(t, "resubscribed", func() bool {
+		return f.c.Live() && testutil.ToFloat64(f.c.m.flushes.WithLabelValues("subscribed")) > subscribed
+	})
+	// Nothing is owed after the new subscription: no further flushes.
+	time.Sleep(3 * seqCheckEvery)
+	if got := testutil.ToFloat64(f.c.m.flushes.WithLabelValues("messages missing")); got != 1 {
+		t.Errorf("%v flushes for missing messages, want 1", got)
+	}
+	_, _, _ = f.c.Get(ctx, key, constant("v2", &loads))
+	f.invalidate(1)
+	waitFor(t, "drop after resubscribing", func() bool { _, _, ok := f.c.PeekL1(key); return !ok })
+}
+
 // Many goroutines read hot keys while others invalidate them: once all is
 // quiet and the last invalidation was seen, no L1 entry may differ from the
 // loader's current value.

@@ -3,6 +3,8 @@ package cache
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -13,7 +15,12 @@ import (
 // L1 until ctx is done. L1 is used only while subscribed; it is flushed on
 // every (re)subscription, on a sequence gap, on a sequence going backwards
 // (Redis lost its data) and on a message it cannot parse: each may hide a
-// missed invalidation. A connection silent for pingEvery is probed.
+// missed invalidation. A connection silent for pingEvery is probed, and
+// every seqCheckEvery the seq counter is read through the ordinary client:
+// a seq this subscriber has still not seen a check later means it listens
+// where the writer no longer publishes (after a Sentinel failover, go-redis
+// moves ordinary connections to the new master but leaves a subscription
+// on the old one), so it subscribes again.
 func (c *Cache) Run(ctx context.Context) error {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = 50 * time.Millisecond
@@ -22,7 +29,11 @@ func (c *Cache) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		err := c.subscribe(ctx)
 		c.live.Store(false)
-		c.flush("disconnected")
+		if errors.Is(err, errDetached) {
+			c.flush("messages missing")
+		} else {
+			c.flush("disconnected")
+		}
 		if ctx.Err() != nil {
 			break
 		}
@@ -36,34 +47,65 @@ func (c *Cache) Run(ctx context.Context) error {
 	return nil
 }
 
-const pingEvery = 2 * time.Second
+const (
+	pingEvery     = 2 * time.Second
+	seqCheckEvery = time.Second
+)
+
+// errDetached: the subscription misses messages the writer published.
+var errDetached = errors.New("invalidation messages published since the last check did not arrive")
 
 func (c *Cache) subscribe(ctx context.Context) error {
 	ps := c.rdb.Subscribe(ctx, c.channel)
 	defer ps.Close()
-	waitingPong := false
+	waitingPong, heard := false, time.Now()
+	var base, owed int64 // seq at subscription; seq stored at the last check but not yet seen
+	nextCheck := time.Now().Add(seqCheckEvery)
 	for {
-		msg, err := ps.ReceiveTimeout(ctx, pingEvery)
+		if now := time.Now(); now.After(nextCheck) {
+			nextCheck = now.Add(seqCheckEvery)
+			stored, err := c.rdb.Get(ctx, c.ks.Seq()).Int64()
+			if err == nil || errors.Is(err, redis.Nil) {
+				seen := max(base, c.lastSeq.Load())
+				if owed > seen {
+					return fmt.Errorf("%w: seq %d stored, %d seen", errDetached, owed, seen)
+				}
+				owed = 0
+				if stored > seen {
+					owed = stored
+				}
+			}
+		}
+		msg, err := ps.ReceiveTimeout(ctx, seqCheckEvery)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			if isTimeout(err) && !waitingPong {
+			if !isTimeout(err) {
+				return err
+			}
+			switch silent := time.Since(heard); {
+			case waitingPong && silent >= 2*pingEvery:
+				return err // no PONG within pingEvery
+			case !waitingPong && silent >= pingEvery:
 				if err := ps.Ping(ctx); err != nil {
 					return err
 				}
 				waitingPong = true
-				continue
 			}
-			return err
+			continue
 		}
-		waitingPong = false
+		waitingPong, heard = false, time.Now()
 		switch m := msg.(type) {
 		case *redis.Subscription:
 			// First subscription, or go-redis resubscribed after a
 			// reconnect: anything may have been missed in between.
 			c.flush("subscribed")
 			c.lastSeq.Store(0)
+			base, owed = 0, 0
+			if n, err := c.rdb.Get(ctx, c.ks.Seq()).Int64(); err == nil {
+				base = n // published before this subscription: not owed
+			}
 			c.live.Store(true)
 		case *redis.Message:
 			c.handle(m.Payload)

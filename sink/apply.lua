@@ -27,8 +27,8 @@
 --          term ended (another process took the lease, or it expired) is
 --          refused: CSFENCED.
 -- ARGV[13] the last seq this writer published ("" for none): a counter
---          below it went back with a rewound Redis and jumps past it, so
---          that subscribers see a gap.
+--          below it went back with a rewound Redis and jumps past it when
+--          the next message is published, so that subscribers see a gap.
 -- ARGV[14..] ops, with the keys they take from KEYS:
 --   D                  keys k, l: DEL data key k and its lease l
 --   S ver val          keys k, v: if ver >= version(v): SET k val, SET v ver
@@ -187,10 +187,10 @@ if ARGV[2] == '1' then
     redis.call('DEL', KEYS[3])
   end
 end
-if ARGV[13] ~= '' and tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[13]) then
-  redis.call('SET', KEYS[2], string.format('%d', ARGV[13] + 1))
-end
 if ARGV[10] ~= '' then
+  if ARGV[13] ~= '' and tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[13]) then
+    redis.call('SET', KEYS[2], string.format('%d', ARGV[13] + 1))
+  end
   local seq = redis.call('INCR', KEYS[2])
   redis.call('PUBLISH', ARGV[9], '{"seq":' .. seq .. ',"keys":' .. ARGV[10] .. '}')
   return seq
