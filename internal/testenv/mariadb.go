@@ -34,6 +34,7 @@ type MariaDB struct {
 
 	mu     sync.Mutex
 	bin    string
+	tmpDir string   // --tmpdir: the shared /tmp made concurrent installs collide
 	proc   *process // nil while stopped
 	closed bool
 }
@@ -55,19 +56,27 @@ func NewMariaDB() (*MariaDB, error) {
 	if err != nil {
 		return nil, err
 	}
+	tmp, err := os.MkdirTemp("", "testenv-mariadb-tmp-")
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("testenv: %w", err)
+	}
 	m := &MariaDB{
 		Host:    "127.0.0.1",
 		User:    "root",
 		DataDir: dir,
 		Socket:  filepath.Join(dir, "mysqld.sock"),
 		bin:     bin,
+		tmpDir:  tmp,
 	}
 	if err := m.installDB(installDB); err != nil {
 		os.RemoveAll(dir)
+		os.RemoveAll(tmp)
 		return nil, err
 	}
 	if err := onFreePorts(1, func(p []int) error { m.Port = p[0]; return m.start() }); err != nil {
 		os.RemoveAll(dir)
+		os.RemoveAll(tmp)
 		return nil, err
 	}
 	return m, nil
@@ -193,6 +202,7 @@ func (m *MariaDB) Close() {
 		m.proc = nil
 	}
 	os.RemoveAll(m.DataDir)
+	os.RemoveAll(m.tmpDir)
 }
 
 // installDB creates the system tables in m.DataDir.
@@ -205,6 +215,7 @@ func (m *MariaDB) installDB(bin string) error {
 	}
 	args = append(args,
 		"--datadir="+m.DataDir,
+		"--tmpdir="+m.tmpDir,
 		"--auth-root-authentication-method=normal",
 		"--skip-test-db",
 	)
@@ -228,6 +239,7 @@ func (m *MariaDB) args() []string {
 	d := m.DataDir
 	return append(args,
 		"--datadir="+d,
+		"--tmpdir="+m.tmpDir,
 		"--bind-address="+m.Host,
 		"--port="+strconv.Itoa(m.Port),
 		"--socket="+m.Socket,
