@@ -36,6 +36,11 @@ type Pipeline struct {
 	log     zerolog.Logger
 	phase   atomic.Value          // string: standby, starting, snapshot, streaming, stopped
 	dbErr   atomic.Pointer[error] // last MySQL ping of a standby
+	// sawCheckpoint: this process found or wrote a checkpoint in Redis.
+	// One missing later means Redis lost its data, however that was
+	// noticed (a refused batch, or a lease that vanished with the data
+	// and ended the term).
+	sawCheckpoint atomic.Bool
 	resets  prometheus.Counter
 	rewinds prometheus.Counter
 }
@@ -114,7 +119,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 }
 
 // standby campaigns for the lease, keeping the MySQL pool warm (and its
-// state for Ready) meanwhile.
+// state for Ready) meanwhile, and noting whether a checkpoint exists.
 func (p *Pipeline) standby(ctx context.Context) (*leader.Term, error) {
 	pingCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -126,6 +131,9 @@ func (p *Pipeline) standby(ctx context.Context) (*leader.Term, error) {
 		for {
 			c, cancel := context.WithTimeout(pingCtx, 2*time.Second)
 			err := p.db.PingContext(c)
+			if _, ok, cerr := p.applier.ReadCheckpoint(c); cerr == nil && ok {
+				p.sawCheckpoint.Store(true)
+			}
 			cancel()
 			if pingCtx.Err() != nil {
 				return
@@ -230,11 +238,17 @@ func (p *Pipeline) startPoint(ctx context.Context, reset bool) (start binlog.Sta
 			return err
 		}
 		if ok {
+			p.sawCheckpoint.Store(true)
 			if p.cfg.Start.From != binlog.FromCheckpoint {
 				p.log.Info().Str("start.from", p.cfg.Start.From).Msg("a checkpoint exists and wins over mysql.start.from")
 			}
 			start, expect = binlog.Start{Pos: cp.Pos}, &cp
 			return nil
+		}
+		if !reset && (p.sawCheckpoint.Load() || p.applier.Applied() != nil) {
+			reset = true
+			p.resets.Inc()
+			p.log.Warn().Msg("redis lost its data: the checkpoint this process saw is gone; rebuilding from a snapshot")
 		}
 		stateful := len(p.applier.Rules().Stateful()) > 0
 		if stateful && (reset || p.cfg.Start.From == binlog.FromCheckpoint) {

@@ -7,7 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/pipeline"
+	"github.com/cachesync/cachesync/sink"
 )
 
 // TestMySQLRestart: MariaDB crashes (SIGKILL) and comes back while writes
@@ -79,6 +82,58 @@ func TestRedisRestart(t *testing.T) {
 	}
 	if !r.log.contains("redis lost its data") {
 		t.Error("no log line about Redis having lost its data")
+	}
+}
+
+// TestRedisLossNoticedByLease: Redis loses its data while the leader's
+// lease vanishes with it, so the leader may notice the loss of its lease
+// before any refused batch. Whatever noticed, the next term must see that
+// the checkpoint it saw is gone and snapshot, even with start.from=current.
+func TestRedisLossNoticedByLease(t *testing.T) {
+	e := newEnv(t, nil, nil)
+	ctx := context.Background()
+	rules := e.itemRules()
+	e.exec(itemsTable)
+	w := e.startWorkload(23, 100)
+	w.waitTxns(t, 30)
+	r := e.start(rules, func(b *binlog.Config, _ *sink.Config) { b.Start.From = binlog.FromCurrent })
+	r.ready(t)
+	w.waitTxns(t, 100)
+	w.stop()
+	e.sync(r)
+
+	// Another holder for 3 s: the leader steps down and cannot come back
+	// before Redis has lost everything of this test.
+	lease := e.ks.Leader(pipeline.LeaseName)
+	if err := e.rdb.Set(ctx, lease, "1 someone-else", 3*time.Second).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitUntilTrue(t, "the leader stepped down", func() bool { return r.p.Role() == "standby" })
+	iter := e.rdb.Scan(ctx, 0, e.p+"*", 1000).Iterator()
+	for iter.Next(ctx) {
+		if iter.Val() != lease {
+			e.rdb.Del(ctx, iter.Val())
+		}
+	}
+	if err := iter.Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitUntilTrue(t, "a checkpoint again", func() bool { _, ok := e.checkpoint(); return ok })
+	e.sync(r)
+	e.checkConsistent(rules, "items")
+	if n := r.metric(t, "cachesync_redis_resets_total"); n != 1 {
+		t.Errorf("redis_resets_total = %v, want 1", n)
+	}
+}
+
+func waitUntilTrue(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
