@@ -41,8 +41,8 @@ type Pipeline struct {
 	// noticed (a refused batch, or a lease that vanished with the data
 	// and ended the term).
 	sawCheckpoint atomic.Bool
-	resets  prometheus.Counter
-	rewinds prometheus.Counter
+	resets        prometheus.Counter
+	rewinds       prometheus.Counter
 }
 
 // New builds a pipeline that leads under lease. db reaches the same server
