@@ -156,7 +156,7 @@ func (p *Pipeline) standby(ctx context.Context) (*leader.Term, error) {
 func (p *Pipeline) lead(ctx context.Context, fence sink.Fence) error {
 	reset, rewound := false, false
 	for {
-		err := p.runOnce(ctx, reset, fence)
+		err := p.runOnce(ctx, reset, rewound, fence)
 		reset = errors.Is(err, sink.ErrRedisReset)
 		switch {
 		case reset:
@@ -178,9 +178,9 @@ func (p *Pipeline) lead(ctx context.Context, fence sink.Fence) error {
 	}
 }
 
-func (p *Pipeline) runOnce(ctx context.Context, reset bool, fence sink.Fence) error {
+func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.Fence) error {
 	p.phase.Store("starting")
-	start, snapshot, expect, err := p.startPoint(ctx, reset)
+	start, snapshot, expect, err := p.startPoint(ctx, reset, rewound)
 	if err != nil || ctx.Err() != nil {
 		return err
 	}
@@ -227,7 +227,8 @@ func (p *Pipeline) runOnce(ctx context.Context, reset bool, fence sink.Fence) er
 // rule keeps state), the current position, or the configured position/GTID.
 // After Redis lost its data, rules that keep state always snapshot.
 // Redis and MySQL being unreachable is retried until ctx is done.
-func (p *Pipeline) startPoint(ctx context.Context, reset bool) (start binlog.Start, snapshot bool, expect *sink.Checkpoint, err error) {
+// rewound says the caller already knows the stored checkpoint went back.
+func (p *Pipeline) startPoint(ctx context.Context, reset, rewound bool) (start binlog.Start, snapshot bool, expect *sink.Checkpoint, err error) {
 	bo := backoff.NewExponentialBackOff()
 	bo.MaxInterval = 5 * time.Second
 	bo.MaxElapsedTime = 0
@@ -239,6 +240,11 @@ func (p *Pipeline) startPoint(ctx context.Context, reset bool) (start binlog.Sta
 		}
 		if ok {
 			p.sawCheckpoint.Store(true)
+			if a := p.applier.Applied(); a != nil && cp.Version < a.Version && !rewound {
+				// Noticed by a lost lease before any batch was refused.
+				p.rewinds.Inc()
+				p.log.Warn().Stringer("stored", cp.Pos).Stringer("applied", a.Pos).Msg("redis went back in time: replaying the binlog from its stored checkpoint")
+			}
 			if p.cfg.Start.From != binlog.FromCheckpoint {
 				p.log.Info().Str("start.from", p.cfg.Start.From).Msg("a checkpoint exists and wins over mysql.start.from")
 			}

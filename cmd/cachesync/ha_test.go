@@ -336,15 +336,29 @@ func TestRedisRewind(t *testing.T) {
 	if testing.Short() {
 		t.Skip("child process test: skipped in -short mode")
 	}
+	// A lease that outlives the restore: the old file still names this
+	// daemon as the leader, so it is the checkpoint that must tell.
+	t.Run("lease in the file still valid", func(t *testing.T) {
+		testRedisRewind(t, "  lease_ttl: 60s\n  renew_interval: 20s\n", 2*time.Second)
+	})
+	// The file's lease has expired when Redis comes back: the leader loses
+	// its lease before any batch is refused, and its next term must still
+	// replay from the older checkpoint.
+	t.Run("lease in the file expired", func(t *testing.T) {
+		testRedisRewind(t, "  lease_ttl: 1s\n  renew_interval: 300ms\n", 2*time.Second)
+	})
+}
+
+// testRedisRewind restores Redis from a file saved lost seconds earlier,
+// with the ha: lines given.
+func testRedisRewind(t *testing.T, ha string, lost time.Duration) {
 	e := newCrashEnv(t, 2000)
 	ctx := context.Background()
 	seed := uint64(time.Now().UnixNano())
 	wl := startWorkload(t, e.db, e.rdb, seed, rand.New(rand.NewPCG(seed, 0)), haPace)
 	defer wl.stop()
 	mustExec(t, e.db, "INSERT INTO markers (id, v) VALUES (1, 0)")
-	// A lease that outlives the restore: the old file still names this
-	// daemon as the leader, so it is the checkpoint that must tell.
-	d := e.replica(t, 1, "  lease_ttl: 60s\n  renew_interval: 20s\n")
+	d := e.replica(t, 1, ha)
 	r := d.Start(t)
 	if err := waitUntil(90*time.Second, func() bool { return checkpointExists(ctx, e.rdb) }); err != nil {
 		t.Fatalf("no checkpoint after the first snapshot: %v%s", err, r.Tail())
@@ -356,7 +370,7 @@ func TestRedisRewind(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2 * time.Second) // the window the restore loses
+	time.Sleep(lost) // the window the restore loses
 	version := func() uint64 {
 		v, _ := e.rdb.HGet(ctx, "cachesync:checkpoint", "version").Uint64()
 		return v
