@@ -308,22 +308,27 @@ func (a *Applier) verify(ctx context.Context, guard, expect string) error {
 	return nil
 }
 
-// refused counts a refusal of kind err and wraps err with what Redis said.
+// refused counts a refusal (one of refusals) and wraps err with what Redis
+// said.
 func (a *Applier) refused(err error, detail string) error {
-	kind := map[error]string{ErrRedisReset: "reset", ErrRewind: "rewind", ErrFenced: "fenced", ErrConflict: "conflict"}[err]
-	a.m.errors.WithLabelValues(kind).Inc()
+	for _, r := range refusals {
+		if r.err == err {
+			a.m.errors.WithLabelValues(r.kind).Inc()
+		}
+	}
 	return fmt.Errorf("%w: %s", err, detail)
 }
 
-// refusals are the apply script's error prefixes that no retry can cure.
+// refusals are the apply script's answers that no retry can cure, by error
+// prefix, with their kind in cachesync_sink_errors_total.
 var refusals = []struct {
-	prefix string
-	err    error
+	prefix, kind string
+	err          error
 }{
-	{"CSRESET ", ErrRedisReset},
-	{"CSREWIND ", ErrRewind},
-	{"CSFENCED ", ErrFenced},
-	{"CSCONFLICT ", ErrConflict},
+	{"CSRESET ", "reset", ErrRedisReset},
+	{"CSREWIND ", "rewind", ErrRewind},
+	{"CSFENCED ", "fenced", ErrFenced},
+	{"CSCONFLICT ", "conflict", ErrConflict},
 }
 
 // Guards of a batch: what must exist in Redis, else it lost its data
