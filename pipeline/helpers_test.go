@@ -182,10 +182,10 @@ func (e *env) checkpoint() (sink.Checkpoint, bool) {
 }
 
 // lease is a new CDC lease of this test's keyspace, as the daemon makes it.
-func (e *env) lease(reg prometheus.Registerer) *leader.Lease {
+func (e *env) lease(reg prometheus.Registerer, log zerolog.Logger) *leader.Lease {
 	var cfg leader.Config
 	cfg.SetDefaults()
-	return leader.New(cfg, e.rdb, e.ks, zerolog.Nop(), reg).Lease(pipeline.LeaseName)
+	return leader.New(cfg, e.rdb, e.ks, log, reg).Lease(pipeline.LeaseName)
 }
 
 var serverIDs atomic.Uint32
@@ -240,7 +240,7 @@ func (e *env) start(rules []sink.RuleConfig, mod func(*binlog.Config, *sink.Conf
 			e.t.Fatal(err)
 		}
 	}
-	r.p = pipeline.New(bcfg, info.Flavor, e.pdb, r.a, e.lease(r.reg), scfg.BatchChanges, log.With().Str("component", "pipeline").Logger(), r.reg)
+	r.p = pipeline.New(bcfg, info.Flavor, e.pdb, r.a, e.lease(r.reg, log.With().Str("component", "leader").Logger()), scfg.BatchChanges, log.With().Str("component", "pipeline").Logger(), r.reg)
 	runCtx, runCancel := context.WithCancel(context.Background())
 	r.cancel = runCancel
 	go func() {
@@ -274,11 +274,15 @@ func (r *run) stop(t *testing.T) error {
 	}
 }
 
-// ready waits until the pipeline streams (after its snapshot, if any).
+// ready waits until the pipeline leads and streams (after its snapshot,
+// if any). Ready alone is not enough: a standby is ready too.
 func (r *run) ready(t *testing.T) {
 	t.Helper()
 	waitFor(t, func() error {
 		r.failIfStopped(t)
+		if role := r.p.Role(); role != "leader" {
+			return errors.New("pipeline is " + role)
+		}
 		return r.p.Ready()
 	}, 30*time.Second)
 }

@@ -72,6 +72,8 @@ func New(cfg binlog.Config, flavor string, db *sql.DB, applier *sink.Applier, le
 // stands by with MySQL reachable: a standby is healthy.
 func (p *Pipeline) Ready() error {
 	switch ph := p.phase.Load().(string); {
+	case ph == "standby" && p.lease.Role() == "leader":
+		return errors.New("pipeline is starting") // took the lease just now
 	case ph == "standby":
 		if err := p.dbErr.Load(); err != nil && *err != nil {
 			return fmt.Errorf("standby: mysql: %w", *err)
