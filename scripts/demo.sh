@@ -22,7 +22,9 @@ CACHESYNC_MYSQL_ADDR=127.0.0.1:$mysql_port CACHESYNC_REDIS_ADDR=127.0.0.1:$redis
 echo $! >.dev/cachesync.pid
 ready=
 for _ in $(seq 300); do
-	if curl -fs http://127.0.0.1:9090/readyz >/dev/null 2>&1; then ready=1; break; fi
+	# Ready and the CDC writer: a standby is ready too (the lease of a
+	# daemon killed just before lasts ha.lease_ttl).
+	if curl -fs http://127.0.0.1:9090/readyz 2>/dev/null | grep -q '"cdc":"leader"'; then ready=1; break; fi
 	if ! kill -0 "$(<.dev/cachesync.pid)" 2>/dev/null; then
 		echo "cachesync exited; its log:" >&2; cat .dev/cachesync.log >&2; exit 1
 	fi
