@@ -31,6 +31,21 @@ import (
 // and a takeover is measured, not the lag of an overloaded machine.
 const haPace = 25 * time.Millisecond
 
+// newHAEnv is a crash environment with the marker row (id 1, v 0) and
+// paced writers running; the caller stops them. rng is for the test's own
+// random choices.
+func newHAEnv(t *testing.T) (*crashEnv, *workload, *rand.Rand) {
+	t.Helper()
+	e := newCrashEnv(t, 2000)
+	e.db.SetMaxOpenConns(writerCount + 4)
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 0))
+	wl := startWorkload(t, e.db, e.rdb, seed, rng, haPace)
+	mustExec(t, e.db, "INSERT INTO markers (id, v) VALUES (1, 0)")
+	return e, wl, rng
+}
+
 // replica is daemon number i of several on e's servers: its own server_id,
 // holder id "d<i>" and log directory; ha holds more lines of its ha:
 // section ("  lease_ttl: 1s\n").
@@ -142,15 +157,9 @@ func TestLeaderKillLoop(t *testing.T) {
 		t.Skip("kill -9 test: skipped in -short mode")
 	}
 	const kills = 20
-	e := newCrashEnv(t, 2000)
-	ctx := context.Background()
-	e.db.SetMaxOpenConns(writerCount + 4)
-	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
-	rng := rand.New(rand.NewPCG(seed, 0))
-	wl := startWorkload(t, e.db, e.rdb, seed, rng, haPace)
+	e, wl, rng := newHAEnv(t)
 	defer wl.stop()
-	mustExec(t, e.db, "INSERT INTO markers (id, v) VALUES (1, 0)")
+	ctx := context.Background()
 
 	ds := map[string]*testenv.Child{}
 	runs := map[string]*testenv.ChildRun{}
@@ -252,12 +261,9 @@ func TestPausedLeader(t *testing.T) {
 	if testing.Short() {
 		t.Skip("child process test: skipped in -short mode")
 	}
-	e := newCrashEnv(t, 2000)
-	ctx := context.Background()
-	seed := uint64(time.Now().UnixNano())
-	wl := startWorkload(t, e.db, e.rdb, seed, rand.New(rand.NewPCG(seed, 0)), haPace)
+	e, wl, _ := newHAEnv(t)
 	defer wl.stop()
-	mustExec(t, e.db, "INSERT INTO markers (id, v) VALUES (1, 0)")
+	ctx := context.Background()
 	const fast = "  lease_ttl: 1s\n  renew_interval: 300ms\n  poll_interval: 100ms\n"
 	ds := map[string]*testenv.Child{"d1": e.replica(t, 1, fast), "d2": e.replica(t, 2, fast)}
 	runs := map[string]*testenv.ChildRun{"d1": ds["d1"].Start(t), "d2": ds["d2"].Start(t)}
@@ -352,12 +358,9 @@ func TestRedisRewind(t *testing.T) {
 // testRedisRewind restores Redis from a file saved lost seconds earlier,
 // with the ha: lines given.
 func testRedisRewind(t *testing.T, ha string, lost time.Duration) {
-	e := newCrashEnv(t, 2000)
-	ctx := context.Background()
-	seed := uint64(time.Now().UnixNano())
-	wl := startWorkload(t, e.db, e.rdb, seed, rand.New(rand.NewPCG(seed, 0)), haPace)
+	e, wl, _ := newHAEnv(t)
 	defer wl.stop()
-	mustExec(t, e.db, "INSERT INTO markers (id, v) VALUES (1, 0)")
+	ctx := context.Background()
 	d := e.replica(t, 1, ha)
 	r := d.Start(t)
 	if err := waitUntil(90*time.Second, func() bool { return checkpointExists(ctx, e.rdb) }); err != nil {
