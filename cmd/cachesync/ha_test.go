@@ -32,7 +32,7 @@ import (
 const haPace = 25 * time.Millisecond
 
 // newHAEnv is a crash environment with the marker row (id 1, v 0) and
-// paced writers running; the caller stops them. rng is for the test's own
+// paced writers running (stopped at the end of the test at the latest). rng is for the test's own
 // random choices.
 func newHAEnv(t *testing.T) (*crashEnv, *workload, *rand.Rand) {
 	t.Helper()
@@ -42,6 +42,7 @@ func newHAEnv(t *testing.T) (*crashEnv, *workload, *rand.Rand) {
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 0))
 	wl := startWorkload(t, e.db, e.rdb, seed, rng, haPace)
+	t.Cleanup(wl.stop) // stop is idempotent: also deferred by the tests
 	mustExec(t, e.db, "INSERT INTO markers (id, v) VALUES (1, 0)")
 	return e, wl, rng
 }
