@@ -126,6 +126,48 @@ func TestRedisLossNoticedByLease(t *testing.T) {
 	}
 }
 
+// TestStepDownWhenFenced: another process takes the lease while the
+// pipeline leads (here by overwriting it, as a takeover after a pause
+// would). The pipeline must stop applying at once, stand by while the
+// other holds the lease, and resume from the stored checkpoint when it is
+// free again, with nothing lost.
+func TestStepDownWhenFenced(t *testing.T) {
+	e := newEnv(t, nil, nil)
+	ctx := context.Background()
+	rules := e.itemRules()
+	e.exec(itemsTable)
+	r := e.start(rules, nil)
+	r.ready(t)
+	e.exec("INSERT INTO items (id, cat, price, status) VALUES (1, 1, 1.00, 'on_sale')")
+	e.sync(r)
+
+	lease := e.ks.Leader(pipeline.LeaseName)
+	if err := e.rdb.Set(ctx, lease, "1 someone-else", 4*time.Second).Err(); err != nil {
+		t.Fatal(err)
+	}
+	e.exec("INSERT INTO items (id, cat, price, status) VALUES (2, 1, 2.00, 'on_sale')")
+	waitUntilTrue(t, "the pipeline stood by", func() bool { return r.p.Role() == "standby" })
+	if n := e.rdb.Exists(ctx, e.p+"json:2").Val(); n != 0 {
+		t.Fatalf("a row committed after the lease was taken was applied while another process held it")
+	}
+	fenced := r.metric(t, "cachesync_sink_errors_total") // refusals of every kind
+	lost := r.metric(t, "cachesync_leader_transitions_total")
+	t.Logf("stepped down after %v refusals; lease transitions %v", fenced, lost)
+	if fenced+lost < 2 { // acquired, then lost or fenced
+		t.Errorf("no refusal and no lost lease counted (errors %v, transitions %v)", fenced, lost)
+	}
+	if err := r.p.Ready(); err != nil {
+		t.Errorf("a standby is ready; Ready = %v", err)
+	}
+	// The other holder's lease expires: the pipeline leads again and
+	// applies what was committed meanwhile.
+	e.sync(r)
+	e.checkConsistent(rules, "items")
+	if r.p.Role() != "leader" {
+		t.Errorf("role %s after the lease was free again", r.p.Role())
+	}
+}
+
 func waitUntilTrue(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
