@@ -36,10 +36,10 @@ type Pipeline struct {
 	log     zerolog.Logger
 	phase   atomic.Value          // string: standby, starting, snapshot, streaming, stopped
 	dbErr   atomic.Pointer[error] // last MySQL ping of a standby
-	// sawCheckpoint: this process found or wrote a checkpoint in Redis.
-	// One missing later means Redis lost its data, however that was
-	// noticed (a refused batch, or a lease that vanished with the data
-	// and ended the term).
+	// sawCheckpoint: this process found or wrote a checkpoint in Redis
+	// since the last data loss it counted. One missing later means Redis
+	// lost its data, however that was noticed (a refused batch, or a lease
+	// that vanished with the data and ended the term).
 	sawCheckpoint atomic.Bool
 	resets        prometheus.Counter
 	rewinds       prometheus.Counter
@@ -162,6 +162,7 @@ func (p *Pipeline) lead(ctx context.Context, fence sink.Fence) error {
 		reset = errors.Is(err, sink.ErrRedisReset)
 		switch {
 		case reset:
+			p.sawCheckpoint.Store(false) // this loss is counted
 			p.resets.Inc()
 			p.log.Warn().Err(err).Msg("redis lost its data: rebuilding from a snapshot")
 		case errors.Is(err, sink.ErrRewind):
@@ -182,6 +183,12 @@ func (p *Pipeline) lead(ctx context.Context, fence sink.Fence) error {
 
 func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.Fence) error {
 	p.phase.Store("starting")
+	before := p.applier.Applied()
+	defer func() {
+		if a := p.applier.Applied(); a != nil && a != before {
+			p.sawCheckpoint.Store(true) // this run wrote one
+		}
+	}()
 	start, snapshot, expect, err := p.startPoint(ctx, reset, rewound)
 	if err != nil || ctx.Err() != nil {
 		return err
@@ -253,8 +260,9 @@ func (p *Pipeline) startPoint(ctx context.Context, reset, rewound bool) (start b
 			start, expect = binlog.Start{Pos: cp.Pos}, &cp
 			return nil
 		}
-		if !reset && (p.sawCheckpoint.Load() || p.applier.Applied() != nil) {
+		if !reset && p.sawCheckpoint.Load() {
 			reset = true
+			p.sawCheckpoint.Store(false) // this loss is counted
 			p.resets.Inc()
 			p.log.Warn().Msg("redis lost its data: the checkpoint this process saw is gone; rebuilding from a snapshot")
 		}
