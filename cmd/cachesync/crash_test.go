@@ -1070,6 +1070,16 @@ type crashEnv struct {
 	dir string
 }
 
+// createCrashTables creates the tables crashConfig's rules name.
+func createCrashTables(t *testing.T, db *sql.DB) {
+	t.Helper()
+	mustExec(t, db, `CREATE TABLE items (
+		id INT PRIMARY KEY, name VARCHAR(64) NULL, qty INT NULL, price DECIMAL(10,2) NULL,
+		grp INT NULL, status VARCHAR(16) NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`)
+	mustExec(t, db, `CREATE TABLE notes (id INT PRIMARY KEY, body VARCHAR(64) NOT NULL, rev INT NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`)
+	mustExec(t, db, `CREATE TABLE markers (id INT PRIMARY KEY, v INT NOT NULL) ENGINE=InnoDB`)
+}
+
 func newCrashEnv(t *testing.T, batchChanges int) *crashEnv {
 	t.Helper()
 	bin := testenv.BuildCachesync(t)
@@ -1077,11 +1087,7 @@ func newCrashEnv(t *testing.T, batchChanges int) *crashEnv {
 	rs := testenv.StartRedis(t)
 	e := &crashEnv{bin: bin, my: my, rs: rs, db: my.DB(t, crashSchema), rdb: redis.NewClient(&redis.Options{Addr: rs.Addr()})}
 	t.Cleanup(func() { e.rdb.Close() })
-	mustExec(t, e.db, `CREATE TABLE items (
-		id INT PRIMARY KEY, name VARCHAR(64) NULL, qty INT NULL, price DECIMAL(10,2) NULL,
-		grp INT NULL, status VARCHAR(16) NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`)
-	mustExec(t, e.db, `CREATE TABLE notes (id INT PRIMARY KEY, body VARCHAR(64) NOT NULL, rev INT NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`)
-	mustExec(t, e.db, `CREATE TABLE markers (id INT PRIMARY KEY, v INT NOT NULL) ENGINE=InnoDB`)
+	createCrashTables(t, e.db)
 	// Daemon logs stay on disk when the test fails.
 	var err error
 	if e.dir, err = os.MkdirTemp("", "cachesync-crash-"); err != nil {

@@ -100,11 +100,7 @@ func runSentinelFailover(t *testing.T, failover func(*testenv.Sentinel, context.
 	// The test reads through the Sentinels too: always from the master.
 	rdb := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: s.MasterName(), SentinelAddrs: s.SentinelAddrs()})
 	t.Cleanup(func() { rdb.Close() })
-	mustExec(t, db, `CREATE TABLE items (
-		id INT PRIMARY KEY, name VARCHAR(64) NULL, qty INT NULL, price DECIMAL(10,2) NULL,
-		grp INT NULL, status VARCHAR(16) NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`)
-	mustExec(t, db, `CREATE TABLE notes (id INT PRIMARY KEY, body VARCHAR(64) NOT NULL, rev INT NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`)
-	mustExec(t, db, `CREATE TABLE markers (id INT PRIMARY KEY, v INT NOT NULL) ENGINE=InnoDB`)
+	createCrashTables(t, db)
 	// Daemon logs stay on disk when the test fails.
 	dir, err := os.MkdirTemp("", "cachesync-sentinel-")
 	if err != nil {
