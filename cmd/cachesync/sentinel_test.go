@@ -15,10 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,7 +24,6 @@ import (
 )
 
 const (
-	sentinelPreload     = 20_000          // items rows before the daemon starts
 	sentinelWorkBefore  = 3 * time.Second // writes before the failover
 	sentinelWorkAfter   = 3 * time.Second // and after it
 	sentinelBatch       = 500             // sink.batch_changes: many script calls
@@ -121,32 +117,12 @@ func runSentinelFailover(t *testing.T, failover func(*testenv.Sentinel, context.
 	t.Cleanup(d.KillCurrent) // registered last: runs before the servers go
 	tSetup := time.Since(t0)
 
-	// Rows, and the writers that own them (id % writerCount).
+	// Rows, the application's inv: keys, and writers that run from here
+	// to the end of the workload.
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
-	preloadSimple(t, db, sentinelPreload)
-	ws := make([]*writer, writerCount)
-	for i := range ws {
-		ws[i] = &writer{n: i, db: db, rng: rand.New(rand.NewPCG(seed, uint64(i+1))), items: map[int]bool{}, notes: map[int]bool{}, touched: map[int]bool{}}
-	}
-	for id := range sentinelPreload {
-		ws[id%writerCount].items[id] = true
-	}
-	var args []any
-	for id := range noteIDs {
-		args = append(args, id, "note")
-		ws[id%writerCount].notes[id] = true
-	}
-	mustExec(t, db, "INSERT INTO notes (id, body, rev) VALUES "+strings.TrimSuffix(strings.Repeat("(?,?,0),", noteIDs), ","), args...)
-	// The application filled its cache before cachesync ran: every
-	// inv:{id} must survive until its row changes.
-	pipe := rdb.Pipeline()
-	for id := range noteIDs {
-		pipe.Set(ctx, "inv:"+strconv.Itoa(id), invFill, 0)
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		t.Fatal(err)
-	}
+	wl := startWorkload(t, db, rdb, seed, rand.New(rand.NewPCG(seed, 0)), 0)
+	defer wl.stop()
 
 	r := d.Start(t)
 	if err := waitUntil(60*time.Second, func() bool { return checkpointExists(ctx, rdb) || r.Exited() }); err != nil || r.Exited() {
@@ -157,27 +133,12 @@ func runSentinelFailover(t *testing.T, failover func(*testenv.Sentinel, context.
 		t.Fatal(err)
 	}
 
-	// Writers from here to the end of the workload; the first checkpoint
-	// is written, so every notes change comes after it.
-	wctx, stopWriters := context.WithCancel(ctx)
-	var rowChanges, txns atomic.Int64
-	var notesOn atomic.Bool
-	notesOn.Store(true)
-	var wg sync.WaitGroup
-	werr := make(chan error, writerCount)
-	for _, w := range ws {
-		w.rows, w.txns, w.notesOn = &rowChanges, &txns, &notesOn
-		wg.Go(func() {
-			if err := w.run(wctx); err != nil {
-				werr <- err
-				stopWriters()
-			}
-		})
-	}
-	defer func() { stopWriters(); wg.Wait() }()
+	// The first checkpoint is written: every notes change from here on
+	// comes after it.
+	wl.notesOn.Store(true)
 	tWork := time.Now()
 	time.Sleep(sentinelWorkBefore)
-	before := rowChanges.Load()
+	before := wl.rows.Load()
 	fctx, cancel := context.WithTimeout(ctx, sentinelFailoverMax)
 	tFail := time.Now()
 	err = failover(s, fctx)
@@ -192,10 +153,9 @@ func runSentinelFailover(t *testing.T, failover func(*testenv.Sentinel, context.
 	}
 	t.Logf("failover %s -> %s in %s, after %d row changes", oldMaster.Addr(), newMaster.Addr(), dFail.Round(time.Millisecond), before)
 	time.Sleep(sentinelWorkAfter)
-	stopWriters()
-	wg.Wait()
+	wl.stop()
 	select {
-	case err := <-werr:
+	case err := <-wl.werr:
 		t.Fatalf("writer: %v", err)
 	default:
 	}
@@ -224,18 +184,9 @@ func runSentinelFailover(t *testing.T, failover func(*testenv.Sentinel, context.
 		t.Fatalf("marker:1 is not on the new master %s", newMaster.Addr())
 	}
 
-	kept := map[int]bool{} // inv keys of notes rows that never changed
-	for id := range noteIDs {
-		kept[id] = true
-	}
-	for _, w := range ws {
-		for id := range w.touched {
-			delete(kept, id)
-		}
-	}
-	mism, stats := compare(t, db, rdb, kept)
+	mism, stats := compare(t, db, rdb, wl.kept())
 	t.Logf("workload %s: %d row changes in %d transactions by %d writers, %d of them from the failover on; caught up %s after the writers stopped; set-up %s",
-		tWorkload.Round(time.Millisecond), rowChanges.Load(), txns.Load(), writerCount, rowChanges.Load()-before,
+		tWorkload.Round(time.Millisecond), wl.rows.Load(), wl.txns.Load(), writerCount, wl.rows.Load()-before,
 		tCatchUp.Round(time.Millisecond), tSetup.Round(time.Millisecond))
 	t.Logf("checked %s on the new master %s; mismatches: %d", stats, newMaster.Addr(), len(mism))
 
