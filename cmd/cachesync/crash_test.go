@@ -192,12 +192,7 @@ func TestCrashSafety(t *testing.T) {
 	if err := waitUntil(30*time.Second, func() bool { return r.LogHas("streaming binlog") || r.Exited() }); err != nil || r.Exited() {
 		t.Fatalf("run %d does not stream (%v)%s", r.N, err, r.Tail())
 	}
-	mustExec(t, db, "INSERT INTO markers (id, v) VALUES (1, 1)")
-	if err := waitUntil(catchUpTimeout, func() bool { return rdb.Get(ctx, "marker:1").Val() == "1" || r.Exited() }); err != nil || r.Exited() {
-		t.Errorf("run %d did not catch up within %s (exited: %v)", r.N, catchUpTimeout, r.Exited())
-		diagnose(t, db, rdb, r)
-		t.FailNow()
-	}
+	catchUp(t, db, rdb, r)
 	tCatchUp := time.Since(tCatch)
 
 	checkHTTP(t, r)
@@ -988,6 +983,19 @@ func checkHTTP(t *testing.T, r *testenv.ChildRun) {
 	}
 	if code, body := get("/metrics"); code != http.StatusOK || !strings.Contains(body, "cachesync_sink_transactions_total") {
 		t.Errorf("/metrics: %d, %d bytes, no cachesync_sink_transactions_total", code, len(body))
+	}
+}
+
+// catchUp writes the marker row (id 1, v 1) after everything else and
+// waits until the run applied it; it fails the test with a diagnosis if
+// the run exits or does not within catchUpTimeout.
+func catchUp(t *testing.T, db *sql.DB, rdb *redis.Client, r *testenv.ChildRun) {
+	t.Helper()
+	mustExec(t, db, "INSERT INTO markers (id, v) VALUES (1, 1)")
+	if err := waitUntil(catchUpTimeout, func() bool { return rdb.Get(context.Background(), "marker:1").Val() == "1" || r.Exited() }); err != nil || r.Exited() {
+		t.Errorf("run %d did not catch up within %s (exited: %v)", r.N, catchUpTimeout, r.Exited())
+		diagnose(t, db, rdb, r)
+		t.FailNow()
 	}
 }
 

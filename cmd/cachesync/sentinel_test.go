@@ -167,12 +167,7 @@ func runSentinelFailover(t *testing.T, failover func(*testenv.Sentinel, context.
 	// Catch up: a marker row written after everything else must arrive at
 	// the new master.
 	tCatch := time.Now()
-	mustExec(t, db, "INSERT INTO markers (id, v) VALUES (1, 1)")
-	if err := waitUntil(catchUpTimeout, func() bool { return rdb.Get(ctx, "marker:1").Val() == "1" || r.Exited() }); err != nil || r.Exited() {
-		t.Errorf("run %d did not catch up within %s (exited: %v)", r.N, catchUpTimeout, r.Exited())
-		diagnose(t, db, rdb, r)
-		t.FailNow()
-	}
+	catchUp(t, db, rdb, r)
 	tCatchUp := time.Since(tCatch)
 	for _, n := range s.Nodes() {
 		c := redis.NewClient(&redis.Options{Addr: n.Addr()})

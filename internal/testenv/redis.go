@@ -133,13 +133,21 @@ func (r *Redis) Kill() error {
 func (r *Redis) Start() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if err := r.startable(); err != nil {
+		return err
+	}
+	return r.start()
+}
+
+// startable refuses to start a running or closed server; r.mu must be held.
+func (r *Redis) startable() error {
 	if r.closed {
 		return errors.New("testenv: start redis-server: server is closed")
 	}
 	if r.proc != nil && !r.proc.exited() {
 		return errors.New("testenv: start redis-server: server is already running")
 	}
-	return r.start()
+	return nil
 }
 
 // Close kills the server and removes its directory. Calling it again does

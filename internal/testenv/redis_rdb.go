@@ -2,7 +2,6 @@ package testenv
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -48,11 +47,8 @@ func (r *Redis) Save() ([]byte, error) {
 func (r *Redis) StartFrom(rdb []byte) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.closed {
-		return errors.New("testenv: start redis-server: server is closed")
-	}
-	if r.proc != nil && !r.proc.exited() {
-		return errors.New("testenv: start redis-server: server is already running")
+	if err := r.startable(); err != nil {
+		return err
 	}
 	if err := os.WriteFile(r.rdbPath(), rdb, 0o600); err != nil {
 		return fmt.Errorf("testenv: %w", err)
