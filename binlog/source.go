@@ -51,6 +51,10 @@ func (s *Source) Connected() bool { return s.up.Load() }
 // row that does not match its table map).
 var ErrFatal = errors.New("binlog")
 
+// ErrPurged (with ErrFatal) means the server no longer has the binlog at
+// the start position.
+var ErrPurged = errors.New("start position purged")
+
 // Run streams transactions from start into out, in commit order, until ctx
 // is done (it then returns nil) or an error that reconnecting cannot cure
 // (wrapping ErrFatal). A lost connection is re-established with backoff,
@@ -181,7 +185,7 @@ func (r *reader) stream(ctx context.Context, start Start) error {
 		last.Store(time.Now().UnixNano())
 		if err != nil {
 			if isFatalDumpError(err) {
-				return fmt.Errorf("%w: %v (the binlog at %s is gone: restart with mysql.start.from=current, or delete the checkpoint to resnapshot)", ErrFatal, err, start.Pos)
+				return fmt.Errorf("%w: %w: %v (the binlog at %s is gone: restart with mysql.start.from=current, or delete the checkpoint to resnapshot)", ErrFatal, ErrPurged, err, start.Pos)
 			}
 			return err
 		}

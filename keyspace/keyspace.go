@@ -44,3 +44,7 @@ func (s Keyspace) Leader(name string) string { return s.Prefix + "leader:" + nam
 
 // Fence is the counter of the fencing tokens of lease name.
 func (s Keyspace) Fence(name string) string { return s.Prefix + "fence:" + name }
+
+// Resync marks a rebuild after Redis went back past the binlog: set until
+// the keys the rules own were deleted (see sink.Applier.PurgeOwned).
+func (s Keyspace) Resync() string { return s.Prefix + "resync" }

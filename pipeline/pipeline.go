@@ -1,8 +1,9 @@
 // Package pipeline runs the CDC loop: lead while this process holds the CDC
 // lease (stand by otherwise), choose where to start (checkpoint, snapshot,
 // or configured position), stream the binlog into the sink, start over
-// from a snapshot when Redis lost its data and from the stored checkpoint
-// when Redis went back in time.
+// from a snapshot when Redis lost its data, from the stored checkpoint
+// when Redis went back in time, and from a snapshot after deleting the keys
+// the rules own when it went back past what the binlog still has.
 package pipeline
 
 import (
@@ -34,7 +35,7 @@ type Pipeline struct {
 	applier *sink.Applier
 	lease   *leader.Lease
 	log     zerolog.Logger
-	phase   atomic.Value          // string: standby, starting, snapshot, streaming, stopped
+	phase   atomic.Value          // string: standby, starting, resync, snapshot, streaming, stopped
 	dbErr   atomic.Pointer[error] // last MySQL ping of a standby
 	// sawCheckpoint: this process found or wrote a checkpoint in Redis
 	// since the last data loss it counted. One missing later means Redis
@@ -43,6 +44,7 @@ type Pipeline struct {
 	sawCheckpoint atomic.Bool
 	resets        prometheus.Counter
 	rewinds       prometheus.Counter
+	resyncs       prometheus.Counter
 }
 
 // New builds a pipeline that leads under lease. db reaches the same server
@@ -60,9 +62,11 @@ func New(cfg binlog.Config, flavor string, db *sql.DB, applier *sink.Applier, le
 			Help: "Times Redis was found to have lost its data and was rebuilt from a snapshot."}),
 		rewinds: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "cachesync", Name: "redis_rewinds_total",
 			Help: "Times Redis was found to have gone back in time (checkpoint older than applied) and the binlog was replayed from its checkpoint."}),
+		resyncs: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "cachesync", Name: "redis_resyncs_total",
+			Help: "Times Redis went back to a checkpoint the binlog no longer has, and the keys the rules own were deleted and rebuilt from a snapshot."}),
 	}
 	if reg != nil {
-		reg.MustRegister(p.resets, p.rewinds)
+		reg.MustRegister(p.resets, p.rewinds, p.resyncs)
 	}
 	p.phase.Store("starting")
 	return p
@@ -153,15 +157,29 @@ func (p *Pipeline) standby(ctx context.Context) (*leader.Term, error) {
 
 // lead streams under fence until ctx is done (nil) or an error that
 // restarting cannot cure here: starting over from a snapshot (Redis lost
-// its data) and from the stored checkpoint (Redis went back in time) is
-// done here.
+// its data), from the stored checkpoint (Redis went back in time) and from
+// a resync (it went back past the binlog) is done here.
 func (p *Pipeline) lead(ctx context.Context, fence sink.Fence) error {
-	reset, rewound := false, false
+	snapshot, rewound := false, false
+	resync, err := p.resyncPending(ctx)
+	if err != nil {
+		return nil // ctx is done
+	}
 	for {
-		err := p.runOnce(ctx, reset, rewound, fence)
-		reset = errors.Is(err, sink.ErrRedisReset)
+		if resync {
+			err = p.resync(ctx, fence)
+			resync = err != nil
+			snapshot = err == nil
+		}
+		if !resync {
+			err = p.runOnce(ctx, snapshot, rewound, fence)
+			snapshot = false
+		}
 		switch {
-		case reset:
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, sink.ErrRedisReset):
+			snapshot = true
 			p.sawCheckpoint.Store(false) // this loss is counted
 			p.resets.Inc()
 			p.log.Warn().Err(err).Msg("redis lost its data: rebuilding from a snapshot")
@@ -169,16 +187,66 @@ func (p *Pipeline) lead(ctx context.Context, fence sink.Fence) error {
 			rewound = true
 			p.rewinds.Inc()
 			p.log.Warn().Err(err).Msg("redis went back in time: replaying the binlog from its stored checkpoint")
-		case ctx.Err() != nil:
-			return nil
-		case rewound && errors.Is(err, binlog.ErrFatal):
-			// A snapshot would not remove the keys of rows deleted since
-			// the checkpoint Redis went back to.
-			return fmt.Errorf("%w; redis went back in time to a checkpoint the binlog no longer has: delete the keys the rules own and cachesync's checkpoint, then restart to take a snapshot", err)
+		case rewound && errors.Is(err, binlog.ErrPurged):
+			// Replay cannot bring the lost window back, and a snapshot
+			// alone would leave the keys of rows deleted in it.
+			resync, rewound = true, false
+			p.resyncs.Inc()
+			p.log.Warn().Err(err).Msg("redis went back in time past the binlog: deleting the keys the rules own and rebuilding them from a snapshot")
 		default:
 			return err
 		}
 	}
+}
+
+// resyncPending reads the resync marker until Redis answers or ctx is done.
+func (p *Pipeline) resyncPending(ctx context.Context) (pending bool, err error) {
+	err = backoff.Retry(func() error {
+		pending, err = p.applier.ResyncPending(ctx)
+		if err != nil {
+			p.log.Warn().Err(err).Msg("reading the resync marker; retrying")
+		}
+		return err
+	}, backoff.WithContext(retryForever(), ctx))
+	if pending && err == nil {
+		p.log.Warn().Msg("a resync was begun and not finished: finishing it")
+	}
+	return pending, err
+}
+
+// resync deletes the keys the rules own under fence, for a snapshot to
+// rebuild them (see sink.PurgeOwned). It is retried until done, fenced, or
+// ctx is done.
+func (p *Pipeline) resync(ctx context.Context, fence sink.Fence) error {
+	p.phase.Store("resync")
+	return backoff.Retry(func() error {
+		t0 := time.Now()
+		err := p.applier.BeginResync(ctx, fence)
+		n := 0
+		if err == nil {
+			n, err = p.applier.PurgeOwned(ctx, fence)
+		}
+		if err == nil {
+			err = p.applier.EndResync(ctx, fence)
+		}
+		switch {
+		case errors.Is(err, sink.ErrFenced):
+			return backoff.Permanent(err)
+		case err != nil:
+			p.log.Warn().Err(err).Msg("resync: retrying")
+			return err
+		}
+		p.sawCheckpoint.Store(false) // deleted on purpose: not a loss
+		p.log.Info().Int("keys", n).Dur("took", time.Since(t0)).Msg("resync: deleted the keys the rules own")
+		return nil
+	}, backoff.WithContext(retryForever(), ctx))
+}
+
+func retryForever() backoff.BackOff {
+	bo := backoff.NewExponentialBackOff()
+	bo.MaxInterval = 5 * time.Second
+	bo.MaxElapsedTime = 0
+	return bo
 }
 
 func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.Fence) error {
@@ -238,9 +306,6 @@ func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.
 // Redis and MySQL being unreachable is retried until ctx is done.
 // rewound says the caller already knows the stored checkpoint went back.
 func (p *Pipeline) startPoint(ctx context.Context, reset, rewound bool) (start binlog.Start, snapshot bool, expect *sink.Checkpoint, err error) {
-	bo := backoff.NewExponentialBackOff()
-	bo.MaxInterval = 5 * time.Second
-	bo.MaxElapsedTime = 0
 	err = backoff.Retry(func() error {
 		cp, ok, err := p.applier.ReadCheckpoint(ctx)
 		if err != nil {
@@ -295,6 +360,6 @@ func (p *Pipeline) startPoint(ctx context.Context, reset, rewound bool) (start b
 		}
 		start = binlog.Start{Pos: pos}
 		return nil
-	}, backoff.WithContext(bo, ctx))
+	}, backoff.WithContext(retryForever(), ctx))
 	return start, snapshot, expect, err
 }

@@ -409,3 +409,23 @@ func (b *boundRule) matches(row []any, scratch []byte) bool {
 	}
 	return b.values[string(appendValue(scratch[:0], v))]
 }
+
+// Owns reports whether key is one the rules write and a snapshot rebuilds:
+// it matches a key template of an invalidate, rewrite, mirror or (sync)
+// member rule. Keys only member-remove rules name (a sale's pending set)
+// are the application's: the rules only take members out of them.
+func (rs *Rules) Owns(key string) bool {
+	for _, t := range rs.order {
+		for _, r := range rs.byTable[t] {
+			for _, k := range r.keys {
+				if k.Match(key) {
+					return true
+				}
+			}
+			if r.key != nil && !r.remove && r.key.Match(key) {
+				return true
+			}
+		}
+	}
+	return false
+}

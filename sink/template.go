@@ -162,3 +162,27 @@ func appendValue(buf []byte, v any) []byte {
 		return fmt.Append(buf, x)
 	}
 }
+
+// Match reports whether key is one this template can render: its literals
+// in order, any text (possibly empty) where it names a column. Values may
+// contain the literals, so "goods:{id}" matches "goods:json:1" too.
+func (t *Template) Match(key string) bool { return matchParts(t.parts, key) }
+
+func matchParts(parts []part, s string) bool {
+	if len(parts) == 0 {
+		return s == ""
+	}
+	if p := parts[0]; p.col == "" {
+		rest, ok := strings.CutPrefix(s, p.lit)
+		return ok && matchParts(parts[1:], rest)
+	}
+	if len(parts) == 1 {
+		return true
+	}
+	for i := 0; i <= len(s); i++ {
+		if matchParts(parts[1:], s[i:]) {
+			return true
+		}
+	}
+	return false
+}

@@ -7,6 +7,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -350,19 +351,27 @@ func TestRedisRewind(t *testing.T) {
 	// A lease that outlives the restore: the old file still names this
 	// daemon as the leader, so it is the checkpoint that must tell.
 	t.Run("lease in the file still valid", func(t *testing.T) {
-		testRedisRewind(t, "  lease_ttl: 60s\n  renew_interval: 20s\n", 2*time.Second)
+		testRedisRewind(t, "  lease_ttl: 60s\n  renew_interval: 20s\n", 2*time.Second, false)
 	})
 	// The file's lease has expired when Redis comes back: the leader loses
 	// its lease before any batch is refused, and its next term must still
 	// replay from the older checkpoint.
 	t.Run("lease in the file expired", func(t *testing.T) {
-		testRedisRewind(t, "  lease_ttl: 1s\n  renew_interval: 300ms\n", 2*time.Second)
+		testRedisRewind(t, "  lease_ttl: 1s\n  renew_interval: 300ms\n", 2*time.Second, false)
+	})
+	// The binlog file of the restored checkpoint was purged meanwhile:
+	// replay is impossible, so the keys the rules own are deleted and
+	// rebuilt from a snapshot (the rows deleted, and moved out of member
+	// sets, in the lost window must not keep their keys).
+	t.Run("binlog purged past the restored checkpoint", func(t *testing.T) {
+		testRedisRewind(t, "  lease_ttl: 60s\n  renew_interval: 20s\n", 2*time.Second, true)
 	})
 }
 
 // testRedisRewind restores Redis from a file saved lost seconds earlier,
-// with the ha: lines given.
-func testRedisRewind(t *testing.T, ha string, lost time.Duration) {
+// with the ha: lines given; with purge, the binlog files the saved
+// checkpoint points into are purged before the restore.
+func testRedisRewind(t *testing.T, ha string, lost time.Duration, purge bool) {
 	e, wl, _ := newHAEnv(t)
 	defer wl.stop()
 	ctx := context.Background()
@@ -377,6 +386,9 @@ func testRedisRewind(t *testing.T, ha string, lost time.Duration) {
 	old, err := e.rs.Save()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if purge {
+		purgeBinlogs(t, e.db, e.rdb)
 	}
 	time.Sleep(lost) // the window the restore loses
 	version := func() uint64 {
@@ -397,14 +409,26 @@ func testRedisRewind(t *testing.T, ha string, lost time.Duration) {
 		t.Fatalf("the rewind was not detected: %v%s", err, r.Tail())
 	}
 	t.Logf("detected: %s", r.Grep("went back in time"))
+	if purge {
+		if err := waitUntil(30*time.Second, func() bool { v, _ := metric(r, "cachesync_redis_resyncs_total"); return v >= 1 }); err != nil {
+			t.Fatalf("no resync after a rewind past the binlog: %v%s", err, r.Tail())
+		}
+	}
 
 	wl.stop()
 	mustExec(t, e.db, "UPDATE markers SET v = 1 WHERE id = 1")
 	if err := waitUntil(catchUpTimeout, func() bool { return e.rdb.Get(ctx, "marker:1").Val() == "1" }); err != nil {
 		t.Fatalf("not caught up: %v%s", err, r.Tail())
 	}
-	mism, stats := compare(t, e.db, e.rdb, wl.kept())
+	kept := wl.kept()
+	if purge {
+		kept = nil // a resync deletes every key an invalidate rule names
+	}
+	mism, stats := compare(t, e.db, e.rdb, kept)
 	t.Logf("%d row changes in %d transactions; %s", wl.rows.Load(), wl.txns.Load(), stats)
+	if purge {
+		t.Logf("resync: %s", r.Grep("resync: deleted"))
+	}
 	if len(mism) > 0 {
 		t.Errorf("%d keys differ from MySQL; first ones:\n  %s", len(mism), strings.Join(head(mism), "\n  "))
 	}
@@ -414,6 +438,37 @@ func testRedisRewind(t *testing.T, ha string, lost time.Duration) {
 			t.Errorf("daemon log has %q:%s", bad, r.Tail())
 		}
 	}
+}
+
+// purgeBinlogs rotates the binlog, waits for the daemon's checkpoint to
+// reach the new file and purges every file before it.
+func purgeBinlogs(t *testing.T, db *sql.DB, rdb *redis.Client) {
+	t.Helper()
+	ctx := context.Background()
+	mustExec(t, db, "FLUSH BINARY LOGS")
+	var file, pos, doDB, ignoreDB string
+	if err := db.QueryRow("SHOW MASTER STATUS").Scan(&file, &pos, &doDB, &ignoreDB); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitUntil(30*time.Second, func() bool { return rdb.HGet(ctx, "cachesync:checkpoint", "file").Val() == file }); err != nil {
+		t.Fatalf("checkpoint did not reach %s: %v", file, err)
+	}
+	// MariaDB keeps a file until its binlog checkpoint says InnoDB no
+	// longer needs it for crash recovery: purge until it is gone.
+	first := func() string {
+		var name, size string
+		if err := db.QueryRow("SHOW BINARY LOGS").Scan(&name, &size); err != nil {
+			t.Fatal(err)
+		}
+		return name
+	}
+	if err := waitUntil(30*time.Second, func() bool {
+		mustExec(t, db, "PURGE BINARY LOGS TO '"+file+"'")
+		return first() == file
+	}); err != nil {
+		t.Fatalf("binlog files before %s not purged (first is %s): %v", file, first(), err)
+	}
+	t.Logf("binlog purged up to %s", file)
 }
 
 // TestStandbyReadyAndSigtermHandover: a standby answers /readyz with 200 and

@@ -1,0 +1,129 @@
+package sink
+
+import (
+	"context"
+	_ "embed"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
+
+//go:embed resync.lua
+var resyncLua string
+
+var resyncScript = redis.NewScript(resyncLua)
+
+// A resync rebuilds Redis as on data loss when it went back to a
+// checkpoint the binlog no longer has: replay cannot bring back what the
+// lost window changed, and a snapshot alone would not remove the keys of
+// rows deleted in it, nor take members out of sets. So the writer, under
+// its fence (pipeline runs the steps):
+//
+//  1. BeginResync: sets the resync marker and deletes the checkpoint,
+//     together;
+//  2. PurgeOwned: deletes every key the rules own (Rules.Owns), with its
+//     version and fill lease, announcing them to L1 subscribers, and
+//     every version key;
+//  3. EndResync: deletes the marker;
+//
+// then takes a snapshot, as after data loss. A writer that dies on the
+// way leaves the marker (ResyncPending), and the next one starts again at
+// step 2. Until the snapshot has run, readers miss the keys, as after data
+// loss; the application's own keys that a rule template happens to match
+// (an invalidate rule's "goods:{id}" matches "goods:hot") are deleted too.
+
+// ResyncPending reports whether a resync was begun and not finished.
+func (a *Applier) ResyncPending(ctx context.Context) (bool, error) {
+	n, err := a.rdb.Exists(ctx, a.ks.Resync()).Result()
+	if err != nil {
+		return false, fmt.Errorf("read resync marker: %w", err)
+	}
+	return n == 1, nil
+}
+
+// BeginResync sets the resync marker and deletes the checkpoint.
+func (a *Applier) BeginResync(ctx context.Context, f Fence) error {
+	_, err := a.resyncStep(ctx, f, []string{"begin"}, nil)
+	return err
+}
+
+// EndResync deletes the resync marker.
+func (a *Applier) EndResync(ctx context.Context, f Fence) error {
+	_, err := a.resyncStep(ctx, f, []string{"end"}, nil)
+	return err
+}
+
+// PurgeOwned deletes the keys the rules own and every version key,
+// scanning the whole keyspace; it returns how many keys it deleted.
+// Interrupted, it is simply called again.
+func (a *Applier) PurgeOwned(ctx context.Context, f Fence) (int, error) {
+	vp, lp := a.ks.Version(""), a.ks.Lease("")
+	total := 0
+	var cursor uint64
+	for {
+		keys, next, err := a.rdb.Scan(ctx, cursor, "", 1000).Result()
+		if err != nil {
+			return total, fmt.Errorf("scan keys: %w", err)
+		}
+		seen := make(map[string]bool, len(keys))
+		var data, rest []string
+		for _, k := range keys {
+			switch {
+			case strings.HasPrefix(k, vp):
+				rest = append(rest, k) // every version: none may hold back the snapshot
+				if d := k[len(vp):]; a.rules.Owns(d) && !seen[d] {
+					seen[d] = true
+					data = append(data, d)
+				}
+			case strings.HasPrefix(k, lp):
+				if d := k[len(lp):]; a.rules.Owns(d) && !seen[d] {
+					seen[d] = true
+					data = append(data, d)
+				}
+			case strings.HasPrefix(k, a.ks.Prefix):
+			case a.rules.Owns(k) && !seen[k]:
+				seen[k] = true
+				data = append(data, k)
+			}
+		}
+		for _, d := range data {
+			rest = append(rest, a.ks.Version(d), a.ks.Lease(d))
+		}
+		if len(data)+len(rest) > 0 {
+			n, err := a.resyncStep(ctx, f, []string{"keys", strconv.Itoa(len(data))}, append(data, rest...))
+			if err != nil {
+				return total, err
+			}
+			total += n
+		}
+		if cursor = next; cursor == 0 {
+			return total, nil
+		}
+	}
+}
+
+func (a *Applier) resyncStep(ctx context.Context, f Fence, args []string, keys []string) (int, error) {
+	fenceKey := f.Key
+	if fenceKey == "" {
+		fenceKey = a.ks.Leader("") // unfenced: any key will do
+	}
+	ks := append([]string{a.ks.Resync(), a.ks.Checkpoint(), a.ks.Seq(), fenceKey}, keys...)
+	last := ""
+	if s := a.lastSeq.Load(); s > 0 {
+		last = strconv.FormatInt(s, 10)
+	}
+	argv := []any{args[0], f.Value, a.cfg.Channel, last}
+	for _, x := range args[1:] {
+		argv = append(argv, x)
+	}
+	n, err := resyncScript.Run(ctx, a.rdb, ks, argv...).Int()
+	if err != nil {
+		if msg, ok := strings.CutPrefix(err.Error(), "CSFENCED "); ok {
+			return 0, a.refused(ErrFenced, msg)
+		}
+		return 0, fmt.Errorf("resync %s: %w", args[0], err)
+	}
+	return n, nil
+}

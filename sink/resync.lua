@@ -1,0 +1,46 @@
+-- One step of a resync: rebuilding Redis as on data loss after it went back
+-- to a checkpoint the binlog no longer has (see Applier.Resync).
+-- KEYS[1] resync marker, KEYS[2] checkpoint, KEYS[3] sequence counter,
+-- KEYS[4] the writer's lease, then (with ARGV[1] "keys") the keys to delete.
+-- ARGV[1] "begin": set the marker and delete the checkpoint, together, so
+--         that a writer that dies before the end leaves the marker for
+--         the next one; "keys": delete KEYS[5..] and announce those of
+--         ARGV[5] that existed; "end": delete the marker.
+-- ARGV[2] the lease value KEYS[4] must hold ("" for none), else CSFENCED.
+-- ARGV[3] invalidation channel, ARGV[4] the last seq this writer published
+-- ("" for none): as in apply.lua, a counter below it jumps past it.
+-- ARGV[5..] with "keys": the number n of data keys among KEYS[5..], which
+-- come first (the rest are their versions and fill leases).
+-- Returns the number of data keys that existed.
+if ARGV[2] ~= '' then
+  local holder = redis.call('GET', KEYS[4])
+  if holder ~= ARGV[2] then
+    return redis.error_reply('CSFENCED lease ' .. KEYS[4] .. ' is held by "' .. tostring(holder or '') .. '", not "' .. ARGV[2] .. '"')
+  end
+end
+if ARGV[1] == 'begin' then
+  redis.call('SET', KEYS[1], '1')
+  redis.call('DEL', KEYS[2])
+  return 0
+elseif ARGV[1] == 'end' then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+local n = tonumber(ARGV[5])
+local gone = {}
+for i = 5, 4 + n do
+  if redis.call('DEL', KEYS[i]) == 1 then
+    gone[#gone + 1] = KEYS[i]
+  end
+end
+for i = 5 + n, #KEYS do
+  redis.call('DEL', KEYS[i])
+end
+if #gone > 0 then
+  if ARGV[4] ~= '' and tonumber(redis.call('GET', KEYS[3]) or '0') < tonumber(ARGV[4]) then
+    redis.call('SET', KEYS[3], string.format('%d', ARGV[4] + 1))
+  end
+  local seq = redis.call('INCR', KEYS[3])
+  redis.call('PUBLISH', ARGV[3], '{"seq":' .. seq .. ',"keys":' .. cjson.encode(gone) .. '}')
+end
+return #gone
