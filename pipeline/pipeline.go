@@ -11,6 +11,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +38,10 @@ type Pipeline struct {
 	log     zerolog.Logger
 	phase   atomic.Value          // string: standby, starting, resync, snapshot, streaming, stopped
 	dbErr   atomic.Pointer[error] // last MySQL ping of a standby
+	// readyAt is the checkpoint version the sink must have applied before
+	// readers find the data in Redis: the snapshot's position (its rows are
+	// queued ahead of it), 0 without a snapshot.
+	readyAt atomic.Uint64
 	// sawCheckpoint: this process found or wrote a checkpoint in Redis
 	// since the last data loss it counted. One missing later means Redis
 	// lost its data, however that was noticed (a refused batch, or a lease
@@ -83,14 +88,26 @@ func (p *Pipeline) Ready() error {
 			return fmt.Errorf("standby: mysql: %w", *err)
 		}
 		return nil
+	case ph == "snapshot":
+		return errors.New("snapshotting: reading the ruled tables")
 	case ph != "streaming":
 		return fmt.Errorf("pipeline is %s", ph)
+	case !p.snapshotApplied():
+		return errors.New("snapshotting: the snapshot is not all in Redis yet")
 	case !p.source.Connected():
 		return errors.New("binlog connection down")
 	case !p.applier.Healthy():
 		return errors.New("redis apply failing")
 	}
 	return nil
+}
+
+// snapshotApplied reports whether the sink applied the snapshot this term
+// took, if any.
+func (p *Pipeline) snapshotApplied() bool {
+	at := p.readyAt.Load()
+	a := p.applier.Applied()
+	return at == 0 || (a != nil && a.Version >= at)
 }
 
 // Role is "leader" or "standby".
@@ -251,6 +268,7 @@ func retryForever() backoff.BackOff {
 
 func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.Fence) error {
 	p.phase.Store("starting")
+	p.readyAt.Store(0)
 	before := p.applier.Applied()
 	defer func() {
 		if a := p.applier.Applied(); a != nil && a != before {
@@ -272,6 +290,7 @@ func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.
 		defer close(q)
 		if snapshot {
 			p.phase.Store("snapshot")
+			p.readyAt.Store(math.MaxUint64)
 			tables := p.applier.Rules().Stateful()
 			p.log.Info().Strs("tables", tables).Msg("snapshot: loading ruled tables")
 			t0 := time.Now()
@@ -282,6 +301,8 @@ func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.
 			}
 			p.log.Info().Stringer("pos", pos).Dur("took", time.Since(t0)).Msg("snapshot sent; streaming from its position")
 			start = binlog.Start{Pos: pos}
+			v, _ := pos.Version() // the sink refuses a position without one
+			p.readyAt.Store(v)
 		}
 		p.phase.Store("streaming")
 		p.log.Info().Stringer("pos", start.Pos).Str("gtid", start.GTID).Msg("streaming binlog")
