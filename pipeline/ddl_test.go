@@ -236,6 +236,11 @@ func TestDDLDropColumnStops(t *testing.T) {
 	if cp.Version < goodVer || cp.Version >= badVer {
 		t.Errorf("checkpoint %s: want at or after the last good transaction (%s) and before the failing one (ending at %s)", cp.Pos, good, bad)
 	}
+	// The operator resumes from what the error names: the stored
+	// checkpoint, not the failing transaction's end (that would skip it).
+	if want := "stored checkpoint " + cp.Pos.String(); !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q does not name the %s", err, want)
+	}
 	if v, _ := e.rdb.Get(context.Background(), e.p+"j:1").Result(); v != `{"id":1,"a":10}` {
 		t.Errorf("j:1 = %s: the failing transaction was partly applied", v)
 	}
@@ -252,6 +257,8 @@ func TestDDLDropColumnStops(t *testing.T) {
 	}
 	if cp2, _ := e.checkpoint(); cp2.Version >= badVer {
 		t.Errorf("checkpoint moved past the failing transaction to %s", cp2.Pos)
+	} else if want := "stored checkpoint " + cp2.Pos.String(); !strings.Contains(r.err.Error(), want) {
+		t.Errorf("restart: error %q does not name the %s", r.err, want)
 	}
 	e.noSchemaCheck = false
 	// Fixed rules resume from the checkpoint and apply what was held back.

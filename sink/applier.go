@@ -180,8 +180,10 @@ func ReadCheckpoint(ctx context.Context, rdb redis.UniversalClient, ks keyspace.
 func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, r Resume) error {
 	b := newBatch(a.ks, r.Fence)
 	guard, expect := guardFirst, ""
+	stored := "none yet" // what a rule error tells the operator to resume from
 	if r.Expect != nil {
 		guard, expect = guardCheckpoint, strconv.FormatUint(r.Expect.Version, 10)
+		stored = r.Expect.Pos.String()
 	}
 	idle := time.NewTicker(time.Second)
 	defer idle.Stop()
@@ -202,7 +204,7 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, r Resume) erro
 			if !ok {
 				return nil
 			}
-			if err := a.add(b, t); err != nil {
+			if err := a.add(b, t, stored); err != nil {
 				return err
 			}
 		}
@@ -213,7 +215,7 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, r Resume) erro
 				if !ok {
 					break fill
 				}
-				if err := a.add(b, t); err != nil {
+				if err := a.add(b, t, stored); err != nil {
 					return err
 				}
 			default:
@@ -225,14 +227,17 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, r Resume) erro
 		}
 		if b.cp != nil {
 			guard, expect = guardCheckpoint, b.cpVersion()
+			stored = b.cp.Pos.String()
 		} else if guard == guardFirst {
 			guard = guardJournal
 		}
 	}
 }
 
-// add appends the ops of one transaction to the batch.
-func (a *Applier) add(b *batch, t *binlog.Txn) error {
+// add appends the ops of one transaction to the batch; stored is the
+// checkpoint in Redis, named by a rule error: nothing after it is applied
+// (the batch so far included).
+func (a *Applier) add(b *batch, t *binlog.Txn, stored string) error {
 	ver, err := t.Pos.Version()
 	if err != nil {
 		return err
@@ -242,7 +247,7 @@ func (a *Applier) add(b *batch, t *binlog.Txn) error {
 		ch := &t.Changes[i]
 		brs, err := a.rulesFor(ch.Table)
 		if err != nil {
-			return fmt.Errorf("%w: %v; nothing past checkpoint %s was applied", ErrRule, err, t.Pos)
+			return fmt.Errorf("%w: %v (in the transaction ending at %s); nothing after the stored checkpoint %s was applied: fix the rules and restart, the daemon resumes from it", ErrRule, err, t.Pos, stored)
 		}
 		for _, br := range brs {
 			if br.applied == 0 {
