@@ -178,6 +178,9 @@ func (p *Pipeline) standby(ctx context.Context) (*leader.Term, error) {
 // a resync (it went back past the binlog) is done here.
 func (p *Pipeline) lead(ctx context.Context, fence sink.Fence) error {
 	snapshot, rewound := false, false
+	if err := p.checkRedis(ctx); err != nil {
+		return err
+	}
 	resync, err := p.resyncPending(ctx)
 	if err != nil {
 		return nil // ctx is done
@@ -214,6 +217,28 @@ func (p *Pipeline) lead(ctx context.Context, fence sink.Fence) error {
 			return err
 		}
 	}
+}
+
+// checkRedis refuses a Redis whose eviction policy may drop cachesync's
+// keys (sink.CheckEvictionPolicy), retrying until Redis answers; nil when
+// ctx is done.
+func (p *Pipeline) checkRedis(ctx context.Context) error {
+	err := backoff.Retry(func() error {
+		warning, err := sink.CheckEvictionPolicy(ctx, p.applier.Client())
+		switch {
+		case errors.Is(err, sink.ErrEvictionPolicy):
+			return backoff.Permanent(err)
+		case err != nil:
+			p.log.Warn().Err(err).Msg("checking redis; retrying")
+		case warning != "":
+			p.log.Warn().Msg(warning)
+		}
+		return err
+	}, backoff.WithContext(retryForever(), ctx))
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
 }
 
 // resyncPending reads the resync marker until Redis answers or ctx is done.

@@ -2,11 +2,14 @@ package pipeline_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/cachesync/cachesync/binlog"
+	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/sink"
 )
 
@@ -105,5 +108,57 @@ func TestStartModes(t *testing.T) {
 	}
 	if n := r.metric(t, "cachesync_binlog_reconnects_total"); n != 0 {
 		t.Errorf("%v reconnects of an idle stream: heartbeats do not keep it alive\n%s", n, r.log.tail(5))
+	}
+}
+
+// TestEvictionPolicy: a leader refuses a Redis that may evict any key
+// (allkeys-*), warns about volatile-*, and streams under noeviction.
+func TestEvictionPolicy(t *testing.T) {
+	rs := testenv.StartRedis(t) // private: its configuration changes
+	e := newEnv(t, nil, rs)
+	ctx := context.Background()
+	e.exec("CREATE TABLE ev (id INT PRIMARY KEY, v INT NOT NULL)")
+	rules := []sink.RuleConfig{{Table: e.schema + ".ev", Kind: sink.KindMirror, Key: e.p + "ev:{id}", Column: "v"}}
+	policy := func(p string) {
+		t.Helper()
+		if err := e.rdb.ConfigSet(ctx, "maxmemory-policy", p).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	policy("allkeys-lru")
+	r := e.start(rules, nil)
+	waitFor(t, func() error {
+		select {
+		case <-r.done:
+			return nil
+		default:
+			return errors.New("pipeline still running on an allkeys-lru Redis")
+		}
+	}, 20*time.Second)
+	if !errors.Is(r.err, sink.ErrEvictionPolicy) || !strings.Contains(r.err.Error(), "allkeys-lru") {
+		t.Errorf("Run = %v, want sink.ErrEvictionPolicy naming allkeys-lru", r.err)
+	}
+
+	policy("volatile-lru")
+	r = e.start(rules, nil)
+	r.ready(t)
+	if !r.log.contains("maxmemory-policy is volatile-lru") {
+		t.Errorf("no warning about volatile-lru in the log:\n%s", r.log.tail(10))
+	}
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+
+	policy("noeviction")
+	r = e.start(rules, nil)
+	r.ready(t)
+	e.exec("INSERT INTO ev VALUES (1, 7)")
+	e.sync(r)
+	if v := e.rdb.Get(ctx, e.p+"ev:1").Val(); v != "7" {
+		t.Errorf("ev:1 = %q, want 7", v)
+	}
+	if r.log.contains("maxmemory-policy") {
+		t.Errorf("a warning about noeviction:\n%s", r.log.tail(10))
 	}
 }

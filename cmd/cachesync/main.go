@@ -109,7 +109,13 @@ func validate(cfg *config.Config) int {
 	if err == nil {
 		rdb := daemon.NewRedisClient(cfg.Redis)
 		defer rdb.Close()
-		if reached, err = redisReached(ctx, rdb, cfg.Redis); err != nil {
+		if reached, err = redisReached(ctx, rdb, cfg.Redis); err == nil {
+			var warning string
+			if warning, err = sink.CheckEvictionPolicy(ctx, rdb); warning != "" {
+				fmt.Fprintln(os.Stderr, "cachesync: warning:", warning)
+			}
+		}
+		if err != nil {
 			err = fmt.Errorf("%s: %w", describeRedis(cfg.Redis), err)
 		}
 	}
