@@ -276,7 +276,11 @@ func (r *reader) query(ctx context.Context, ev *replication.BinlogEvent, e *repl
 	r.txn.DDL = q
 	r.src.log.Info().Str("schema", string(e.Schema)).Str("ddl", truncate(q, 200)).Msg("DDL in binlog")
 	if isTruncate(q) {
-		r.src.log.Warn().Str("ddl", truncate(q, 200)).Msg("TRUNCATE writes no row events: keys of a truncated ruled table are not invalidated")
+		if name, ok := truncatedTable(q, string(e.Schema)); !ok {
+			r.src.log.Warn().Str("ddl", truncate(q, 200)).Msg("TRUNCATE of a table this daemon cannot name: if it is ruled, its keys stay (request a snapshot of it)")
+		} else if r.src.watch[name] {
+			r.txn.Truncated = name
+		}
 	}
 	return r.end(ctx, ev)
 }

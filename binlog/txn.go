@@ -141,6 +141,10 @@ type Txn struct {
 	Partial bool
 	// DDL holds the statement when the transaction is a DDL statement.
 	DDL string
+	// Truncated names the ruled table ("schema.table", lower case) a
+	// TRUNCATE statement emptied: it writes no row events, so the sink
+	// deletes the table's keys itself.
+	Truncated string
 }
 
 // Rows returns the number of row changes in the transaction.

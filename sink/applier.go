@@ -190,32 +190,46 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, r Resume) erro
 	}
 	idle := time.NewTicker(time.Second)
 	defer idle.Stop()
+	// next is a TRUNCATE read while filling a batch: it starts the next
+	// one, alone, so that the rows before it are in Redis first.
+	var next *binlog.Txn
 	for {
 		b.reset()
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-idle.C:
-			if len(in) == 0 {
-				a.m.lag.Set(0) // nothing queued: caught up
-				if err := a.verify(ctx, guard, expect); err != nil {
+		if next != nil {
+			if err := a.add(b, next, stored); err != nil {
+				return err
+			}
+			next = nil
+		} else {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-idle.C:
+				if len(in) == 0 {
+					a.m.lag.Set(0) // nothing queued: caught up
+					if err := a.verify(ctx, guard, expect); err != nil {
+						return err
+					}
+				}
+				continue
+			case t, ok := <-in:
+				if !ok {
+					return nil
+				}
+				if err := a.add(b, t, stored); err != nil {
 					return err
 				}
 			}
-			continue
-		case t, ok := <-in:
-			if !ok {
-				return nil
-			}
-			if err := a.add(b, t, stored); err != nil {
-				return err
-			}
 		}
 	fill:
-		for b.rows < a.cfg.BatchChanges {
+		for b.rows < a.cfg.BatchChanges && b.txns[0].Truncated == "" {
 			select {
 			case t, ok := <-in:
 				if !ok {
+					break fill
+				}
+				if t.Truncated != "" {
+					next = t
 					break fill
 				}
 				if err := a.add(b, t, stored); err != nil {
@@ -223,6 +237,11 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, r Resume) erro
 				}
 			default:
 				break fill
+			}
+		}
+		if tbl := b.txns[0].Truncated; tbl != "" {
+			if done, err := a.truncateRetrying(ctx, tbl, r.Fence); err != nil || !done {
+				return err
 			}
 		}
 		if err := a.apply(ctx, b, guard, expect); err != nil {

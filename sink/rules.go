@@ -429,3 +429,33 @@ func (rs *Rules) Owns(key string) bool {
 	}
 	return false
 }
+
+// truncated returns the key templates whose keys a TRUNCATE of table
+// leaves without a row: those of its rules, but member-remove ones (their
+// sets are the application's).
+func (rs *Rules) truncated(table string) []*Template {
+	var ts []*Template
+	for _, r := range rs.byTable[table] {
+		ts = append(ts, r.keys...)
+		if r.key != nil && !r.remove {
+			ts = append(ts, r.key)
+		}
+	}
+	return ts
+}
+
+// keptFor reports whether key, matched by a template of table, is also one
+// a stateful rule of another table writes: a TRUNCATE of table keeps it.
+func (rs *Rules) keptFor(table, key string) bool {
+	for _, t := range rs.order {
+		if t == table {
+			continue
+		}
+		for _, r := range rs.byTable[t] {
+			if r.kind != KindInvalidate && !r.remove && r.key.Match(key) {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -186,3 +186,27 @@ func matchParts(parts []part, s string) bool {
 	}
 	return false
 }
+
+// Glob returns the SCAN MATCH pattern of every key the template can
+// render: its literals escaped, "*" for each column.
+func (t *Template) Glob() string {
+	var b strings.Builder
+	star := false
+	for _, p := range t.parts {
+		if p.col != "" {
+			if !star {
+				b.WriteByte('*')
+			}
+			star = true
+			continue
+		}
+		star = false
+		for _, c := range []byte(p.lit) {
+			if strings.IndexByte(`*?[]\`, c) >= 0 {
+				b.WriteByte('\\')
+			}
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}

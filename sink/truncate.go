@@ -1,0 +1,78 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// truncate deletes the keys the rules of table write (with their versions
+// and fill leases), after a TRUNCATE emptied it, announcing them to L1
+// subscribers: exactly what deleting every row would have done. A key a
+// stateful rule of another table also writes is kept. Each page of SCAN
+// is one fenced script call; interrupted, the transaction is replayed
+// from the checkpoint before it and the deletion done again.
+func (a *Applier) truncate(ctx context.Context, table string, f Fence) (int, error) {
+	total := 0
+	for _, tp := range a.rules.truncated(table) {
+		var cursor uint64
+		for {
+			keys, next, err := a.rdb.Scan(ctx, cursor, tp.Glob(), 1000).Result()
+			if err != nil {
+				return total, fmt.Errorf("truncate %s: scan %s: %w", table, tp.Glob(), err)
+			}
+			var data []string
+			for _, k := range keys {
+				if tp.Match(k) && !a.rules.keptFor(table, k) {
+					data = append(data, k)
+				}
+			}
+			if len(data) > 0 {
+				all := append([]string(nil), data...)
+				for _, d := range data {
+					all = append(all, a.ks.Version(d), a.ks.Lease(d))
+				}
+				n, err := a.resyncStep(ctx, f, []string{"keys", strconv.Itoa(len(data))}, all)
+				if err != nil {
+					return total, fmt.Errorf("truncate %s: %w", table, err)
+				}
+				total += n
+			}
+			if cursor = next; cursor == 0 {
+				break
+			}
+		}
+	}
+	return total, nil
+}
+
+// truncateRetrying runs truncate until it succeeds, is refused, or ctx is
+// done (then false).
+func (a *Applier) truncateRetrying(ctx context.Context, table string, f Fence) (bool, error) {
+	bo := a.newBackOff()
+	for {
+		t0 := time.Now()
+		n, err := a.truncate(ctx, table, f)
+		if err == nil {
+			a.log.Warn().Str("table", table).Int("keys", n).Dur("took", time.Since(t0)).Msg("TRUNCATE of a ruled table: deleted the keys its rules write")
+			return true, nil
+		}
+		for _, r := range refusals {
+			if errors.Is(err, r.err) {
+				return false, err
+			}
+		}
+		a.healthy.Store(false)
+		a.m.retries.Inc()
+		a.m.errors.WithLabelValues(errorKind(err)).Inc()
+		wait := bo.NextBackOff()
+		a.log.Error().Err(err).Str("table", table).Dur("retry_in", wait).Msg("deleting the keys of a truncated table failed; retrying")
+		select {
+		case <-ctx.Done():
+			return false, nil
+		case <-time.After(wait):
+		}
+	}
+}
