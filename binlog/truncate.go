@@ -6,7 +6,7 @@ import (
 )
 
 // truncateRE matches TRUNCATE [TABLE] [schema.]table, names plain or in
-// backquotes (“ inside backquotes is one backquote).
+// backquotes (inside them, two backquotes stand for one).
 var truncateRE = regexp.MustCompile("(?is)^\\s*TRUNCATE\\s+(?:TABLE\\s+)?(`(?:[^`]|``)+`|[^\\s.`;]+)(?:\\s*\\.\\s*(`(?:[^`]|``)+`|[^\\s.`;]+))?\\s*;?\\s*$")
 
 // truncatedTable returns the lower-case "schema.table" a TRUNCATE statement
