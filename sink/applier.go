@@ -54,6 +54,11 @@ var ErrFenced = errors.New("refused by fencing: this process no longer holds the
 // applied: nothing of the batch was applied; step down.
 var ErrConflict = errors.New("checkpoint moved by another writer")
 
+// ErrScript means Redis refused a batch for a reason no retry cures (a
+// key of the wrong type, a script error, missing permissions): the
+// pipeline stops, naming the rule and key, instead of retrying forever.
+var ErrScript = errors.New("redis refused the batch")
+
 // ErrRule means a rule cannot be applied to a row as the binlog wrote it
 // (a column was dropped or renamed). Nothing past the last checkpoint was
 // applied; fix the rules and restart.
@@ -244,7 +249,7 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, r Resume) erro
 				return err
 			}
 		}
-		if err := a.apply(ctx, b, guard, expect); err != nil {
+		if err := a.apply(ctx, b, guard, expect, stored); err != nil {
 			return err
 		}
 		if b.cp != nil {
@@ -366,8 +371,9 @@ const (
 	guardFirst      = "0" // nothing: first batch without a checkpoint
 )
 
-// apply runs the batch's script until it succeeds or is refused.
-func (a *Applier) apply(ctx context.Context, b *batch, guard, expect string) error {
+// apply runs the batch's script until it succeeds or is refused; stored
+// is the checkpoint before it, for errors.
+func (a *Applier) apply(ctx context.Context, b *batch, guard, expect, stored string) error {
 	b.finish(guard, expect, a.lastSeq.Load(), a.cfg.Channel, a.cfg.TombstoneTTL.Milliseconds())
 	bo := a.newBackOff()
 	for {
@@ -388,8 +394,11 @@ func (a *Applier) apply(ctx context.Context, b *batch, guard, expect string) err
 			}
 		}
 		a.healthy.Store(false)
-		a.m.retries.Inc()
 		a.m.errors.WithLabelValues(errorKind(err)).Inc()
+		if deterministic(err) {
+			return fmt.Errorf("%w: %v%s; nothing after the stored checkpoint %s counts as applied: fix the cause and restart, the daemon replays from there", ErrScript, err, a.culprit(b, err), stored)
+		}
+		a.m.retries.Inc()
 		wait := bo.NextBackOff()
 		a.log.Error().Err(err).Int("txns", len(b.txns)).Int("rows", b.rows).Dur("retry_in", wait).Msg("apply to redis failed; retrying")
 		select {
@@ -468,6 +477,54 @@ func (a *Applier) done(b *batch, seq int64, took time.Duration) {
 		a.m.cpFile.Set(float64(ver >> 32))
 		a.m.cpOffset.Set(float64(ver & 0xffffffff))
 	}
+}
+
+// deterministic reports whether Redis answered err to the script for a
+// reason that sending it again cannot cure: a key of the wrong type (the
+// script's checks), a script or command error, missing permissions. Not:
+// OOM, BUSY, LOADING, READONLY (a failover), a lost connection, a timeout.
+func deterministic(err error) bool {
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		return false
+	}
+	msg := rerr.Error()
+	switch {
+	case strings.HasPrefix(msg, "ERR max number of clients"):
+		return false
+	case strings.HasPrefix(msg, "WRONGTYPE "), strings.HasPrefix(msg, "ERR "),
+		strings.HasPrefix(msg, "NOPERM "), strings.HasPrefix(msg, "NOAUTH "), strings.HasPrefix(msg, "WRONGPASS "):
+		return true
+	}
+	return false
+}
+
+// culprit names what a deterministic error is about: the rules of the batch
+// that write the key a WRONGTYPE names, else every rule of the batch, and
+// the transactions' span.
+func (a *Applier) culprit(b *batch, err error) string {
+	var names []string
+	msg := err.Error()
+	if rest, ok := strings.CutPrefix(msg, "WRONGTYPE member rule: "); ok {
+		if i := strings.LastIndex(rest, " holds a "); i > 0 {
+			key := rest[:i]
+			for _, br := range b.rules {
+				if br.writes(key) {
+					names = append(names, br.name)
+				}
+			}
+		}
+	}
+	if len(names) == 0 {
+		for _, br := range b.rules {
+			names = append(names, br.name)
+		}
+	}
+	span := ""
+	if n := len(b.txns); n > 0 {
+		span = fmt.Sprintf(", transactions ending at %s..%s", b.txns[0].Pos, b.txns[n-1].Pos)
+	}
+	return fmt.Sprintf(" (rules %s%s)", strings.Join(names, ", "), span)
 }
 
 func errorKind(err error) string {

@@ -12,6 +12,7 @@ import (
 	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cenkalti/backoff/v4"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 )
@@ -28,6 +29,8 @@ type applierEnv struct {
 	in   chan *binlog.Txn
 	done chan error
 	stop context.CancelFunc
+	// running: a Run was started and its result not yet read from done.
+	running bool
 }
 
 var goods = binlog.NewTable("shop", "goods", []string{"id", "name", "stock", "status"}, nil)
@@ -48,7 +51,13 @@ func startApplier(t *testing.T, rdb *redis.Client, r Resume, rules ...RuleConfig
 	e := &applierEnv{t: t, rdb: rdb, a: a, ks: keyspace.Keyspace{Prefix: cfg.KeyPrefix},
 		in: make(chan *binlog.Txn, 16), done: make(chan error, 1), stop: cancel}
 	go func() { e.done <- a.Run(ctx, e.in, r) }()
-	t.Cleanup(func() { cancel(); <-e.done })
+	e.running = true
+	t.Cleanup(func() {
+		e.stop()
+		if e.running {
+			<-e.done
+		}
+	})
 	return e
 }
 
@@ -261,34 +270,43 @@ func TestApplierRuleError(t *testing.T) {
 	}
 }
 
-// A batch whose script fails is applied not at all, retried, and applied
-// whole once the cause is gone.
+// A batch whose script fails on a write (maxmemory reached under
+// noeviction: Redis refuses the script's first write) is applied not at
+// all, retried (counted), and applied whole once memory is freed.
 func TestApplierAllOrNothing(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: testenv.StartRedis(t).Addr()})
 	defer rdb.Close()
 	ctx := context.Background()
-	// on_sale is a string, not a set: the member op cannot run.
-	if err := rdb.Set(ctx, "on_sale", "oops", 0).Err(); err != nil {
+	if err := rdb.Set(ctx, "filler", strings.Repeat("x", 4<<20), 0).Err(); err != nil {
 		t.Fatal(err)
 	}
+	if err := rdb.ConfigSet(ctx, "maxmemory", "2mb").Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.ConfigSet(ctx, "maxmemory", "0") })
 	e := startApplier(t, rdb, Resume{},
 		RuleConfig{Table: "shop.goods", Kind: KindMirror, Key: "m:{id}", Column: "stock"},
 		RuleConfig{Table: "shop.goods", Kind: KindMember, Key: "on_sale", Member: "{id}", When: &Condition{Column: "status", Equals: "on"}})
 	e.in <- txn(pos("binlog.000001", 100), ins(int32(1), "a", int32(1), "on"), ins(int32(2), "b", int32(2), "off"))
 	deadline := time.Now().Add(5 * time.Second)
-	for e.a.Healthy() {
+	for testutil.ToFloat64(e.a.m.retries) < 3 {
 		if time.Now().After(deadline) {
-			t.Fatal("applier still healthy though its script fails")
+			t.Fatalf("%v retries within 5s of a batch Redis refuses for memory", testutil.ToFloat64(e.a.m.retries))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	time.Sleep(100 * time.Millisecond) // a few retries
-	for _, k := range []string{"m:1", "m:2", e.ks.Checkpoint()} {
+	if e.a.Healthy() {
+		t.Error("healthy while every apply fails")
+	}
+	if n := testutil.ToFloat64(e.a.m.errors.WithLabelValues("oom")); n < 3 {
+		t.Errorf("%v oom errors counted, want one per try", n)
+	}
+	for _, k := range []string{"m:1", "m:2", "on_sale", e.ks.Checkpoint(), e.ks.Snapshot()} {
 		if n, _ := rdb.Exists(ctx, k).Result(); n != 0 {
 			t.Errorf("%s was written by a batch that failed", k)
 		}
 	}
-	if err := rdb.Del(ctx, "on_sale").Err(); err != nil {
+	if err := rdb.ConfigSet(ctx, "maxmemory", "0").Err(); err != nil {
 		t.Fatal(err)
 	}
 	e.apply(txn(pos("binlog.000001", 200)))

@@ -3,8 +3,10 @@ package sink
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -77,24 +79,43 @@ func (e *applierEnv) wantZset(step, key string, want ...string) {
 	}
 }
 
-// refused sends txn and waits until its batch failed a few times with a
-// WRONGTYPE error; the caller checks that nothing of it was written.
-func (e *applierEnv) refused(txn *binlog.Txn) {
+// refused sends txn and waits until Run stops with ErrScript, at once
+// (no retries) and naming the key; the caller checks that nothing of the
+// batch was written, and may restart.
+func (e *applierEnv) refused(txn *binlog.Txn, key string) {
 	e.t.Helper()
 	e.in <- txn
-	deadline := time.Now().Add(5 * time.Second)
-	for e.a.Healthy() {
-		if time.Now().After(deadline) {
-			e.t.Fatal("applier still healthy though its script must fail")
+	select {
+	case err := <-e.done:
+		e.running = false
+		if !errors.Is(err, ErrScript) || !strings.Contains(err.Error(), key) || !strings.Contains(err.Error(), "member") {
+			e.t.Errorf("Run = %v, want ErrScript naming %s and its rule", err, key)
 		}
-		time.Sleep(5 * time.Millisecond)
+	case <-time.After(5 * time.Second):
+		e.t.Fatal("applier still running though its script must fail")
 	}
-	time.Sleep(100 * time.Millisecond) // a few retries
 	wrong := testutil.ToFloat64(e.a.m.errors.WithLabelValues("wrongtype"))
 	other := testutil.ToFloat64(e.a.m.errors.WithLabelValues("other"))
-	if wrong == 0 || other != 0 {
-		e.t.Errorf("errors: %v wrongtype, %v other; want only wrongtype", wrong, other)
+	if wrong != 1 || other != 0 {
+		e.t.Errorf("errors: %v wrongtype, %v other; want one wrongtype", wrong, other)
 	}
+	if n := testutil.ToFloat64(e.a.m.retries); n != 0 {
+		t := e.t
+		t.Errorf("%v retries of a batch no retry can cure", n)
+	}
+}
+
+// restart runs the applier again from the stored checkpoint, as the
+// daemon does after a restart.
+func (e *applierEnv) restart() {
+	e.t.Helper()
+	cp, ok, err := ReadCheckpoint(context.Background(), e.rdb, e.ks)
+	if err != nil || !ok {
+		e.t.Fatalf("no checkpoint to restart from: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e.stop, e.running = cancel, true
+	go func() { e.done <- e.a.Run(ctx, e.in, Resume{Expect: &cp}) }()
 }
 
 func TestMemberRemoveFromSortedSet(t *testing.T) {
@@ -239,7 +260,8 @@ func TestMemberHashOrderIndependent(t *testing.T) {
 }
 
 // A member op on a key of the wrong type refuses the whole batch: nothing
-// written, no checkpoint, until the key is fixed.
+// written, no checkpoint; Run stops (no retry can cure it) and, once the
+// key is fixed, a restart replays the batch.
 func TestMemberWrongType(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: testenv.StartRedis(t).Addr()})
 	defer rdb.Close()
@@ -276,7 +298,7 @@ func TestMemberWrongType(t *testing.T) {
 			}
 			typ := rdb.Type(ctx, bad).Val()
 			e.apply(txn(pos("binlog.000001", 100), oIns(order("o0", 1, 6, "created"))))
-			e.refused(txn(pos("binlog.000001", 200), oIns(order("o9", 1, 6, "created")), oIns(tc.row)))
+			e.refused(txn(pos("binlog.000001", 200), oIns(order("o9", 1, 6, "created")), oIns(tc.row)), bad)
 			if m := rdb.SMembers(ctx, p+"ok:6").Val(); !slices.Equal(m, []string{"o0"}) {
 				t.Errorf("ok:6 = %q: a batch that failed was written", m)
 			}
@@ -289,6 +311,8 @@ func TestMemberWrongType(t *testing.T) {
 			if err := rdb.Del(ctx, bad).Err(); err != nil {
 				t.Fatal(err)
 			}
+			e.restart() // replays the refused transaction
+			e.apply(txn(pos("binlog.000001", 200), oIns(order("o9", 1, 6, "created")), oIns(tc.row)))
 			e.apply(txn(pos("binlog.000001", 300)))
 			if m := rdb.SMembers(ctx, p+"ok:6").Val(); len(m) != 2 {
 				t.Errorf("after the key was fixed: ok:6 = %q, want [o0 o9]", m)
@@ -308,7 +332,7 @@ func TestMemberWrongTypeWithinBatch(t *testing.T) {
 		RuleConfig{Table: "shop.orders", Kind: KindMember, Key: "same:{item_id}", Member: "{order_id}"},
 		RuleConfig{Table: "shop.orders", Kind: KindMember, Key: "same:{item_id}", Member: "{user_id}", Value: "{order_id}"},
 		RuleConfig{Table: "shop.orders", Kind: KindMirror, Key: "m:{order_id}", Column: "status"})
-	e.refused(txn(pos("binlog.000001", 100), oIns(order("o1", 1, 7, "created"))))
+	e.refused(txn(pos("binlog.000001", 100), oIns(order("o1", 1, 7, "created"))), "same:7")
 	if keys := rdb.Keys(ctx, "*").Val(); len(keys) != 0 {
 		t.Errorf("Redis holds %q after a refused batch, want nothing", keys)
 	}

@@ -417,12 +417,7 @@ func (b *boundRule) matches(row []any, scratch []byte) bool {
 func (rs *Rules) Owns(key string) bool {
 	for _, t := range rs.order {
 		for _, r := range rs.byTable[t] {
-			for _, k := range r.keys {
-				if k.Match(key) {
-					return true
-				}
-			}
-			if r.key != nil && !r.remove && r.key.Match(key) {
+			if !r.remove && r.writes(key) {
 				return true
 			}
 		}
@@ -458,4 +453,14 @@ func (rs *Rules) keptFor(table, key string) bool {
 		}
 	}
 	return false
+}
+
+// writes reports whether key matches one of the rule's key templates.
+func (r *rule) writes(key string) bool {
+	for _, k := range r.keys {
+		if k.Match(key) {
+			return true
+		}
+	}
+	return r.key != nil && r.key.Match(key)
 }

@@ -65,8 +65,11 @@ func (a *Applier) truncateRetrying(ctx context.Context, table string, f Fence) (
 			}
 		}
 		a.healthy.Store(false)
-		a.m.retries.Inc()
 		a.m.errors.WithLabelValues(errorKind(err)).Inc()
+		if deterministic(err) {
+			return false, fmt.Errorf("%w: %v", ErrScript, err)
+		}
+		a.m.retries.Inc()
 		wait := bo.NextBackOff()
 		a.log.Error().Err(err).Str("table", table).Dur("retry_in", wait).Msg("deleting the keys of a truncated table failed; retrying")
 		select {
