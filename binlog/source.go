@@ -220,13 +220,9 @@ func (r *reader) handle(ctx context.Context, ev *replication.BinlogEvent) error 
 			r.begin()
 		}
 	case *replication.GTIDEvent:
-		if next, err := e.GTIDNext(); err == nil {
-			r.gtid = next.String()
-		}
-		r.commit = time.Unix(int64(ev.Header.Timestamp), 0)
-		if e.OriginalCommitTimestamp > 0 {
-			r.commit = e.OriginalCommitTime()
-		}
+		r.mysqlGTID(ev, e)
+	case *replication.GtidTaggedLogEvent: // MySQL 8.4: gtid_next=uuid:tag:n
+		r.mysqlGTID(ev, &e.GTIDEvent)
 	case *replication.QueryEvent:
 		return r.query(ctx, ev, e)
 	case *replication.TableMapEvent:
@@ -243,6 +239,19 @@ func (r *reader) handle(ctx context.Context, ev *replication.BinlogEvent) error 
 		}
 	}
 	return nil
+}
+
+// mysqlGTID notes the GTID and commit time of the MySQL transaction that
+// follows (its BEGIN comes as a query event).
+func (r *reader) mysqlGTID(ev *replication.BinlogEvent, e *replication.GTIDEvent) {
+	r.gtid = ""
+	if next, err := e.GTIDNext(); err == nil {
+		r.gtid = next.String()
+	}
+	r.commit = time.Unix(int64(ev.Header.Timestamp), 0)
+	if e.OriginalCommitTimestamp > 0 {
+		r.commit = e.OriginalCommitTime()
+	}
 }
 
 func (r *reader) begin() {
