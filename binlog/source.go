@@ -364,6 +364,9 @@ func (r *reader) rows(ctx context.Context, ev *replication.BinlogEvent, e *repli
 		for i := 0; i+1 < len(e.Rows); i += 2 {
 			r.txn.Changes = append(r.txn.Changes, Change{Table: t, Op: Update, Before: e.Rows[i], After: e.Rows[i+1]})
 		}
+	case replication.PARTIAL_UPDATE_ROWS_EVENT: // CheckServer refuses it globally; a session can still set it
+		return fmt.Errorf("%w: partial JSON update on %s: a session set binlog_row_value_options=PARTIAL_JSON; cachesync needs binlog_row_value_options=''",
+			ErrFatal, t.FullName())
 	default:
 		return fmt.Errorf("%w: unsupported rows event %s on %s", ErrFatal, ev.Header.EventType, t.FullName())
 	}
