@@ -3,8 +3,11 @@ package binlog
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
+
+	sqldriver "github.com/go-sql-driver/mysql"
 )
 
 // ServerInfo is what cachesync needs to know about the primary.
@@ -15,8 +18,8 @@ type ServerInfo struct {
 
 // CheckServer verifies that the server writes a binlog cachesync can read —
 // ROW format, FULL row image, FULL row metadata (column names in every
-// TableMapEvent) — and detects its flavor. Each problem is named with the
-// setting that fixes it.
+// TableMapEvent), whole JSON values (no PARTIAL_JSON on MySQL) — and
+// detects its flavor. Each problem is named with the setting that fixes it.
 func CheckServer(ctx context.Context, db *sql.DB) (ServerInfo, error) {
 	var info ServerInfo
 	if err := db.QueryRowContext(ctx, "SELECT VERSION()").Scan(&info.Version); err != nil {
@@ -26,27 +29,71 @@ func CheckServer(ctx context.Context, db *sql.DB) (ServerInfo, error) {
 	if strings.Contains(strings.ToLower(info.Version), "mariadb") {
 		info.Flavor = "mariadb"
 	}
-	want := []struct{ name, value string }{
-		{"log_bin", "1"},
-		{"binlog_format", "ROW"},
-		{"binlog_row_image", "FULL"},
-		{"binlog_row_metadata", "FULL"},
-	}
-	for _, w := range want {
+	return info, checkSettings(info, func(name string) (string, bool, error) {
 		var got sql.NullString
-		if err := db.QueryRowContext(ctx, "SELECT @@GLOBAL."+w.name).Scan(&got); err != nil {
-			return info, fmt.Errorf("server %s: read @@%s: %w", info.Version, w.name, err)
+		err := db.QueryRowContext(ctx, "SELECT @@GLOBAL."+name).Scan(&got)
+		if me := (*sqldriver.MySQLError)(nil); errors.As(err, &me) && me.Number == erUnknownSystemVariable {
+			return "", false, nil
 		}
-		v := strings.ToUpper(got.String)
+		return got.String, err == nil, err
+	})
+}
+
+// erUnknownSystemVariable is ER_UNKNOWN_SYSTEM_VARIABLE.
+const erUnknownSystemVariable = 1193
+
+// setting is a global server variable the binlog needs set one way.
+type setting struct {
+	name string
+	want string // upper case; ON reads as 1
+	// mysqlOnly: the variable exists on MySQL only, and not on every
+	// version; it is not asked on MariaDB and passes where unknown.
+	mysqlOnly bool
+}
+
+var settings = []setting{
+	{name: "log_bin", want: "1"},
+	{name: "binlog_format", want: "ROW"},
+	{name: "binlog_row_image", want: "FULL"},
+	{name: "binlog_row_metadata", want: "FULL"},
+	// MySQL ≥ 8.0.3: PARTIAL_JSON logs a JSON update as a diff
+	// (PARTIAL_UPDATE_ROWS_EVENT, even with binlog_row_image=FULL), which
+	// cachesync cannot apply: the stream would stop at the first one.
+	{name: "binlog_row_value_options", want: "", mysqlOnly: true},
+}
+
+// checkSettings checks the settings of a server of info's flavor with
+// read, which returns a global variable's value, or known=false if the
+// server has no such variable.
+func checkSettings(info ServerInfo, read func(name string) (value string, known bool, err error)) error {
+	for _, w := range settings {
+		if w.mysqlOnly && info.Flavor == "mariadb" {
+			continue
+		}
+		got, known, err := read(w.name)
+		if err != nil {
+			return fmt.Errorf("server %s: read @@%s: %w", info.Version, w.name, err)
+		}
+		if !known && w.mysqlOnly {
+			continue
+		}
+		if !known {
+			return fmt.Errorf("server %s: has no variable %s; cachesync needs MariaDB ≥ 10.5 or MySQL ≥ 8.0", info.Version, w.name)
+		}
+		v := strings.ToUpper(got)
 		if v == "ON" {
 			v = "1"
 		}
-		if v != w.value {
-			return info, fmt.Errorf("server %s: %s is %q, cachesync needs %s=%s (set it in my.cnf or with SET GLOBAL)",
-				info.Version, w.name, got.String, w.name, strings.Replace(w.value, "1", "ON", 1))
+		if v != w.want {
+			want := strings.Replace(w.want, "1", "ON", 1)
+			if want == "" {
+				want = "''"
+			}
+			return fmt.Errorf("server %s: %s is %q, cachesync needs %s=%s (set it in my.cnf or with SET GLOBAL)",
+				info.Version, w.name, got, w.name, want)
 		}
 	}
-	return info, nil
+	return nil
 }
 
 // Querier is what CurrentPosition needs: a *sql.DB or a *sql.Conn.

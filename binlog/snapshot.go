@@ -13,13 +13,9 @@ import (
 // consistent read and sends them on out as Insert changes, in pieces of at
 // most chunk rows marked Partial, followed by one empty complete Txn at the
 // snapshot's position: the checkpoint is written only once every row is in
-// Redis. It returns the position to stream from.
-//
-// The position is exact where the server reports the binlog position of a
-// consistent snapshot (MariaDB, Percona). Elsewhere it is the position read
-// just before the snapshot began: transactions committed in between are
-// streamed again and overwrite the snapshot's values with their own, which
-// can show older values for a moment but ends in the same state.
+// Redis. It returns the position to stream from: the snapshot's exactly
+// (see ReadConsistent), so no transaction is both in the snapshot and
+// streamed, or in neither.
 func Snapshot(ctx context.Context, db *sql.DB, tables []string, chunk int, out chan<- *Txn) (Position, error) {
 	start := time.Now()
 	pos, err := ReadConsistent(ctx, db, func(conn *sql.Conn, pos Position) error {
@@ -34,49 +30,6 @@ func Snapshot(ctx context.Context, db *sql.DB, tables []string, chunk int, out c
 		return Position{}, err
 	}
 	if err := sendTxn(ctx, out, &Txn{Pos: pos, Commit: start}); err != nil {
-		return Position{}, err
-	}
-	return pos, nil
-}
-
-// ReadConsistent runs read inside one REPEATABLE READ transaction started
-// WITH CONSISTENT SNAPSHOT, in UTC, and returns the binlog position the
-// snapshot corresponds to: exact where the server reports it (MariaDB,
-// Percona), else the position read just before the snapshot began (which
-// may be slightly earlier than the snapshot).
-func ReadConsistent(ctx context.Context, db *sql.DB, read func(conn *sql.Conn, pos Position) error) (Position, error) {
-	conn, err := db.Conn(ctx)
-	if err != nil {
-		return Position{}, fmt.Errorf("snapshot: %w", err)
-	}
-	defer conn.Close()
-	before, err := CurrentPosition(ctx, conn)
-	if err != nil {
-		return Position{}, fmt.Errorf("snapshot: %w", err)
-	}
-	// TIMESTAMP columns are read in UTC, as the stream renders them.
-	if _, err := conn.ExecContext(ctx, "SET SESSION time_zone = '+00:00'"); err != nil {
-		return Position{}, fmt.Errorf("snapshot: %w", err)
-	}
-	defer conn.ExecContext(context.WithoutCancel(ctx), "SET SESSION time_zone = DEFAULT") //nolint:errcheck // restores the pool's connection
-	for _, q := range []string{
-		"SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-		"START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
-	} {
-		if _, err := conn.ExecContext(ctx, q); err != nil {
-			return Position{}, fmt.Errorf("snapshot: %s: %w", q, err)
-		}
-	}
-	defer conn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK") //nolint:errcheck // read-only
-	pos := before
-	var file, off string
-	if conn.QueryRowContext(ctx, "SHOW STATUS LIKE 'binlog_snapshot_file'").Scan(new(string), &file) == nil &&
-		conn.QueryRowContext(ctx, "SHOW STATUS LIKE 'binlog_snapshot_position'").Scan(new(string), &off) == nil && file != "" {
-		if p, err := ParsePosition(file + ":" + off); err == nil {
-			pos = p
-		}
-	}
-	if err := read(conn, pos); err != nil {
 		return Position{}, err
 	}
 	return pos, nil

@@ -22,6 +22,14 @@ type Start struct {
 	GTID string
 }
 
+// String is the GTID set if there is one, else the position.
+func (s Start) String() string {
+	if s.GTID != "" {
+		return "gtid " + s.GTID
+	}
+	return s.Pos.String()
+}
+
 // Source reads the binlog and emits transactions. Create one with
 // NewSource; Run may be called again after it returned.
 type Source struct {
@@ -31,6 +39,7 @@ type Source struct {
 	log     zerolog.Logger
 	metrics *sourceMetrics
 	up      atomic.Bool
+	lastErr atomic.Pointer[error] // nil or the error that ended the last stream
 }
 
 // NewSource returns a Source for the given server flavor ("mysql" or
@@ -47,19 +56,26 @@ func NewSource(cfg Config, flavor string, watched []string, log zerolog.Logger, 
 // Connected reports whether the source currently streams from the server.
 func (s *Source) Connected() bool { return s.up.Load() }
 
-// ErrFatal wraps errors that reconnecting cannot cure (a purged binlog, a
-// row that does not match its table map).
-var ErrFatal = errors.New("binlog")
-
-// ErrPurged (with ErrFatal) means the server no longer has the binlog at
-// the start position.
-var ErrPurged = errors.New("start position purged")
+// LastError returns the error that ended the last connection or attempt
+// to connect — the one Run retries after, or the fatal one it returned —
+// or nil if there was none since the current connection delivered its
+// first event. Safe for concurrent use: /readyz and logs may show it
+// while Connected is false.
+func (s *Source) LastError() error {
+	if p := s.lastErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
 
 // Run streams transactions from start into out, in commit order, until ctx
 // is done (it then returns nil) or an error that reconnecting cannot cure
-// (wrapping ErrFatal). A lost connection is re-established with backoff,
+// (wrapping ErrFatal): a purged start (also ErrPurged), a refused login
+// or privilege, a binlog the server cannot send, a row that does not fit
+// its table map. Server errors are told apart by number. Anything else
+// (a lost connection, a server restarting) is retried with backoff,
 // resuming after the last complete transaction sent on out; Connected is
-// false meanwhile. Run never closes out.
+// false and LastError says why meanwhile. Run never closes out.
 func (s *Source) Run(ctx context.Context, start Start, out chan<- *Txn) error {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = 100 * time.Millisecond
@@ -67,10 +83,13 @@ func (s *Source) Run(ctx context.Context, start Start, out chan<- *Txn) error {
 	bo.MaxElapsedTime = 0
 	for {
 		r := &reader{src: s, out: out, file: start.Pos.File}
-		err := r.stream(ctx, start)
+		err := classify(r.stream(ctx, start), start)
 		s.up.Store(false)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if err != nil {
+			s.lastErr.Store(&err)
 		}
 		if errors.Is(err, ErrFatal) {
 			return err
@@ -184,12 +203,10 @@ func (r *reader) stream(ctx context.Context, start Start) error {
 		ev, err := st.GetEvent(ctx)
 		last.Store(time.Now().UnixNano())
 		if err != nil {
-			if isFatalDumpError(err) {
-				return fmt.Errorf("%w: %w: %v (the binlog at %s is gone: restart with mysql.start.from=current, or delete the checkpoint to resnapshot)", ErrFatal, ErrPurged, err, start.Pos)
-			}
 			return err
 		}
 		if first {
+			s.lastErr.Store(nil)
 			s.up.Store(true)
 			first = false
 		}
@@ -197,15 +214,6 @@ func (r *reader) stream(ctx context.Context, start Start) error {
 			return err
 		}
 	}
-}
-
-// isFatalDumpError recognises server errors that no reconnect fixes.
-func isFatalDumpError(err error) bool {
-	msg := err.Error()
-	return strings.Contains(msg, "Could not find first log file") ||
-		strings.Contains(msg, "could not find next log") ||
-		strings.Contains(msg, "purged binary logs") ||
-		strings.Contains(msg, "Error: connecting slave requested to start from GTID")
 }
 
 func (r *reader) handle(ctx context.Context, ev *replication.BinlogEvent) error {
@@ -220,13 +228,9 @@ func (r *reader) handle(ctx context.Context, ev *replication.BinlogEvent) error 
 			r.begin()
 		}
 	case *replication.GTIDEvent:
-		if next, err := e.GTIDNext(); err == nil {
-			r.gtid = next.String()
-		}
-		r.commit = time.Unix(int64(ev.Header.Timestamp), 0)
-		if e.OriginalCommitTimestamp > 0 {
-			r.commit = e.OriginalCommitTime()
-		}
+		r.mysqlGTID(ev, e)
+	case *replication.GtidTaggedLogEvent: // MySQL 8.4: gtid_next=uuid:tag:n
+		r.mysqlGTID(ev, &e.GTIDEvent)
 	case *replication.QueryEvent:
 		return r.query(ctx, ev, e)
 	case *replication.TableMapEvent:
@@ -243,6 +247,19 @@ func (r *reader) handle(ctx context.Context, ev *replication.BinlogEvent) error 
 		}
 	}
 	return nil
+}
+
+// mysqlGTID notes the GTID and commit time of the MySQL transaction that
+// follows (its BEGIN comes as a query event).
+func (r *reader) mysqlGTID(ev *replication.BinlogEvent, e *replication.GTIDEvent) {
+	r.gtid = ""
+	if next, err := e.GTIDNext(); err == nil {
+		r.gtid = next.String()
+	}
+	r.commit = time.Unix(int64(ev.Header.Timestamp), 0)
+	if e.OriginalCommitTimestamp > 0 {
+		r.commit = e.OriginalCommitTime()
+	}
 }
 
 func (r *reader) begin() {
@@ -351,6 +368,9 @@ func (r *reader) rows(ctx context.Context, ev *replication.BinlogEvent, e *repli
 		for i := 0; i+1 < len(e.Rows); i += 2 {
 			r.txn.Changes = append(r.txn.Changes, Change{Table: t, Op: Update, Before: e.Rows[i], After: e.Rows[i+1]})
 		}
+	case replication.PARTIAL_UPDATE_ROWS_EVENT: // CheckServer refuses it globally; a session can still set it
+		return fmt.Errorf("%w: partial JSON update on %s: a session set binlog_row_value_options=PARTIAL_JSON; cachesync needs binlog_row_value_options=''",
+			ErrFatal, t.FullName())
 	default:
 		return fmt.Errorf("%w: unsupported rows event %s on %s", ErrFatal, ev.Header.EventType, t.FullName())
 	}
