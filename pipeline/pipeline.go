@@ -95,6 +95,9 @@ func (p *Pipeline) Ready() error {
 	case !p.snapshotApplied():
 		return errors.New("snapshotting: the snapshot is not all in Redis yet")
 	case !p.source.Connected():
+		if err := p.source.LastError(); err != nil {
+			return fmt.Errorf("binlog connection down: %w", err)
+		}
 		return errors.New("binlog connection down")
 	case !p.applier.Healthy():
 		return errors.New("redis apply failing")
