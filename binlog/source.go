@@ -40,6 +40,9 @@ type Source struct {
 	metrics *sourceMetrics
 	up      atomic.Bool
 	lastErr atomic.Pointer[error] // nil or the error that ended the last stream
+	// reached is the version of the binlog position up to which every
+	// transaction has been sent (0: unknown yet).
+	reached atomic.Uint64
 }
 
 // NewSource returns a Source for the given server flavor ("mysql" or
@@ -52,6 +55,11 @@ func NewSource(cfg Config, flavor string, watched []string, log zerolog.Logger, 
 	}
 	return &Source{cfg: cfg, flavor: flavor, watch: w, log: log, metrics: newSourceMetrics(reg)}
 }
+
+// Reached returns the version (Position.Version) of the binlog position up
+// to which every transaction has been sent: the end of the last one, or
+// the position an idle server's heartbeat names. 0 until known.
+func (s *Source) Reached() uint64 { return s.reached.Load() }
 
 // Connected reports whether the source currently streams from the server.
 func (s *Source) Connected() bool { return s.up.Load() }
@@ -81,6 +89,7 @@ func (s *Source) Run(ctx context.Context, start Start, out chan<- *Txn) error {
 	bo.InitialInterval = 100 * time.Millisecond
 	bo.MaxInterval = 5 * time.Second
 	bo.MaxElapsedTime = 0
+	s.reached.Store(0) // a new stream may start before the last one got
 	for {
 		r := &reader{src: s, out: out, file: start.Pos.File}
 		err := classify(r.stream(ctx, start), start)
@@ -231,6 +240,14 @@ func (r *reader) handle(ctx context.Context, ev *replication.BinlogEvent) error 
 		r.mysqlGTID(ev, e)
 	case *replication.GtidTaggedLogEvent: // MySQL 8.4: gtid_next=uuid:tag:n
 		r.mysqlGTID(ev, &e.GTIDEvent)
+	case *replication.HeartbeatEvent:
+		if !r.inTxn && ev.Header.LogPos > 0 {
+			file := e.Filename
+			if file == "" {
+				file = r.file
+			}
+			r.reach(Position{File: file, Pos: ev.Header.LogPos})
+		}
 	case *replication.QueryEvent:
 		return r.query(ctx, ev, e)
 	case *replication.TableMapEvent:
@@ -404,7 +421,14 @@ func (r *reader) end(ctx context.Context, ev *replication.BinlogEvent) error {
 	}
 	r.resume = t.Pos
 	r.progressed = true
+	r.reach(t.Pos)
 	return nil
+}
+
+func (r *reader) reach(p Position) {
+	if v, err := p.Version(); err == nil && v > r.src.reached.Load() {
+		r.src.reached.Store(v)
+	}
 }
 
 func (r *reader) send(ctx context.Context, t *Txn) error {

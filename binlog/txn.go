@@ -141,6 +141,8 @@ type Txn struct {
 	Partial bool
 	// DDL holds the statement when the transaction is a DDL statement.
 	DDL string
+	// Snapshot records the snapshot's progress, applied with the rows.
+	Snapshot *SnapshotStep
 	// Truncated names the ruled table ("schema.table", lower case) a
 	// TRUNCATE statement emptied: it writes no row events, so the sink
 	// deletes the table's keys itself.
@@ -149,3 +151,12 @@ type Txn struct {
 
 // Rows returns the number of row changes in the transaction.
 func (t *Txn) Rows() int { return len(t.Changes) }
+
+// SnapshotStep is what a snapshot transaction records about the snapshot:
+// the tables it begins, or how far the chunk it carries got in its table.
+type SnapshotStep struct {
+	Start []string // tables ("schema.table") whose snapshot begins
+	Table string   // the table of the chunk
+	After string   // FormatKey of the chunk's last primary key
+	Done  bool     // the chunk was the table's last
+}

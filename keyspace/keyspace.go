@@ -48,3 +48,7 @@ func (s Keyspace) Fence(name string) string { return s.Prefix + "fence:" + name 
 // Resync marks a rebuild after Redis went back past the binlog: set until
 // the keys the rules own were deleted (see sink.Applier.PurgeOwned).
 func (s Keyspace) Resync() string { return s.Prefix + "resync" }
+
+// SnapshotProgress is the hash of the chunked snapshot's progress per table
+// (see sink.Applier.SnapshotProgress).
+func (s Keyspace) SnapshotProgress() string { return s.Prefix + "snapshot:progress" }

@@ -11,7 +11,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,10 +37,9 @@ type Pipeline struct {
 	log     zerolog.Logger
 	phase   atomic.Value          // string: standby, starting, resync, snapshot, streaming, stopped
 	dbErr   atomic.Pointer[error] // last MySQL ping of a standby
-	// readyAt is the checkpoint version the sink must have applied before
-	// readers find the data in Redis: the snapshot's position (its rows are
-	// queued ahead of it), 0 without a snapshot.
-	readyAt atomic.Uint64
+	// snapTarget is the count of snapshot tables the sink must have done
+	// (Applier.SnapshotTablesDone) before readers find the data in Redis.
+	snapTarget atomic.Int64
 	// sawCheckpoint: this process found or wrote a checkpoint in Redis
 	// since the last data loss it counted. One missing later means Redis
 	// lost its data, however that was noticed (a refused batch, or a lease
@@ -50,6 +48,7 @@ type Pipeline struct {
 	resets        prometheus.Counter
 	rewinds       prometheus.Counter
 	resyncs       prometheus.Counter
+	snap          snapshotMetrics
 }
 
 // New builds a pipeline that leads under lease. db reaches the same server
@@ -73,6 +72,7 @@ func New(cfg binlog.Config, flavor string, db *sql.DB, applier *sink.Applier, le
 	if reg != nil {
 		reg.MustRegister(p.resets, p.rewinds, p.resyncs)
 	}
+	p.snap = newSnapshotMetrics(reg)
 	p.phase.Store("starting")
 	return p
 }
@@ -88,12 +88,10 @@ func (p *Pipeline) Ready() error {
 			return fmt.Errorf("standby: mysql: %w", *err)
 		}
 		return nil
-	case ph == "snapshot":
-		return errors.New("snapshotting: reading the ruled tables")
 	case ph != "streaming":
 		return fmt.Errorf("pipeline is %s", ph)
-	case !p.snapshotApplied():
-		return errors.New("snapshotting: the snapshot is not all in Redis yet")
+	case p.applier.SnapshotTablesDone() < p.snapTarget.Load():
+		return fmt.Errorf("snapshotting: %d table(s) not yet all in Redis", p.snapTarget.Load()-p.applier.SnapshotTablesDone())
 	case !p.source.Connected():
 		if err := p.source.LastError(); err != nil {
 			return fmt.Errorf("binlog connection down: %w", err)
@@ -103,14 +101,6 @@ func (p *Pipeline) Ready() error {
 		return errors.New("redis apply failing")
 	}
 	return nil
-}
-
-// snapshotApplied reports whether the sink applied the snapshot this term
-// took, if any.
-func (p *Pipeline) snapshotApplied() bool {
-	at := p.readyAt.Load()
-	a := p.applier.Applied()
-	return at == 0 || (a != nil && a.Version >= at)
 }
 
 // Role is "leader" or "standby".
@@ -296,53 +286,70 @@ func retryForever() backoff.BackOff {
 
 func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.Fence) error {
 	p.phase.Store("starting")
-	p.readyAt.Store(0)
+	p.snapTarget.Store(p.applier.SnapshotTablesDone())
 	before := p.applier.Applied()
 	defer func() {
 		if a := p.applier.Applied(); a != nil && a != before {
 			p.sawCheckpoint.Store(true) // this run wrote one
 		}
 	}()
-	start, snapshot, expect, err := p.startPoint(ctx, reset, rewound)
+	start, fresh, expect, err := p.startPoint(ctx, reset, rewound)
 	if err != nil || ctx.Err() != nil {
 		return err
 	}
+	// The snapshot to run beside the stream: all stateful tables when it
+	// begins, else what the stored progress says is left.
+	var first *binlog.Txn
+	pending := map[string]string{}
+	if fresh {
+		tables := p.applier.Rules().Stateful()
+		for _, t := range tables {
+			pending[t] = ""
+		}
+		first = &binlog.Txn{Pos: start.Pos, Commit: time.Now(), Snapshot: &binlog.SnapshotStep{Start: tables}}
+		p.log.Info().Strs("tables", tables).Stringer("pos", start.Pos).Msg("snapshot: beginning, beside the stream")
+	} else if expect != nil {
+		if pending, err = p.applier.SnapshotProgress(ctx); err != nil {
+			return err // retried by the caller's next term
+		}
+		if len(pending) > 0 {
+			p.log.Info().Any("tables", pending).Msg("snapshot: resuming after the last chunk in Redis")
+		}
+	}
+	keys := p.snapshotKeys(ctx, pending)
+	if ctx.Err() != nil {
+		return nil
+	}
+	p.snapTarget.Add(int64(len(pending)))
+
 	q := make(chan *binlog.Txn, queueTxns)
+	raw := make(chan *binlog.Txn, 64)
+	chunks := make(chan *binlog.Txn)
 	srcCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var srcErr error
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		defer close(q)
-		if snapshot {
-			p.phase.Store("snapshot")
-			p.readyAt.Store(math.MaxUint64)
-			tables := p.applier.Rules().Stateful()
-			p.log.Info().Strs("tables", tables).Msg("snapshot: loading ruled tables")
-			t0 := time.Now()
-			pos, err := binlog.Snapshot(srcCtx, p.db, tables, p.chunk, q)
-			if err != nil {
-				srcErr = err
-				return
-			}
-			p.log.Info().Stringer("pos", pos).Dur("took", time.Since(t0)).Msg("snapshot sent; streaming from its position")
-			start = binlog.Start{Pos: pos}
-			v, _ := pos.Version() // the sink refuses a position without one
-			p.readyAt.Store(v)
-		}
+	wg.Go(func() {
+		defer close(raw)
 		p.phase.Store("streaming")
 		p.log.Info().Stringer("pos", start.Pos).Str("gtid", start.GTID).Msg("streaming binlog")
-		srcErr = p.source.Run(srcCtx, start, q)
-	}()
+		srcErr = p.source.Run(srcCtx, start, raw)
+	})
+	wg.Go(func() {
+		defer close(chunks)
+		p.snapshot(srcCtx, pending, keys, chunks)
+	})
+	wg.Go(func() {
+		defer close(q)
+		merge(srcCtx, p.snap, p.source, keys, first, raw, chunks, q)
+	})
 	err = p.applier.Run(ctx, q, sink.Resume{Expect: expect, Fence: fence})
 	cancel()
 	wg.Wait()
-	if err != nil {
+	switch {
+	case err != nil:
 		return err
-	}
-	if srcErr != nil && ctx.Err() == nil {
+	case srcErr != nil && ctx.Err() == nil:
 		return srcErr
 	}
 	return nil
@@ -391,6 +398,12 @@ func (p *Pipeline) startPoint(ctx context.Context, reset, rewound bool) (start b
 			if n > 0 {
 				p.log.Info().Int("keys", n).Msg("deleted the keys of an unfinished snapshot")
 			}
+			pos, err := binlog.CurrentPosition(ctx, p.db)
+			if err != nil {
+				p.log.Warn().Err(err).Msg("reading current binlog position; retrying")
+				return err
+			}
+			start = binlog.Start{Pos: pos}
 			return nil
 		}
 		switch p.cfg.Start.From {

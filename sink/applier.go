@@ -101,6 +101,8 @@ type Applier struct {
 	healthy atomic.Bool
 	applied atomic.Pointer[Checkpoint]
 	lastSeq atomic.Int64 // last seq this applier published
+	// snapDone counts the snapshot's tables whose last chunk was applied.
+	snapDone atomic.Int64
 	// Retry is the back-off between failed script calls (for tests).
 	newBackOff func() backoff.BackOff
 }
@@ -285,6 +287,9 @@ func (a *Applier) add(b *batch, t *binlog.Txn, stored string) error {
 			}
 		}
 	}
+	if t.Snapshot != nil {
+		b.progress(t.Snapshot)
+	}
 	b.txns = append(b.txns, t)
 	b.rows += len(t.Changes)
 	return nil
@@ -459,6 +464,9 @@ func (a *Applier) done(b *batch, seq int64, took time.Duration) {
 	a.m.txns.Add(float64(len(b.txns)))
 	for _, t := range b.txns {
 		a.m.latency.Observe(now.Sub(t.Commit).Seconds())
+		if t.Snapshot != nil && t.Snapshot.Done {
+			a.snapDone.Add(1)
+		}
 	}
 	for _, br := range b.rules {
 		br.counter.Add(float64(br.applied))
