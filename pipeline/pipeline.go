@@ -37,6 +37,10 @@ type Pipeline struct {
 	log     zerolog.Logger
 	phase   atomic.Value          // string: standby, starting, resync, snapshot, streaming, stopped
 	dbErr   atomic.Pointer[error] // last MySQL ping of a standby
+	// dataErr: a standby's last look at Redis found the data incomplete
+	// (no checkpoint yet, or a snapshot in progress): readers of Redis
+	// would miss rows, whichever process writes them.
+	dataErr atomic.Pointer[error]
 	// snapTarget is the count of snapshot tables the sink must have done
 	// (Applier.SnapshotTablesDone) before readers find the data in Redis.
 	snapTarget atomic.Int64
@@ -86,6 +90,9 @@ func (p *Pipeline) Ready() error {
 	case ph == "standby":
 		if err := p.dbErr.Load(); err != nil && *err != nil {
 			return fmt.Errorf("standby: mysql: %w", *err)
+		}
+		if err := p.dataErr.Load(); err != nil && *err != nil {
+			return fmt.Errorf("standby: %w", *err)
 		}
 		return nil
 	case ph != "streaming":
@@ -141,20 +148,21 @@ func (p *Pipeline) standby(ctx context.Context) (*leader.Term, error) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer stop()
+	checking := errors.New("checking redis")
+	p.dataErr.Store(&checking)
 	wg.Go(func() {
 		t := time.NewTicker(2 * time.Second)
 		defer t.Stop()
 		for {
 			c, cancel := context.WithTimeout(pingCtx, 2*time.Second)
 			err := p.db.PingContext(c)
-			if _, ok, cerr := p.applier.ReadCheckpoint(c); cerr == nil && ok {
-				p.sawCheckpoint.Store(true)
-			}
+			dataErr := p.dataComplete(c)
 			cancel()
 			if pingCtx.Err() != nil {
 				return
 			}
 			p.dbErr.Store(&err)
+			p.dataErr.Store(&dataErr)
 			select {
 			case <-pingCtx.Done():
 				return
@@ -163,6 +171,33 @@ func (p *Pipeline) standby(ctx context.Context) (*leader.Term, error) {
 		}
 	})
 	return p.lease.Campaign(ctx)
+}
+
+// dataComplete returns nil when Redis holds what the rules derive from
+// MySQL as of the stored checkpoint: a checkpoint exists and no snapshot is
+// in progress (rules without state need neither: an empty cache is a
+// consistent cache). It notes a checkpoint it sees.
+func (p *Pipeline) dataComplete(ctx context.Context) error {
+	_, ok, err := p.applier.ReadCheckpoint(ctx)
+	if err == nil && ok {
+		p.sawCheckpoint.Store(true)
+	}
+	switch {
+	case len(p.applier.Rules().Stateful()) == 0:
+		return nil
+	case err != nil:
+		return fmt.Errorf("redis: %w", err)
+	case !ok:
+		return errors.New("no checkpoint in redis yet: the leader has not begun its snapshot")
+	}
+	pending, err := p.applier.SnapshotProgress(ctx)
+	switch {
+	case err != nil:
+		return fmt.Errorf("redis: %w", err)
+	case len(pending) > 0:
+		return fmt.Errorf("snapshotting: the leader has %d table(s) left", len(pending))
+	}
+	return nil
 }
 
 // lead streams under fence until ctx is done (nil) or an error that

@@ -27,6 +27,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/go-sql-driver/mysql"
 	"github.com/redis/go-redis/v9"
@@ -233,76 +234,135 @@ func TestCrashSafety(t *testing.T) {
 	t.Logf("total %s", time.Since(t0).Round(time.Millisecond))
 }
 
-// TestKillDuringSnapshot kills the daemon while its first snapshot is half
-// written, then deletes rows and moves rows out of their member sets whose
-// keys that snapshot already wrote: the snapshot of the next start must
-// leave no trace of the aborted one.
+// TestKillDuringSnapshot kills the daemon (kill -9) 20 times while its
+// first snapshot of 30k rows runs in chunks, changing rows between kills
+// (deleting rows, moving rows out of member sets and changing primary keys
+// of rows the snapshot already wrote). Every restart resumes after the
+// last chunk in Redis, never from zero; the snapshot converges; /readyz,
+// polled all along, never says 200 before the snapshot is all in Redis;
+// afterwards every key equals MySQL.
 func TestKillDuringSnapshot(t *testing.T) {
 	if testing.Short() {
 		t.Skip("kill -9 test: skipped in -short mode")
 	}
-	const rows = 60_000
-	e := newCrashEnv(t, 200) // small snapshot chunks: many script calls
+	const rows, kills = 30_000, 20
+	e := newCrashEnv(t, 100) // small chunks: the snapshot takes many calls
 	ctx := context.Background()
 	preloadSimple(t, e.db, rows)
-	r := e.d.Start(t)
-	deadline := time.Now().Add(60 * time.Second)
-	for e.rdb.Exists(ctx, "item:0").Val() == 0 || checkpointExists(ctx, e.rdb) {
-		if r.Exited() || time.Now().After(deadline) {
-			t.Fatalf("snapshot did not start writing (exited: %v)%s", r.Exited(), r.Tail())
+	var lies atomic.Int64
+	var cur atomic.Pointer[testenv.ChildRun]
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { // /readyz must not say 200 before the data is there
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if r := cur.Load(); r != nil {
+				if code, _ := getReadyz(r); code == http.StatusOK && !snapshotDone(ctx, e.rdb) {
+					lies.Add(1)
+				}
+			}
+			time.Sleep(5 * time.Millisecond)
 		}
-		time.Sleep(time.Millisecond)
-	}
-	r.Kill(t)
-	if checkpointExists(ctx, e.rdb) {
-		t.Fatalf("the snapshot completed before the kill landed%s", r.Tail())
-	}
-	written := 0
-	for id := range rows {
-		if e.rdb.Exists(ctx, "item:"+strconv.Itoa(id)).Val() == 0 {
-			break
-		}
-		written = id + 1
-	}
-	if written < 200 {
-		t.Fatalf("only %d rows written before the kill", written)
-	}
-	t.Logf("killed mid-snapshot after %d of %d rows", written, rows)
-	// Change rows the aborted snapshot wrote.
-	mustExec(t, e.db, "DELETE FROM items WHERE id < 200 AND id % 4 = 0")
-	mustExec(t, e.db, "UPDATE items SET status = 'inactive' WHERE id < 200 AND id % 4 = 1")
-	mustExec(t, e.db, "UPDATE items SET grp = grp + 1 WHERE id < 200 AND id % 4 = 2")
-	mustExec(t, e.db, "UPDATE items SET id = id + 100000, qty = NULL WHERE id < 200 AND id % 4 = 3")
+	})
+	defer func() { close(stop); wg.Wait() }()
 
-	r = e.d.Start(t)
-	if err := waitUntil(60*time.Second, func() bool { return checkpointExists(ctx, e.rdb) || r.Exited() }); err != nil || r.Exited() {
-		t.Fatalf("run %d: no checkpoint (%v)%s", r.N, err, r.Tail())
+	prev := ""
+	for k := range kills {
+		r := e.d.Start(t)
+		cur.Store(r)
+		// Let it read a few chunks past where the last run got.
+		if err := waitUntil(60*time.Second, func() bool {
+			p := progress(ctx, e.rdb)
+			return r.Exited() || (p != "" && p != prev && rand.IntN(3) == 0)
+		}); err != nil || r.Exited() {
+			t.Fatalf("run %d: the snapshot did not move past %q (%v)%s", r.N, prev, err, r.Tail())
+		}
+		if snapshotDone(ctx, e.rdb) {
+			t.Fatalf("run %d: the snapshot finished after %d kills: make it longer", r.N, k)
+		}
+		r.Kill(t)
+		p := progress(ctx, e.rdb)
+		if progressID(t, p) < progressID(t, prev) {
+			t.Errorf("run %d: the snapshot went back from id %d to %d", r.N, progressID(t, prev), progressID(t, p))
+		}
+		if r.N > 1 && r.Grep("resuming after the last chunk") == "" {
+			t.Errorf("run %d did not resume the snapshot%s", r.N, r.Tail())
+		}
+		prev = p
+		// Change rows the snapshot may already have written.
+		lo := k * 50
+		mustExec(t, e.db, "DELETE FROM items WHERE id >= ? AND id < ? AND id % 4 = 0", lo, lo+50)
+		mustExec(t, e.db, "UPDATE items SET status = 'inactive' WHERE id >= ? AND id < ? AND id % 4 = 1", lo, lo+50)
+		mustExec(t, e.db, "UPDATE items SET grp = grp + 1 WHERE id >= ? AND id < ? AND id % 4 = 2", lo, lo+50)
+		mustExec(t, e.db, "UPDATE items SET id = id + 100000, qty = NULL WHERE id >= ? AND id < ? AND id % 4 = 3", lo, lo+50)
 	}
-	if line := r.Grep("unfinished snapshot"); line == "" {
-		t.Errorf("run %d does not log that it discarded the unfinished snapshot%s", r.N, r.Tail())
-	} else {
-		t.Logf("run %d: %s", r.N, line)
+	r := e.d.Start(t)
+	cur.Store(r)
+	if err := waitUntil(120*time.Second, func() bool { return snapshotDone(ctx, e.rdb) || r.Exited() }); err != nil || r.Exited() {
+		t.Fatalf("run %d: the snapshot did not finish (%v)%s", r.N, err, r.Tail())
 	}
 	mustExec(t, e.db, "INSERT INTO markers (id, v) VALUES (1, 1)")
 	if err := waitUntil(30*time.Second, func() bool { return e.rdb.Get(ctx, "marker:1").Val() == "1" }); err != nil {
 		t.Fatalf("marker not applied%s", r.Tail())
 	}
-	if n := e.rdb.Exists(ctx, "cachesync:snapshot").Val(); n != 0 {
-		t.Errorf("snapshot journal still exists after the checkpoint was written")
+	if err := waitUntil(10*time.Second, func() bool { code, _ := getReadyz(r); return code == http.StatusOK }); err != nil {
+		code, body := getReadyz(r)
+		t.Errorf("/readyz %d %s after the snapshot finished", code, body)
+	}
+	if n := lies.Load(); n > 0 {
+		t.Errorf("/readyz said 200 %d times while the snapshot was not all in Redis", n)
 	}
 	mism, stats := compare(t, e.db, e.rdb, nil)
-	t.Logf("checked %s; mismatches: %d", stats, len(mism))
+	t.Logf("%d kills; checked %s; mismatches: %d", kills, stats, len(mism))
 	if len(mism) > 0 {
-		t.Fatalf("%d keys differ from MySQL after a snapshot that followed an aborted one; first ones:\n  %s", len(mism), strings.Join(mism[:min(len(mism), 25)], "\n  "))
+		t.Fatalf("%d keys differ from MySQL after a snapshot killed %d times; first ones:\n  %s", len(mism), kills, strings.Join(mism[:min(len(mism), 25)], "\n  "))
 	}
 	r.Term(t, termWithin)
 	e.d.CheckLogs(t)
 }
 
+// progress is the snapshot progress of crash.items ("" before it began).
+func progress(ctx context.Context, rdb *redis.Client) string {
+	return rdb.HGet(ctx, "cachesync:snapshot:progress", "crash.items").Val()
+}
+
+// progressID is the last id the snapshot progress p names (-1: none).
+func progressID(t *testing.T, p string) int {
+	t.Helper()
+	after, ok := strings.CutPrefix(p, "at:")
+	if !ok || after == "" {
+		return -1
+	}
+	vals, err := binlog.ParseKey(after)
+	if err != nil || len(vals) != 1 {
+		t.Fatalf("snapshot progress %q: %v", p, err)
+	}
+	id, err := strconv.Atoi(vals[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// snapshotDone reports whether every table of the snapshot is in Redis.
+func snapshotDone(ctx context.Context, rdb *redis.Client) bool {
+	h := rdb.HGetAll(ctx, "cachesync:snapshot:progress").Val()
+	for _, v := range h {
+		if v != "done" {
+			return false
+		}
+	}
+	return len(h) > 0 && checkpointExists(ctx, rdb)
+}
+
 // TestRedisLossDuringSnapshot restarts Redis (without persistence: it comes
 // back empty) while the daemon's first snapshot is half written. The daemon
 // must notice that the rows it already wrote are gone and snapshot again,
-// rather than complete the snapshot and checkpoint over missing keys.
+// rather than complete the snapshot over missing keys.
 func TestRedisLossDuringSnapshot(t *testing.T) {
 	if testing.Short() {
 		t.Skip("kill -9 test: skipped in -short mode")
@@ -313,7 +373,7 @@ func TestRedisLossDuringSnapshot(t *testing.T) {
 	preloadSimple(t, e.db, rows)
 	r := e.d.Start(t)
 	deadline := time.Now().Add(60 * time.Second)
-	for e.rdb.Exists(ctx, "item:0").Val() == 0 || checkpointExists(ctx, e.rdb) {
+	for e.rdb.Exists(ctx, "item:0").Val() == 0 || snapshotDone(ctx, e.rdb) {
 		if r.Exited() || time.Now().After(deadline) {
 			t.Fatalf("snapshot did not start writing (exited: %v)%s", r.Exited(), r.Tail())
 		}
@@ -325,8 +385,8 @@ func TestRedisLossDuringSnapshot(t *testing.T) {
 	if err := e.rs.Start(); err != nil {
 		t.Fatal(err)
 	}
-	if err := waitUntil(60*time.Second, func() bool { return checkpointExists(ctx, e.rdb) || r.Exited() }); err != nil || r.Exited() {
-		t.Fatalf("run %d: no checkpoint (%v)%s", r.N, err, r.Tail())
+	if err := waitUntil(60*time.Second, func() bool { return snapshotDone(ctx, e.rdb) || r.Exited() }); err != nil || r.Exited() {
+		t.Fatalf("run %d: the snapshot did not finish (%v)%s", r.N, err, r.Tail())
 	}
 	mustExec(t, e.db, "INSERT INTO markers (id, v) VALUES (1, 1)")
 	if err := waitUntil(30*time.Second, func() bool { return e.rdb.Get(ctx, "marker:1").Val() == "1" }); err != nil {
