@@ -268,7 +268,7 @@ func TestDDLDropColumnStops(t *testing.T) {
 	if v, _ := e.rdb.Get(context.Background(), e.p+"j:2").Result(); v != `{"id":2,"a":30}` {
 		t.Errorf("j:2 = %s after resuming, want a = 30", v)
 	}
-	if r.log.contains("snapshot: loading") {
+	if r.log.contains("snapshot: beginning") {
 		t.Error("resumed with a snapshot instead of from the checkpoint")
 	}
 }

@@ -231,6 +231,8 @@ func (p *Pipeline) lead(ctx context.Context, fence sink.Fence) error {
 			p.sawCheckpoint.Store(false) // this loss is counted
 			p.resets.Inc()
 			p.log.Warn().Err(err).Msg("redis lost its data: rebuilding from a snapshot")
+		case errors.Is(err, errSnapshotRequested):
+			p.log.Info().Msg("snapshot requested: starting over from the checkpoint with the tables requested")
 		case errors.Is(err, sink.ErrRewind):
 			rewound = true
 			p.rewinds.Inc()
@@ -347,7 +349,15 @@ func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.
 		if pending, err = p.applier.SnapshotProgress(ctx); err != nil {
 			return err // retried by the caller's next term
 		}
-		if len(pending) > 0 {
+		requested, err := p.applier.SnapshotRequested(ctx)
+		if err != nil {
+			return err
+		}
+		if len(requested) > 0 { // begin them: the chunks' progress may not replace a request
+			first = &binlog.Txn{Pos: start.Pos, Commit: time.Now(), Snapshot: &binlog.SnapshotStep{Start: requested}}
+			p.log.Info().Strs("tables", requested).Msg("snapshot: beginning the tables requested")
+		}
+		if len(pending) > len(requested) {
 			p.log.Info().Any("tables", pending).Msg("snapshot: resuming after the last chunk in Redis")
 		}
 	}
@@ -378,12 +388,21 @@ func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.
 		defer close(q)
 		merge(srcCtx, p.snap, p.source, keys, first, raw, chunks, q)
 	})
+	var requested atomic.Bool
+	wg.Go(func() {
+		if p.watchRequests(srcCtx) {
+			requested.Store(true)
+			cancel()
+		}
+	})
 	err = p.applier.Run(ctx, q, sink.Resume{Expect: expect, Fence: fence})
 	cancel()
 	wg.Wait()
 	switch {
 	case err != nil:
 		return err
+	case requested.Load() && ctx.Err() == nil:
+		return errSnapshotRequested
 	case srcErr != nil && ctx.Err() == nil:
 		return srcErr
 	}

@@ -218,7 +218,7 @@ func TestGracefulStop(t *testing.T) {
 	for i := range 3 {
 		r := e.start(rules, nil)
 		r.ready(t)
-		if i > 0 && r.log.contains("snapshot: loading") {
+		if i > 0 && r.log.contains("snapshot: beginning") {
 			t.Errorf("run %d took a snapshot instead of resuming from the checkpoint", i+1)
 		}
 		w.waitTxns(t, 150)

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -314,4 +315,32 @@ func newSnapshotMetrics(reg prometheus.Registerer) snapshotMetrics {
 		reg.MustRegister(m.chunks, m.rows, m.superseded)
 	}
 	return m
+}
+
+// errSnapshotRequested ends a run whose snapshot must take in tables that
+// were requested (cachesync snapshot -table) since it began.
+var errSnapshotRequested = errors.New("snapshot requested")
+
+// watchRequests reports true when a snapshot of a table was requested
+// (cachesync snapshot -table), checking every 2 s until ctx is done
+// (false). The next run begins it; the chunks of this one leave the
+// request in place.
+func (p *Pipeline) watchRequests(ctx context.Context) bool {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+		tables, err := p.applier.SnapshotRequested(ctx)
+		if err != nil {
+			continue // the sink notices a Redis that is gone
+		}
+		if len(tables) > 0 {
+			p.log.Info().Strs("tables", tables).Msg("snapshot requested")
+			return true
+		}
+	}
 }

@@ -1,7 +1,11 @@
 package pipeline_test
 
 import (
+	"context"
+	"fmt"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/sink"
@@ -33,4 +37,39 @@ func TestSnapshotBesideWrites(t *testing.T) {
 	}
 	t.Logf("%d writer transactions; %v chunks, %v rows, %v rows superseded by the stream", txns, chunks,
 		r.metric(t, "cachesync_snapshot_rows_total"), r.metric(t, "cachesync_snapshot_rows_superseded_total"))
+}
+
+// TestSnapshotRequest: a snapshot of one table, requested while the
+// pipeline streams (cachesync snapshot -table), rewrites the keys its
+// stateful rules own (two were lost here) while /readyz says snapshotting;
+// a table without stateful rules is refused.
+func TestSnapshotRequest(t *testing.T) {
+	e := newEnv(t, nil, nil)
+	ctx := context.Background()
+	rules := e.itemRules()
+	e.exec(itemsTable)
+	e.exec("INSERT INTO items (id, cat, name, price, stock, status) SELECT seq, seq % 5, CONCAT('item ', seq), seq, seq, 'on_sale' FROM seq_1_to_3000")
+	r := e.start(rules, func(_ *binlog.Config, s *sink.Config) { s.BatchChanges = 200 })
+	r.ready(t)
+	before := r.metric(t, "cachesync_snapshot_chunks_total")
+	e.rdb.Del(ctx, e.p+"json:7", e.p+"stock:2999")
+
+	if err := r.a.RequestSnapshot(ctx, e.schema+".nope"); err == nil || !strings.Contains(err.Error(), "no rewrite, mirror or member rule") {
+		t.Errorf("RequestSnapshot of an unruled table = %v, want a refusal", err)
+	}
+	if err := r.a.RequestSnapshot(ctx, strings.ToUpper(e.schema)+".Items"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() error {
+		if err := r.p.Ready(); err == nil || !strings.HasPrefix(err.Error(), "snapshotting") {
+			return fmt.Errorf("Ready = %v, want snapshotting", err)
+		}
+		return nil
+	}, 10*time.Second)
+	r.ready(t)
+	e.sync(r)
+	e.checkConsistent(rules, "items")
+	if n := r.metric(t, "cachesync_snapshot_chunks_total") - before; n < 3000/200 {
+		t.Errorf("%v chunks for the requested snapshot of 3000 rows in chunks of 200", n)
+	}
 }

@@ -41,6 +41,9 @@
 --   HR m v             key k: HDEL field m of hash k if it holds v (compare
 --                      and delete: an older row never removes what a newer
 --                      one wrote) (k: hash or none)
+--   P f v              key k: HSET field f of hash k (the snapshot progress)
+--                      to v, unless it holds "request" (a snapshot of the
+--                      table was requested meanwhile: the next run does it)
 -- Every check that can fail runs before the first write, so a batch is
 -- applied whole or not at all. The checks follow the member ops' keys
 -- through the batch: an A or HA on a missing key makes it a set or a hash
@@ -100,6 +103,8 @@ while i <= n do
       return wrongtype(KEYS[k], t, 'set or sorted set')
     end
     i, k = i + 2, k + 1
+  elseif op == 'P' then
+    i, k = i + 3, k + 1
   elseif op == 'HA' or op == 'HR' then
     local t = typeof(KEYS[k])
     if t ~= 'hash' and t ~= 'none' then
@@ -173,6 +178,11 @@ while i <= n do
   elseif op == 'HA' then
     redis.call('HSET', KEYS[k], ARGV[i + 1], ARGV[i + 2])
     note(KEYS[k])
+    i, k = i + 3, k + 1
+  elseif op == 'P' then
+    if redis.call('HGET', KEYS[k], ARGV[i + 1]) ~= 'request' then
+      redis.call('HSET', KEYS[k], ARGV[i + 1], ARGV[i + 2])
+    end
     i, k = i + 3, k + 1
   else -- 'HR'
     if redis.call('HGET', KEYS[k], ARGV[i + 1]) == ARGV[i + 2] then

@@ -3,6 +3,7 @@ package sink
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/cachesync/cachesync/binlog"
@@ -15,7 +16,11 @@ import (
 //
 //	"at:<key>"  read up to key (binlog.FormatKey; "at:" from the start)
 //	"done"      every row is in Redis
-const progressDone = "done"
+//	"request"   requested (RequestSnapshot), to begin from the start
+const (
+	progressDone      = "done"
+	progressRequested = "request"
+)
 
 // SnapshotProgress returns, for each table whose snapshot has begun and
 // not finished, the key to read after (binlog.FormatKey, "" from the
@@ -29,29 +34,63 @@ func (a *Applier) SnapshotProgress(ctx context.Context) (map[string]string, erro
 	for table, v := range h {
 		if after, ok := strings.CutPrefix(v, "at:"); ok {
 			pending[table] = after
+		} else if v == progressRequested {
+			pending[table] = ""
 		}
 	}
 	return pending, nil
+}
+
+// SnapshotRequested lists the tables whose snapshot was requested
+// (RequestSnapshot) and not yet begun.
+func (a *Applier) SnapshotRequested(ctx context.Context) ([]string, error) {
+	h, err := a.rdb.HGetAll(ctx, a.ks.SnapshotProgress()).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read snapshot progress: %w", err)
+	}
+	var tables []string
+	for table, v := range h {
+		if v == progressRequested {
+			tables = append(tables, table)
+		}
+	}
+	return tables, nil
 }
 
 // SnapshotTablesDone counts the tables whose last chunk this applier has
 // applied.
 func (a *Applier) SnapshotTablesDone() int64 { return a.snapDone.Load() }
 
-// progress adds the snapshot step of t to the batch.
+// progress adds the snapshot step of t to the batch: a table whose
+// snapshot begins is set to its start; a chunk's progress does not
+// overwrite a request made meanwhile (op P).
 func (b *batch) progress(s *binlog.SnapshotStep) {
-	set := func(table, v string) {
-		b.args = append(b.args, "HA", table, v)
+	set := func(op, table, v string) {
+		b.args = append(b.args, op, table, v)
 		b.keys = append(b.keys, b.ks.SnapshotProgress())
 	}
 	for _, table := range s.Start {
-		set(table, "at:")
+		set("HA", table, "at:")
 	}
 	switch {
 	case s.Table == "":
 	case s.Done:
-		set(s.Table, progressDone)
+		set("P", s.Table, progressDone)
 	default:
-		set(s.Table, "at:"+s.After)
+		set("P", s.Table, "at:"+s.After)
 	}
+}
+
+// RequestSnapshot asks the leader to snapshot table ("schema.table", a
+// table of a stateful rule) again, from its first row: after a rule
+// change, or to repair it. The leader notices within seconds.
+func (a *Applier) RequestSnapshot(ctx context.Context, table string) error {
+	table = strings.ToLower(table)
+	if !slices.Contains(a.rules.Stateful(), table) {
+		return fmt.Errorf("table %s: no rewrite, mirror or member rule reads it (stateful tables: %s)", table, strings.Join(a.rules.Stateful(), ", "))
+	}
+	if err := a.rdb.HSet(ctx, a.ks.SnapshotProgress(), table, progressRequested).Err(); err != nil {
+		return fmt.Errorf("request snapshot of %s: %w", table, err)
+	}
+	return nil
 }

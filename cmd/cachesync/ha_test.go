@@ -170,7 +170,7 @@ func TestLeaderKillLoop(t *testing.T) {
 		ds[id] = e.replica(t, i, "")
 		runs[id] = ds[id].Start(t)
 	}
-	if err := waitUntil(90*time.Second, func() bool { return checkpointExists(ctx, e.rdb) }); err != nil {
+	if err := waitUntil(90*time.Second, func() bool { return snapshotDone(ctx, e.rdb) }); err != nil {
 		t.Fatalf("no checkpoint after the first snapshot: %v", err)
 	}
 	wl.notesOn.Store(true)
@@ -269,7 +269,7 @@ func TestPausedLeader(t *testing.T) {
 	const fast = "  lease_ttl: 2s\n  renew_interval: 500ms\n  poll_interval: 100ms\n"
 	ds := map[string]*testenv.Child{"d1": e.replica(t, 1, fast), "d2": e.replica(t, 2, fast)}
 	runs := map[string]*testenv.ChildRun{"d1": ds["d1"].Start(t), "d2": ds["d2"].Start(t)}
-	if err := waitUntil(90*time.Second, func() bool { return checkpointExists(ctx, e.rdb) }); err != nil {
+	if err := waitUntil(90*time.Second, func() bool { return snapshotDone(ctx, e.rdb) }); err != nil {
 		t.Fatalf("no checkpoint after the first snapshot: %v", err)
 	}
 	wl.notesOn.Store(true)
@@ -377,7 +377,7 @@ func testRedisRewind(t *testing.T, ha string, lost time.Duration, purge bool) {
 	ctx := context.Background()
 	d := e.replica(t, 1, ha)
 	r := d.Start(t)
-	if err := waitUntil(90*time.Second, func() bool { return checkpointExists(ctx, e.rdb) }); err != nil {
+	if err := waitUntil(90*time.Second, func() bool { return snapshotDone(ctx, e.rdb) }); err != nil {
 		t.Fatalf("no checkpoint after the first snapshot: %v%s", err, r.Tail())
 	}
 	wl.notesOn.Store(true)

@@ -19,6 +19,7 @@ import (
 	"github.com/cachesync/cachesync/internal/daemon"
 	"github.com/cachesync/cachesync/sink"
 	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxevent"
 )
@@ -36,6 +37,7 @@ func run(args []string) int {
 	path := fs.String("config", "configs/cachesync.yaml", "configuration file")
 	items := fs.String("item", "", "check, resync: item id(s), comma-separated (check: all items when empty)")
 	rounds := fs.Int("rounds", 3, "check: drift must persist across this many rounds")
+	table := fs.String("table", "", "snapshot: the table (schema.table) to snapshot again")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -59,8 +61,14 @@ func run(args []string) int {
 			return check(cfg, ids, *rounds)
 		}
 		return resync(cfg, ids)
+	case "snapshot":
+		if *table == "" {
+			fmt.Fprintln(os.Stderr, "cachesync snapshot: -table schema.table is required")
+			return 2
+		}
+		return requestSnapshot(cfg, *table)
 	default:
-		fmt.Fprintf(os.Stderr, "cachesync: unknown command %q (want run, validate, check or resync)\n", cmd)
+		fmt.Fprintf(os.Stderr, "cachesync: unknown command %q (want run, validate, check, resync or snapshot)\n", cmd)
 		return 2
 	}
 }
@@ -91,6 +99,25 @@ func runDaemon(cfg *config.Config) int {
 	}
 	log.Info().Int("exit", sig.ExitCode).Msg("stopped")
 	return sig.ExitCode
+}
+
+// requestSnapshot asks the leader to snapshot table again (see
+// sink.Applier.RequestSnapshot).
+func requestSnapshot(cfg *config.Config, table string) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rdb := daemon.NewRedisClient(cfg.Redis)
+	defer rdb.Close()
+	a, err := sink.NewApplier(cfg.Sink, rdb, zerolog.Nop(), nil)
+	if err == nil {
+		err = a.RequestSnapshot(ctx, table)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cachesync snapshot:", err)
+		return 1
+	}
+	fmt.Printf("ok: snapshot of %s requested; the leader starts it within seconds (progress in %ssnapshot:progress, /readyz says snapshotting meanwhile)\n", strings.ToLower(table), cfg.Sink.KeyPrefix)
+	return 0
 }
 
 // validate checks the configuration against the live servers.

@@ -125,7 +125,7 @@ func runSentinelFailover(t *testing.T, failover func(*testenv.Sentinel, context.
 	defer wl.stop()
 
 	r := d.Start(t)
-	if err := waitUntil(60*time.Second, func() bool { return checkpointExists(ctx, rdb) || r.Exited() }); err != nil || r.Exited() {
+	if err := waitUntil(60*time.Second, func() bool { return snapshotDone(ctx, rdb) || r.Exited() }); err != nil || r.Exited() {
 		t.Fatalf("run %d: no checkpoint after the snapshot (%v)%s", r.N, err, r.Tail())
 	}
 	oldMaster, err := s.Master(ctx)
