@@ -51,8 +51,11 @@ func valueConvs(e *replication.TableMapEvent) map[int]valueConv {
 		f(&c)
 		conv[i] = c
 	}
+	// Collations matter only for binary and latin1 columns; without either
+	// (most tables), every text column is UTF-8 and the map, built for
+	// every transaction, is skipped.
 	var coll map[int]uint64
-	if slices.ContainsFunc(e.ColumnType, isCharacterType) {
+	if mayNeedCollations(e.DefaultCharset) || mayNeedCollations(e.ColumnCharset) {
 		coll = e.CollationMap()
 	}
 	for i, typ := range e.ColumnType {
@@ -111,14 +114,11 @@ func valueConvs(e *replication.TableMapEvent) map[int]valueConv {
 	return conv
 }
 
-// isCharacterType reports whether a table map column type may have a
-// character set (MariaDB gives GEOMETRY one, the binary one).
-func isCharacterType(typ byte) bool {
-	switch typ {
-	case mysql.MYSQL_TYPE_STRING, mysql.MYSQL_TYPE_VARCHAR, mysql.MYSQL_TYPE_VAR_STRING, mysql.MYSQL_TYPE_BLOB, mysql.MYSQL_TYPE_GEOMETRY:
-		return true
-	}
-	return false
+// mayNeedCollations is a cheap test on the raw charset metadata (collation
+// ids mixed with column indexes): false means no column is binary or
+// latin1.
+func mayNeedCollations(ids []uint64) bool {
+	return slices.ContainsFunc(ids, func(id uint64) bool { return id == binaryCollation || isLatin1(id) })
 }
 
 // stringLength is the byte length of a CHAR or BINARY column from its
