@@ -37,15 +37,16 @@ func Snapshot(ctx context.Context, db *sql.DB, tables []string, chunk int, out c
 
 func snapshotTable(ctx context.Context, conn *sql.Conn, name string, pos Position, chunk int, out chan<- *Txn) error {
 	schema, table, _ := strings.Cut(name, ".")
-	rows, err := conn.QueryContext(ctx, "SELECT * FROM `"+strings.ReplaceAll(schema, "`", "``")+"`.`"+strings.ReplaceAll(table, "`", "``")+"`")
+	from := quoteName(schema) + "." + quoteName(table)
+	types, err := columnTypes(ctx, conn, from)
+	if err != nil {
+		return fmt.Errorf("snapshot %s: %w", name, err)
+	}
+	rows, err := conn.QueryContext(ctx, "SELECT "+selectList(types)+" FROM "+from)
 	if err != nil {
 		return fmt.Errorf("snapshot %s: %w", name, err)
 	}
 	defer rows.Close()
-	types, err := rows.ColumnTypes()
-	if err != nil {
-		return fmt.Errorf("snapshot %s: %w", name, err)
-	}
 	cols := make([]string, len(types))
 	decimal := make([]bool, len(types))
 	for i, ct := range types {
@@ -84,6 +85,44 @@ func snapshotTable(ctx context.Context, conn *sql.Conn, name string, pos Positio
 	return nil
 }
 
+// columnTypes returns the columns of from (a quoted table name) in table
+// order. Inside the snapshot's transaction, the table's metadata lock
+// keeps them until the rows are read.
+func columnTypes(ctx context.Context, conn *sql.Conn, from string) ([]*sql.ColumnType, error) {
+	rows, err := conn.QueryContext(ctx, "SELECT * FROM "+from+" LIMIT 0")
+	if err != nil {
+		return nil, err
+	}
+	types, err := rows.ColumnTypes()
+	if err != nil {
+		rows.Close()
+		return nil, err
+	}
+	return types, rows.Close()
+}
+
+// selectList reads every column as SELECT * would, except FLOATs: the
+// text protocol prints them rounded to 6 digits (3.40282e38), the binlog
+// has the exact value. A FLOAT widened to DOUBLE is printed exactly, and
+// parsed back to the same float32 by convertText.
+func selectList(types []*sql.ColumnType) string {
+	var b strings.Builder
+	for i, ct := range types {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		col := quoteName(ct.Name())
+		if strings.TrimPrefix(ct.DatabaseTypeName(), "UNSIGNED ") == "FLOAT" {
+			b.WriteString(col + " * 1E0 AS " + col)
+			continue
+		}
+		b.WriteString(col)
+	}
+	return b.String()
+}
+
+func quoteName(s string) string { return "`" + strings.ReplaceAll(s, "`", "``") + "`" }
+
 // convertText turns a text-protocol value into the Go type the binlog
 // decoder produces for the same column, so snapshot and stream render
 // identical keys and values.
@@ -108,12 +147,12 @@ func convertText(b []byte, typ string) any {
 		if v, err := strconv.ParseFloat(string(b), 64); err == nil {
 			return v
 		}
-	case "BIT": // the binlog decoder reads BIT as a big-endian integer
+	case "BIT": // a big-endian unsigned integer, as Source renders it
 		var v uint64
 		for _, c := range b {
 			v = v<<8 | uint64(c)
 		}
-		return int64(v)
+		return v
 	case "BLOB", "TINYBLOB", "MEDIUMBLOB", "LONGBLOB", "BINARY", "VARBINARY", "GEOMETRY":
 		return append([]byte(nil), b...)
 	}

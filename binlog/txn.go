@@ -115,8 +115,10 @@ func (t *Table) Column(name string) (int, bool) {
 }
 
 // Change is one row change. Row values are nil (NULL), a signed or
-// unsigned integer of any width, float32, float64, string (text, DECIMAL,
-// ENUM, SET, temporal types) or []byte (binary).
+// unsigned integer of any width (BIT and YEAR too), float32, float64,
+// string (text in UTF-8, DECIMAL, ENUM and SET names, temporal types,
+// JSON) or []byte (a binary column: BINARY, VARBINARY, BLOB, GEOMETRY).
+// Snapshot and Source give every column the same type and the same text.
 type Change struct {
 	Table  *Table
 	Op     Op

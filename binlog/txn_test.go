@@ -189,8 +189,8 @@ func TestConvertText(t *testing.T) {
 		{[]byte("0.1"), "DOUBLE", 0.1},
 		{[]byte("379.00"), "DECIMAL", "379.00"},
 		{[]byte("x\x00y"), "VARBINARY", []byte("x\x00y")},
-		{[]byte{1, 0}, "BIT", int64(256)}, // as the binlog decoder reads BIT
-		{[]byte{0x80, 0, 0, 0, 0, 0, 0, 1}, "BIT", int64(-9223372036854775807)},
+		{[]byte{1, 0}, "BIT", uint64(256)}, // as Source renders BIT
+		{[]byte{0x80, 0, 0, 0, 0, 0, 0, 1}, "BIT", uint64(0x8000000000000001)},
 		{[]byte("text"), "VARCHAR", "text"},
 		{[]byte("2024-01-02 03:04:05"), "DATETIME", "2024-01-02 03:04:05"},
 	} {

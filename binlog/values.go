@@ -5,22 +5,42 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
 )
 
-// valueConv turns a column's binlog value into what the text protocol (and
-// so Snapshot) returns for it, so keys and values do not depend on whether
-// a row came from the snapshot or the stream. The binlog holds ENUM and SET
-// values as numbers and text in the column's character set; the names and
-// character sets come from the table map (binlog_row_metadata=FULL).
+// valueConv turns a column's binlog value into what Snapshot reads for it,
+// so keys and values do not depend on whether a row came from the snapshot
+// or the stream, and gives every column the Go type Change documents:
+//   - ENUM and SET arrive as numbers: their names come from the table map
+//     (binlog_row_metadata=FULL);
+//   - latin1 text arrives in latin1: converted to UTF-8, as the server
+//     converts it for Snapshot;
+//   - TEXT (and MySQL's JSON) arrives as []byte, BINARY and VARBINARY as
+//     string: text becomes a string, binary a []byte;
+//   - BINARY(n) arrives without its trailing 0x00 padding, which SELECT
+//     returns: padded back to n bytes;
+//   - BIT arrives as a signed integer: BIT(64) with the top bit set would
+//     read negative, so it becomes unsigned;
+//   - TIME(fsp) leaves out a zero fraction, which SELECT prints: added.
 type valueConv struct {
 	enum   []string // ENUM: value names, index 1 first
 	set    []string // SET: member names, bit 0 first
 	latin1 bool     // latin1 text, converted to UTF-8
+	text   bool     // text that arrives as []byte
+	binary bool     // binary that may arrive as a string
+	pad    int      // BINARY(pad): 0x00-padded to pad bytes
+	bit    bool     // BIT: unsigned
+	fsp    int      // TIME(fsp), fsp > 0
 }
 
+// binaryCollation is the collation id of the binary character set: the
+// columns that hold bytes rather than text.
+const binaryCollation = 63
+
 // valueConvs returns the conversions a table's columns need (nil: none).
-// Character sets other than latin1 and UTF-8 are passed through as bytes.
+// Character sets other than latin1 and UTF-8 are passed through as bytes
+// (sink.Rules.CheckSchema refuses rules that read them).
 func valueConvs(e *replication.TableMapEvent) map[int]valueConv {
 	var conv map[int]valueConv
 	add := func(i int, f func(*valueConv)) {
@@ -31,10 +51,41 @@ func valueConvs(e *replication.TableMapEvent) map[int]valueConv {
 		f(&c)
 		conv[i] = c
 	}
-	if mayBeLatin1(e.DefaultCharset) || mayBeLatin1(e.ColumnCharset) {
-		for i, coll := range e.CollationMap() {
-			if isLatin1(coll) {
+	// Collations matter only for binary and latin1 columns; without either
+	// (most tables), every text column is UTF-8 and the map, built for
+	// every transaction, is skipped.
+	var coll map[int]uint64
+	if mayNeedCollations(e.DefaultCharset) || mayNeedCollations(e.ColumnCharset) {
+		coll = e.CollationMap()
+	}
+	for i, typ := range e.ColumnType {
+		meta := e.ColumnMeta[i]
+		switch typ {
+		case mysql.MYSQL_TYPE_BIT:
+			add(i, func(c *valueConv) { c.bit = true })
+		case mysql.MYSQL_TYPE_TIME2:
+			if meta > 0 {
+				add(i, func(c *valueConv) { c.fsp = int(meta) })
+			}
+		case mysql.MYSQL_TYPE_GEOMETRY, mysql.MYSQL_TYPE_VECTOR:
+			add(i, func(c *valueConv) { c.binary = true })
+		case mysql.MYSQL_TYPE_JSON:
+			add(i, func(c *valueConv) { c.text = true })
+		case mysql.MYSQL_TYPE_STRING, mysql.MYSQL_TYPE_VARCHAR, mysql.MYSQL_TYPE_VAR_STRING, mysql.MYSQL_TYPE_BLOB:
+			if typ == mysql.MYSQL_TYPE_STRING {
+				if real := byte(meta >> 8); real == mysql.MYSQL_TYPE_ENUM || real == mysql.MYSQL_TYPE_SET {
+					continue // see below
+				}
+			}
+			switch id, ok := coll[i]; {
+			case ok && id == binaryCollation && typ == mysql.MYSQL_TYPE_STRING:
+				add(i, func(c *valueConv) { c.binary, c.pad = true, stringLength(meta) })
+			case ok && id == binaryCollation:
+				add(i, func(c *valueConv) { c.binary = true })
+			case isLatin1(id):
 				add(i, func(c *valueConv) { c.latin1 = true })
+			case typ == mysql.MYSQL_TYPE_BLOB:
+				add(i, func(c *valueConv) { c.text = true })
 			}
 		}
 	}
@@ -63,13 +114,38 @@ func valueConvs(e *replication.TableMapEvent) map[int]valueConv {
 	return conv
 }
 
+// mayNeedCollations is a cheap test on the raw charset metadata (collation
+// ids mixed with column indexes): false means no column is binary or
+// latin1.
+func mayNeedCollations(ids []uint64) bool {
+	return slices.ContainsFunc(ids, func(id uint64) bool { return id == binaryCollation || isLatin1(id) })
+}
+
+// stringLength is the byte length of a CHAR or BINARY column from its
+// table map metadata (as go-mysql's RowsEvent.decodeValue reads it).
+func stringLength(meta uint16) int {
+	if meta < 256 {
+		return int(meta)
+	}
+	b0, b1 := byte(meta>>8), byte(meta)
+	if b0&0x30 != 0x30 {
+		return int(uint16(b1) | uint16((b0&0x30)^0x30)<<4)
+	}
+	return int(b1)
+}
+
+func (c valueConv) equal(d valueConv) bool {
+	return c.latin1 == d.latin1 && c.text == d.text && c.binary == d.binary && c.pad == d.pad && c.bit == d.bit &&
+		c.fsp == d.fsp && slices.Equal(c.enum, d.enum) && slices.Equal(c.set, d.set)
+}
+
 func equalConvs(a, b map[int]valueConv) bool {
 	if len(a) != len(b) {
 		return false
 	}
 	for i, x := range a {
 		y, ok := b[i]
-		if !ok || x.latin1 != y.latin1 || !slices.Equal(x.enum, y.enum) || !slices.Equal(x.set, y.set) {
+		if !ok || !x.equal(y) {
 			return false
 		}
 	}
@@ -103,14 +179,26 @@ func (c valueConv) apply(v any) any {
 				}
 			}
 			return b.String()
+		case c.bit:
+			return uint64(x)
 		}
 	case string:
-		if c.latin1 {
+		switch {
+		case c.latin1:
 			return latin1ToUTF8(x)
+		case c.binary:
+			b := make([]byte, max(len(x), c.pad))
+			copy(b, x)
+			return b
+		case c.fsp > 0 && !strings.Contains(x, "."):
+			return x + "." + strings.Repeat("0", c.fsp)
 		}
 	case []byte:
-		if c.latin1 {
-			return []byte(latin1ToUTF8(string(x)))
+		switch {
+		case c.latin1:
+			return latin1ToUTF8(string(x))
+		case c.text:
+			return string(x)
 		}
 	}
 	return v
@@ -121,12 +209,6 @@ var latin1Collations = map[uint64]bool{5: true, 8: true, 15: true, 31: true, 47:
 	1032: true, 1071: true}
 
 func isLatin1(coll uint64) bool { return latin1Collations[coll] }
-
-// mayBeLatin1 is a cheap test on the raw charset metadata (collation ids
-// mixed with column indexes): false means no column is latin1.
-func mayBeLatin1(ids []uint64) bool {
-	return slices.ContainsFunc(ids, isLatin1)
-}
 
 // cp1252 maps bytes 0x80..0x9F of MySQL's latin1 (which is Windows-1252,
 // with the five unassigned bytes mapped to the C1 controls).

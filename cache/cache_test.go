@@ -339,6 +339,38 @@ func TestGapFlushesL1(t *testing.T) {
 	}
 }
 
+// A key that is not UTF-8 (named by a binary column) arrives in the
+// message's keys_b64 and drops exactly that key from L1, not a look-alike
+// with U+FFFD in place of its bytes; undecodable base64 flushes L1.
+func TestBinaryKeyInvalidation(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	var loads atomic.Int64
+	key := f.prefix + "item:\x00\xff\xfe"
+	lookalike := f.prefix + "item:\x00\ufffd\ufffd"
+	for _, k := range []string{key, lookalike} {
+		_, _, _ = f.c.Get(ctx, k, constant("v", &loads))
+		if _, _, ok := f.c.PeekL1(k); !ok {
+			t.Fatalf("%q not in L1", k)
+		}
+	}
+	f.pos += 100
+	f.txns <- &binlog.Txn{Pos: binlog.Position{File: "binlog.000001", Pos: f.pos}, Commit: time.Now(),
+		Changes: []binlog.Change{{Table: f.table, Op: binlog.Insert, After: []any{[]byte("\x00\xff\xfe"), int64(1)}}}}
+	waitFor(t, "L1 drop", func() bool { _, _, ok := f.c.PeekL1(key); return !ok })
+	if _, _, ok := f.c.PeekL1(lookalike); !ok {
+		t.Error("the invalidation of a binary key dropped a look-alike key")
+	}
+	if got := testutil.ToFloat64(f.c.m.flushes.WithLabelValues("bad message")); got != 0 {
+		t.Fatalf("bad-message flushes %v, want 0", got)
+	}
+	f.rdb.Publish(ctx, f.c.channel, fmt.Sprintf(`{"seq":%d,"keys":[],"keys_b64":["not base64!"]}`, f.c.lastSeq.Load()+1))
+	waitFor(t, "bad message flush", func() bool { _, _, ok := f.c.PeekL1(lookalike); return !ok })
+	if got := testutil.ToFloat64(f.c.m.flushes.WithLabelValues("bad message")); got != 1 {
+		t.Fatalf("bad-message flushes %v, want 1", got)
+	}
+}
+
 func TestPubSubDisconnectFlushesL1(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -123,8 +124,16 @@ func (c *Cache) handle(payload string) {
 	var msg struct {
 		Seq  int64    `json:"seq"`
 		Keys []string `json:"keys"`
+		// KeysB64 are the keys that are not UTF-8, in standard base64.
+		KeysB64 []string `json:"keys_b64"`
 	}
-	if err := json.Unmarshal([]byte(payload), &msg); err != nil || msg.Seq <= 0 {
+	err := json.Unmarshal([]byte(payload), &msg)
+	for i := 0; err == nil && i < len(msg.KeysB64); i++ {
+		var b []byte
+		b, err = base64.StdEncoding.DecodeString(msg.KeysB64[i])
+		msg.Keys = append(msg.Keys, string(b))
+	}
+	if err != nil || msg.Seq <= 0 {
 		c.log.Warn().Str("payload", payload).Msg("unreadable invalidation message")
 		c.flush("bad message")
 		return

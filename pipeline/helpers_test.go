@@ -74,6 +74,8 @@ type env struct {
 	// noSchemaCheck skips Rules.CheckSchema in start (the daemon runs it
 	// at start-up; a test may want the pipeline's own behaviour).
 	noSchemaCheck bool
+	// leaseTTL is the CDC lease's ha.lease_ttl (0: the default).
+	leaseTTL time.Duration
 }
 
 var nonWord = regexp.MustCompile(`[^a-z0-9]+`)
@@ -183,7 +185,7 @@ func (e *env) checkpoint() (sink.Checkpoint, bool) {
 
 // lease is a new CDC lease of this test's keyspace, as the daemon makes it.
 func (e *env) lease(reg prometheus.Registerer, log zerolog.Logger) *leader.Lease {
-	var cfg leader.Config
+	cfg := leader.Config{LeaseTTL: e.leaseTTL}
 	cfg.SetDefaults()
 	return leader.New(cfg, e.rdb, e.ks, log, reg).Lease(pipeline.LeaseName)
 }

@@ -14,13 +14,15 @@ import (
 // a start-up error naming both; names are case-insensitive.
 func TestCheckSchema(t *testing.T) {
 	e := newEnv(t, nil, nil)
-	e.exec("CREATE TABLE Goods (goodsId INT PRIMARY KEY, Stock INT, status VARCHAR(8))")
+	e.exec("CREATE TABLE Goods (goodsId INT PRIMARY KEY, Stock INT, status VARCHAR(8), l1 VARCHAR(8) CHARACTER SET latin1, " +
+		"bin VARBINARY(8), legacy VARCHAR(8) CHARACTER SET gbk)")
 	tbl := e.schema + ".goods"
 	good := []sink.RuleConfig{
 		{Table: e.schema + ".GOODS", Kind: sink.KindInvalidate, Keys: []string{"g:{GOODSID}"}},
 		{Table: tbl, Kind: sink.KindRewrite, Key: "j:{goodsid}", Columns: []string{"goodsId", "stock"}},
 		{Table: tbl, Kind: sink.KindMirror, Key: "s:{goodsId}", Column: "stock"},
 		{Table: tbl, Kind: sink.KindMember, Key: "on", Member: "{goodsId}", When: &sink.Condition{Column: "Status", Equals: "on"}},
+		{Table: tbl, Kind: sink.KindRewrite, Key: "h:{bin}", Format: "hash", Columns: []string{"l1", "bin"}},
 	}
 	ctx := context.Background()
 	if err := mustCompile(t, good).CheckSchema(ctx, e.pdb); err != nil {
@@ -39,6 +41,10 @@ func TestCheckSchema(t *testing.T) {
 		{"when column", sink.RuleConfig{Table: tbl, Kind: sink.KindMember, Key: "on", Member: "{goodsId}", When: &sink.Condition{Column: "state", Equals: "on"}}, []string{`"state"`, tbl}},
 		{"table", sink.RuleConfig{Table: e.schema + ".good", Kind: sink.KindMirror, Key: "s:{goodsId}", Column: "stock"}, []string{e.schema + ".good", "does not exist"}},
 		{"schema", sink.RuleConfig{Table: "nosuchdb.goods", Kind: sink.KindMirror, Key: "s:{goodsId}", Column: "stock"}, []string{"nosuchdb.goods", "does not exist"}},
+		// Text the binlog holds in another encoding than the snapshot reads.
+		{"charset of a mirror", sink.RuleConfig{Table: tbl, Kind: sink.KindMirror, Key: "s:{goodsId}", Column: "legacy"}, []string{`"legacy"`, "gbk"}},
+		{"charset of a key", sink.RuleConfig{Table: tbl, Kind: sink.KindInvalidate, Keys: []string{"g:{LEGACY}"}}, []string{`"LEGACY"`, "gbk"}},
+		{"charset of all columns", sink.RuleConfig{Table: tbl, Kind: sink.KindRewrite, Key: "j:{goodsId}"}, []string{`"legacy"`, "gbk"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := mustCompile(t, append(good, tc.rule)).CheckSchema(ctx, e.pdb)

@@ -10,6 +10,12 @@
 //
 //	{"seq":42,"keys":["goods:1","goods:list"]}
 //
+// A key that is not UTF-8 (one named by a binary column) cannot be a JSON
+// string: it is listed, in standard base64, in a second array that is
+// present only when needed:
+//
+//	{"seq":43,"keys":["goods:1"],"keys_b64":["Z29vZHM6AP8="]}
+//
 // seq grows by one per message (a Redis counter written by the same
 // script), so a subscriber that sees a gap, or a seq lower than the last
 // one (Redis lost its data), must treat every key as invalidated.

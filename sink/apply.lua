@@ -17,7 +17,9 @@
 -- ARGV[3]  file, ARGV[4] pos, ARGV[5] version, ARGV[6] gtid, ARGV[7] commit µs
 -- ARGV[8]  tombstone TTL in ms
 -- ARGV[9]  invalidation channel
--- ARGV[10] JSON array of the keys to announce ("" for none)
+-- ARGV[10] the keys to announce, as the message's fields after seq:
+--          "keys":[...] and, for keys that are not UTF-8, "keys_b64":[...]
+--          ("" for none)
 -- ARGV[11] with ARGV[1] "1": the checkpoint version this batch follows
 --          (compare-and-set). Older in Redis: Redis went back in time (an
 --          RDB/AOF restore, a failover to a lagging replica) and the batches
@@ -202,7 +204,7 @@ if ARGV[10] ~= '' then
     redis.call('SET', KEYS[2], string.format('%d', ARGV[13] + 1))
   end
   local seq = redis.call('INCR', KEYS[2])
-  redis.call('PUBLISH', ARGV[9], '{"seq":' .. seq .. ',"keys":' .. ARGV[10] .. '}')
+  redis.call('PUBLISH', ARGV[9], '{"seq":' .. seq .. ',' .. ARGV[10] .. '}')
   return seq
 end
 return 0

@@ -1,6 +1,7 @@
 package sink
 
 import (
+	"encoding/base64"
 	"strconv"
 	"unicode/utf8"
 
@@ -140,23 +141,57 @@ func (b *batch) finish(guard, expect string, lastSeq int64, channel string, tomb
 		b.args[12] = strconv.FormatInt(lastSeq, 10)
 	}
 	if len(b.pubList) > 0 {
-		out := append(b.buf[:0], '[')
-		for i, k := range b.pubList {
-			if i > 0 {
-				out = append(out, ',')
-			}
-			out = appendJSONString(out, k)
-		}
-		out = append(out, ']')
-		b.args[9] = string(out)
-		b.buf = out
+		b.buf = appendKeys(b.buf[:0], b.pubList)
+		b.args[9] = string(b.buf)
 	}
+}
+
+// appendKeys appends the keys fields of an invalidation message (see
+// Applier): "keys":[...] with the keys that are UTF-8, and, only if some
+// are not, "keys_b64":[...] with those in standard base64: a JSON string
+// holds text only, and a key must reach subscribers exactly.
+func appendKeys(buf []byte, keys []string) []byte {
+	buf = append(buf, `"keys":[`...)
+	n := 0
+	for _, k := range keys {
+		if utf8.ValidString(k) {
+			if n > 0 {
+				buf = append(buf, ',')
+			}
+			buf = appendJSONString(buf, k)
+			n++
+		}
+	}
+	buf = append(buf, ']')
+	if n == len(keys) {
+		return buf
+	}
+	buf = append(buf, `,"keys_b64":[`...)
+	n = 0
+	for _, k := range keys {
+		if !utf8.ValidString(k) {
+			if n > 0 {
+				buf = append(buf, ',')
+			}
+			buf = appendKeyB64(buf, k)
+			n++
+		}
+	}
+	return append(buf, ']')
+}
+
+// appendKeyB64 appends k as a JSON string in standard base64.
+func appendKeyB64(buf []byte, k string) []byte {
+	buf = append(buf, '"')
+	buf = base64.StdEncoding.AppendEncode(buf, []byte(k))
+	return append(buf, '"')
 }
 
 // cpVersion is the checkpoint version finish put in the header.
 func (b *batch) cpVersion() string { return b.args[4].(string) }
 
-// appendJSONString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD.
+// appendJSONString appends s as a JSON string. Invalid UTF-8 becomes
+// U+FFFD: callers pass text, or use base64 for bytes (appendKeys).
 func appendJSONString(buf []byte, s string) []byte {
 	const hex = "0123456789abcdef"
 	buf = append(buf, '"')

@@ -1,6 +1,7 @@
 package sink
 
 import (
+	"encoding/base64"
 	"math"
 	"strconv"
 
@@ -139,7 +140,9 @@ func (br *boundRule) fields(row []any) []any {
 }
 
 // appendJSON renders the rule's columns of row as a JSON object, in column
-// order: numbers (and DECIMALs) unquoted, text quoted, NULL as null.
+// order: numbers (and DECIMALs) unquoted, text quoted, binary values
+// ([]byte) as a base64 string, NULL as null (see "Value encoding" in the
+// README).
 func (br *boundRule) appendJSON(buf []byte, row []any) []byte {
 	buf = append(buf, '{')
 	for j, i := range br.cols {
@@ -162,8 +165,10 @@ func appendJSONValue(buf []byte, v any, decimal bool) []byte {
 			return append(buf, x...)
 		}
 		return appendJSONString(buf, x)
-	case []byte:
-		return appendJSONString(buf, string(x))
+	case []byte: // binary: JSON strings hold text only
+		buf = append(buf, '"')
+		buf = base64.StdEncoding.AppendEncode(buf, x)
+		return append(buf, '"')
 	case float64:
 		if math.IsInf(x, 0) || math.IsNaN(x) {
 			return append(buf, "null"...)

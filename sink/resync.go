@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -92,7 +93,11 @@ func (a *Applier) PurgeOwned(ctx context.Context, f Fence) (int, error) {
 			rest = append(rest, a.ks.Version(d), a.ks.Lease(d))
 		}
 		if len(data)+len(rest) > 0 {
-			n, err := a.resyncStep(ctx, f, []string{"keys", strconv.Itoa(len(data))}, append(data, rest...))
+			args := []string{"keys", strconv.Itoa(len(data))}
+			for _, d := range data {
+				args = append(args, announced(d))
+			}
+			n, err := a.resyncStep(ctx, f, args, append(data, rest...))
 			if err != nil {
 				return total, err
 			}
@@ -102,6 +107,16 @@ func (a *Applier) PurgeOwned(ctx context.Context, f Fence) (int, error) {
 			return total, nil
 		}
 	}
+}
+
+// announced is how resync.lua names key d in an invalidation message: "k"
+// and a JSON string for "keys", or "b" and one for "keys_b64" (see
+// appendKeys).
+func announced(d string) string {
+	if utf8.ValidString(d) {
+		return "k" + string(appendJSONString(nil, d))
+	}
+	return "b" + string(appendKeyB64(nil, d))
 }
 
 func (a *Applier) resyncStep(ctx context.Context, f Fence, args []string, keys []string) (int, error) {

@@ -10,7 +10,9 @@
 -- ARGV[3] invalidation channel, ARGV[4] the last seq this writer published
 -- ("" for none): as in apply.lua, a counter below it jumps past it.
 -- ARGV[5..] with "keys": the number n of data keys among KEYS[5..], which
--- come first (the rest are their versions and fill leases).
+-- come first (the rest are their versions and fill leases), then for each
+-- data key its JSON string in the message: "k" and the key (UTF-8), or
+-- "b" and the key in base64 (any other).
 -- Returns the number of data keys that existed.
 if ARGV[2] ~= '' then
   local holder = redis.call('GET', KEYS[4])
@@ -27,20 +29,30 @@ elseif ARGV[1] == 'end' then
   return 0
 end
 local n = tonumber(ARGV[5])
-local gone = {}
+local gone, text, b64 = 0, {}, {}
 for i = 5, 4 + n do
   if redis.call('DEL', KEYS[i]) == 1 then
-    gone[#gone + 1] = KEYS[i]
+    gone = gone + 1
+    local enc = ARGV[i + 1]
+    if string.sub(enc, 1, 1) == 'k' then
+      text[#text + 1] = string.sub(enc, 2)
+    else
+      b64[#b64 + 1] = string.sub(enc, 2)
+    end
   end
 end
 for i = 5 + n, #KEYS do
   redis.call('DEL', KEYS[i])
 end
-if #gone > 0 then
+if gone > 0 then
   if ARGV[4] ~= '' and tonumber(redis.call('GET', KEYS[3]) or '0') < tonumber(ARGV[4]) then
     redis.call('SET', KEYS[3], string.format('%d', ARGV[4] + 1))
   end
   local seq = redis.call('INCR', KEYS[3])
-  redis.call('PUBLISH', ARGV[3], '{"seq":' .. seq .. ',"keys":' .. cjson.encode(gone) .. '}')
+  local msg = '{"seq":' .. seq .. ',"keys":[' .. table.concat(text, ',') .. ']'
+  if #b64 > 0 then
+    msg = msg .. ',"keys_b64":[' .. table.concat(b64, ',') .. ']'
+  end
+  redis.call('PUBLISH', ARGV[3], msg .. '}')
 end
-return #gone
+return gone

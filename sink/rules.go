@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -277,46 +278,66 @@ func (rs *Rules) Stateful() []string {
 
 // CheckSchema verifies every ruled table exists and has every column its
 // rules name, using the live schema: a typo is a start-up error, not a
-// silently empty key.
+// silently empty key. It also refuses a rule that reads a text column in
+// a character set the binlog cannot be rendered from exactly (see
+// textCharsets).
 func (rs *Rules) CheckSchema(ctx context.Context, db *sql.DB) error {
 	for _, t := range rs.order {
 		schema, name, _ := strings.Cut(t, ".")
 		rows, err := db.QueryContext(ctx,
-			"SELECT LOWER(COLUMN_NAME) FROM information_schema.COLUMNS WHERE LOWER(TABLE_SCHEMA)=? AND LOWER(TABLE_NAME)=?", schema, name)
+			"SELECT LOWER(COLUMN_NAME), COALESCE(LOWER(CHARACTER_SET_NAME), '') FROM information_schema.COLUMNS WHERE LOWER(TABLE_SCHEMA)=? AND LOWER(TABLE_NAME)=? ORDER BY ORDINAL_POSITION", schema, name)
 		if err != nil {
 			return fmt.Errorf("read columns of %s: %w", t, err)
 		}
-		have := map[string]bool{}
+		charset := map[string]string{} // column -> character set ("" for none)
+		var all []string
 		for rows.Next() {
-			var c string
-			if err := rows.Scan(&c); err != nil {
+			var c, cs string
+			if err := rows.Scan(&c, &cs); err != nil {
 				rows.Close()
 				return err
 			}
-			have[c] = true
+			charset[c] = cs
+			all = append(all, c)
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		if len(have) == 0 {
+		if len(charset) == 0 {
 			return fmt.Errorf("rule table %s does not exist on the server", t)
 		}
 		for _, r := range rs.byTable[t] {
-			for _, c := range r.columns() {
-				if !have[strings.ToLower(c)] {
-					cols := make([]string, 0, len(have))
-					for k := range have {
-						cols = append(cols, k)
-					}
-					sort.Strings(cols)
-					return fmt.Errorf("rule %s: column %q does not exist in %s (columns: %s)", r.name, c, t, strings.Join(cols, ", "))
+			cols := r.columns()
+			for _, c := range cols {
+				if _, ok := charset[strings.ToLower(c)]; !ok {
+					sorted := slices.Clone(all)
+					sort.Strings(sorted)
+					return fmt.Errorf("rule %s: column %q does not exist in %s (columns: %s)", r.name, c, t, strings.Join(sorted, ", "))
+				}
+			}
+			if r.kind == KindRewrite && len(r.cols) == 0 {
+				cols = all // every column
+			}
+			for _, c := range cols {
+				if cs := charset[strings.ToLower(c)]; cs != "" && !textCharsets[cs] {
+					return fmt.Errorf("rule %s: column %q of %s is in character set %s, which cachesync cannot render exactly "+
+						"(text: utf8mb4, utf8mb3, ascii, latin1; bytes: binary): convert the column to utf8mb4 or leave it out of the rule",
+						r.name, c, t, cs)
 				}
 			}
 		}
 	}
 	return nil
 }
+
+// textCharsets are the character sets whose values reach Redis the same
+// from the snapshot (which the server converts to utf8mb4) and from the
+// binlog (which holds the column's own bytes): UTF-8 as it is, latin1
+// converted as the server converts it, binary as bytes. Any other would
+// reach Redis in its own encoding from the binlog and in UTF-8 from the
+// snapshot.
+var textCharsets = map[string]bool{"utf8mb4": true, "utf8mb3": true, "utf8": true, "ascii": true, "latin1": true, "binary": true}
 
 // boundRule is a rule resolved against one binlog table layout.
 type boundRule struct {
