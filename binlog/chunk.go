@@ -82,7 +82,8 @@ func ParseKey(s string) ([]string, error) {
 // Without key columns the whole table is one chunk.
 func ReadChunk(ctx context.Context, db *sql.DB, table string, key []string, after string, n int) (*Txn, error) {
 	schema, name, _ := strings.Cut(table, ".")
-	q := "SELECT * FROM " + quoteName(schema) + "." + quoteName(name)
+	from := quoteName(schema) + "." + quoteName(name)
+	var where string
 	var args []any
 	if len(key) > 0 {
 		vals, err := ParseKey(after)
@@ -106,26 +107,28 @@ func ReadChunk(ctx context.Context, db *sql.DB, table string, key []string, afte
 				args = append(args, vals[i])
 				or = append(or, "("+strings.Join(and, " AND ")+")")
 			}
-			q += " WHERE " + strings.Join(or, " OR ")
+			where = " WHERE " + strings.Join(or, " OR ")
 		}
 		quoted := make([]string, len(key))
 		for i, k := range key {
 			quoted[i] = quoteName(k)
 		}
-		q += fmt.Sprintf(" ORDER BY %s LIMIT %d", strings.Join(quoted, ", "), n)
+		where += fmt.Sprintf(" ORDER BY %s LIMIT %d", strings.Join(quoted, ", "), n)
 	}
 	start := time.Now()
 	var txn *Txn
 	pos, err := ReadConsistent(ctx, db, func(conn *sql.Conn, pos Position) error {
-		rows, err := conn.QueryContext(ctx, q, args...)
+		// The column types before the read: a FLOAT is read widened
+		// (selectList), and converted back by its declared type.
+		types, err := columnTypes(ctx, conn, from)
+		if err != nil {
+			return fmt.Errorf("snapshot %s: %w", table, err)
+		}
+		rows, err := conn.QueryContext(ctx, "SELECT "+selectList(types)+" FROM "+from+where, args...)
 		if err != nil {
 			return fmt.Errorf("snapshot %s: %w", table, err)
 		}
 		defer rows.Close()
-		types, err := rows.ColumnTypes()
-		if err != nil {
-			return fmt.Errorf("snapshot %s: %w", table, err)
-		}
 		cols := make([]string, len(types))
 		decimal := make([]bool, len(types))
 		keyIdx := make([]int, len(key))
@@ -175,5 +178,3 @@ func ReadChunk(ctx context.Context, db *sql.DB, table string, key []string, afte
 	txn.Pos = pos
 	return txn, nil
 }
-
-func quoteName(s string) string { return "`" + strings.ReplaceAll(s, "`", "``") + "`" }

@@ -298,11 +298,10 @@ func TestSnapshotMatchesStream(t *testing.T) {
 		'off', b'0', '', '', '', 'é', '', 0, '2000-01-01 08:00:00', '1970-01-01 08:00:01.000', '', 0.1, '-00:00:00.001', '')`)
 	stream := e.next()
 
-	out := make(chan *Txn, 10)
-	if _, err := Snapshot(context.Background(), db, []string{"snap.t"}, 100, out); err != nil {
+	snap, err := ReadChunk(context.Background(), db, "snap.t", []string{"id"}, "", 100)
+	if err != nil {
 		t.Fatal(err)
 	}
-	snap := <-out
 	if len(snap.Changes) != 3 || len(stream.Changes) != 3 {
 		t.Fatalf("snapshot %d rows, stream %d rows, want 3", len(snap.Changes), len(stream.Changes))
 	}
@@ -331,8 +330,8 @@ func TestSnapshotMatchesStream(t *testing.T) {
 			t.Errorf("column %s of row 1 reads %q, want %q", c, got, want)
 		}
 	}
-	if done := <-out; done.Partial || len(done.Changes) != 0 {
-		t.Errorf("snapshot did not end with one empty complete Txn: %+v", done)
+	if snap.Partial || !snap.Snapshot.Done {
+		t.Errorf("a chunk of all 3 rows (of 100) is not the table's last, complete: %+v", snap.Snapshot)
 	}
 }
 

@@ -93,11 +93,7 @@ func (a *Applier) PurgeOwned(ctx context.Context, f Fence) (int, error) {
 			rest = append(rest, a.ks.Version(d), a.ks.Lease(d))
 		}
 		if len(data)+len(rest) > 0 {
-			args := []string{"keys", strconv.Itoa(len(data))}
-			for _, d := range data {
-				args = append(args, announced(d))
-			}
-			n, err := a.resyncStep(ctx, f, args, append(data, rest...))
+			n, err := a.deleteKeys(ctx, f, data, rest)
 			if err != nil {
 				return total, err
 			}
@@ -117,6 +113,17 @@ func announced(d string) string {
 		return "k" + string(appendJSONString(nil, d))
 	}
 	return "b" + string(appendKeyB64(nil, d))
+}
+
+// deleteKeys deletes data keys and other keys (their versions, fill
+// leases) under fence, announcing the data keys that existed; it returns
+// how many did.
+func (a *Applier) deleteKeys(ctx context.Context, f Fence, data, other []string) (int, error) {
+	args := []string{"keys", strconv.Itoa(len(data))}
+	for _, d := range data {
+		args = append(args, announced(d))
+	}
+	return a.resyncStep(ctx, f, args, append(append([]string(nil), data...), other...))
 }
 
 func (a *Applier) resyncStep(ctx context.Context, f Fence, args []string, keys []string) (int, error) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 )
 
@@ -30,11 +29,11 @@ func (a *Applier) truncate(ctx context.Context, table string, f Fence) (int, err
 				}
 			}
 			if len(data) > 0 {
-				all := append([]string(nil), data...)
+				var other []string
 				for _, d := range data {
-					all = append(all, a.ks.Version(d), a.ks.Lease(d))
+					other = append(other, a.ks.Version(d), a.ks.Lease(d))
 				}
-				n, err := a.resyncStep(ctx, f, []string{"keys", strconv.Itoa(len(data))}, all)
+				n, err := a.deleteKeys(ctx, f, data, other)
 				if err != nil {
 					return total, fmt.Errorf("truncate %s: %w", table, err)
 				}
