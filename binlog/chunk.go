@@ -158,6 +158,7 @@ func ReadChunk(ctx context.Context, db *sql.DB, table string, key []string, afte
 				row[i] = convertText(b, types[i].DatabaseTypeName())
 			}
 			txn.Changes = append(txn.Changes, Change{Table: t, Op: Insert, After: row})
+			txn.Bytes += rowBytes(row) + 64
 			last = last[:0]
 			for _, i := range keyIdx {
 				last = append(last, append([]byte(nil), raw[i]...)) // raw is reused

@@ -26,6 +26,12 @@ type Config struct {
 	// after another (not atomically; a warning is logged). Bounds memory
 	// and the time Redis spends in one script.
 	MaxTxnChanges int `yaml:"max_txn_changes"`
+	// MaxTxnBytes does the same by the estimated memory of the decoded
+	// rows (a piece holds at least one row event, whatever its size).
+	MaxTxnBytes int64 `yaml:"max_txn_bytes"`
+	// ReadAheadBytes bounds the decoded rows read ahead of Redis (stream
+	// and snapshot): reading waits while Redis is slow or paused.
+	ReadAheadBytes int64 `yaml:"read_ahead_bytes"`
 	// Start says where to begin when no checkpoint exists or From forces it.
 	Start StartConfig `yaml:"start"`
 }
@@ -68,6 +74,12 @@ func (c *Config) SetDefaults() {
 	if c.MaxTxnChanges == 0 {
 		c.MaxTxnChanges = 100_000
 	}
+	if c.MaxTxnBytes == 0 {
+		c.MaxTxnBytes = 16 << 20
+	}
+	if c.ReadAheadBytes == 0 {
+		c.ReadAheadBytes = 64 << 20
+	}
 	if c.Start.From == "" {
 		c.Start.From = FromCheckpoint
 	}
@@ -92,6 +104,12 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxTxnChanges < 100 {
 		return fmt.Errorf("mysql.max_txn_changes %d: want at least 100", c.MaxTxnChanges)
+	}
+	if c.MaxTxnBytes < 1<<20 {
+		return fmt.Errorf("mysql.max_txn_bytes %d: want at least 1 MiB (1048576)", c.MaxTxnBytes)
+	}
+	if c.ReadAheadBytes < c.MaxTxnBytes {
+		return fmt.Errorf("mysql.read_ahead_bytes %d: want at least max_txn_bytes (%d)", c.ReadAheadBytes, c.MaxTxnBytes)
 	}
 	switch c.Start.From {
 	case FromCheckpoint, FromCurrent:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -43,6 +44,7 @@ type Source struct {
 	// reached is the version of the binlog position up to which every
 	// transaction has been sent (0: unknown yet).
 	reached atomic.Uint64
+	budget  *Budget // read-ahead bound, set before Run
 }
 
 // NewSource returns a Source for the given server flavor ("mysql" or
@@ -60,6 +62,10 @@ func NewSource(cfg Config, flavor string, watched []string, log zerolog.Logger, 
 // to which every transaction has been sent: the end of the last one, or
 // the position an idle server's heartbeat names. 0 until known.
 func (s *Source) Reached() uint64 { return s.reached.Load() }
+
+// SetBudget makes Run take each transaction's bytes from b before sending
+// it (nil: unbounded). Call it before Run.
+func (s *Source) SetBudget(b *Budget) { s.budget = b }
 
 // Connected reports whether the source currently streams from the server.
 func (s *Source) Connected() bool { return s.up.Load() }
@@ -138,6 +144,11 @@ type reader struct {
 func (r *reader) stream(ctx context.Context, start Start) error {
 	s := r.src
 	host, port := s.cfg.hostPort()
+	// Watchdog clock: the last time bytes came off the socket, or handle
+	// returned (time blocked handing transactions on, while Redis is slow,
+	// stops the syncer reading too, and is not silence).
+	var last atomic.Int64
+	last.Store(time.Now().UnixNano())
 	cfg := replication.BinlogSyncerConfig{
 		ServerID:        s.cfg.ServerID,
 		Flavor:          s.flavor,
@@ -146,6 +157,16 @@ func (r *reader) stream(ctx context.Context, start Start) error {
 		User:            s.cfg.User,
 		Password:        s.cfg.Password,
 		HeartbeatPeriod: s.cfg.Heartbeat,
+		// Parsed events wait here for handle; the default (10240) would
+		// hold ~80 MB of 8 KiB row events beyond the read-ahead budget.
+		EventCacheCount: 64,
+		Dialer: func(ctx context.Context, network, address string) (net.Conn, error) {
+			c, err := (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(ctx, network, address)
+			if err != nil {
+				return nil, err
+			}
+			return &touchConn{Conn: c, last: &last}, nil
+		},
 		// No ReadTimeout: go-mysql would set a socket deadline per packet
 		// (~10% of CPU at full speed); the watchdog below does its job.
 		DisableRetrySync: true, // we reconnect ourselves, at a transaction boundary
@@ -187,8 +208,8 @@ func (r *reader) stream(ctx context.Context, start Start) error {
 	r.tables = make(map[uint64]*Table)
 	// Watchdog: the server sends a heartbeat every s.cfg.Heartbeat when
 	// idle; 3 missed ones mean the connection is dead though TCP says not.
-	var last atomic.Int64
-	last.Store(time.Now().UnixNano())
+	// A large event arriving slowly keeps it alive (bytes, not events).
+	var handling atomic.Bool
 	stopWatch := make(chan struct{})
 	defer close(stopWatch)
 	go func() {
@@ -199,7 +220,7 @@ func (r *reader) stream(ctx context.Context, start Start) error {
 			case <-stopWatch:
 				return
 			case now := <-t.C:
-				if now.Sub(time.Unix(0, last.Load())) > 3*s.cfg.Heartbeat {
+				if !handling.Load() && now.Sub(time.Unix(0, last.Load())) > 3*s.cfg.Heartbeat {
 					s.log.Warn().Dur("silent_for", now.Sub(time.Unix(0, last.Load()))).Msg("binlog connection silent; closing it")
 					syncer.Close()
 					return
@@ -210,7 +231,6 @@ func (r *reader) stream(ctx context.Context, start Start) error {
 	first := true
 	for {
 		ev, err := st.GetEvent(ctx)
-		last.Store(time.Now().UnixNano())
 		if err != nil {
 			return err
 		}
@@ -219,10 +239,28 @@ func (r *reader) stream(ctx context.Context, start Start) error {
 			s.up.Store(true)
 			first = false
 		}
-		if err := r.handle(ctx, ev); err != nil {
+		handling.Store(true)
+		err = r.handle(ctx, ev)
+		last.Store(time.Now().UnixNano())
+		handling.Store(false)
+		if err != nil {
 			return err
 		}
 	}
+}
+
+// touchConn notes the time of every read that returned bytes.
+type touchConn struct {
+	net.Conn
+	last *atomic.Int64
+}
+
+func (c *touchConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.last.Store(time.Now().UnixNano())
+	}
+	return n, err
 }
 
 func (r *reader) handle(ctx context.Context, ev *replication.BinlogEvent) error {
@@ -372,6 +410,9 @@ func (r *reader) rows(ctx context.Context, ev *replication.BinlogEvent, e *repli
 		}
 		t.convert(row)
 	}
+	for _, row := range e.Rows {
+		r.txn.Bytes += rowBytes(row) + 64 // + the Change
+	}
 	switch ev.Header.EventType {
 	case replication.WRITE_ROWS_EVENTv0, replication.WRITE_ROWS_EVENTv1, replication.WRITE_ROWS_EVENTv2, replication.MARIADB_WRITE_ROWS_COMPRESSED_EVENT_V1:
 		for _, row := range e.Rows {
@@ -391,14 +432,14 @@ func (r *reader) rows(ctx context.Context, ev *replication.BinlogEvent, e *repli
 	default:
 		return fmt.Errorf("%w: unsupported rows event %s on %s", ErrFatal, ev.Header.EventType, t.FullName())
 	}
-	if len(r.txn.Changes) >= r.src.cfg.MaxTxnChanges {
+	if len(r.txn.Changes) >= r.src.cfg.MaxTxnChanges || int64(r.txn.Bytes) >= r.src.cfg.MaxTxnBytes {
 		// Send what we have; the rest of the transaction follows.
 		piece := r.txn
 		piece.Partial = true
 		piece.Pos = Position{File: r.file, Pos: ev.Header.LogPos}
 		if !r.split {
 			r.src.metrics.splitTxns.Inc()
-			r.src.log.Warn().Int("max_txn_changes", r.src.cfg.MaxTxnChanges).Str("gtid", r.gtid).
+			r.src.log.Warn().Int("max_txn_changes", r.src.cfg.MaxTxnChanges).Int64("max_txn_bytes", r.src.cfg.MaxTxnBytes).Str("gtid", r.gtid).
 				Msg("oversized transaction is applied in pieces: readers may see it half-applied")
 		}
 		r.split = true
@@ -432,12 +473,16 @@ func (r *reader) reach(p Position) {
 }
 
 func (r *reader) send(ctx context.Context, t *Txn) error {
+	if err := r.src.budget.Acquire(ctx, t); err != nil {
+		return ctx.Err()
+	}
 	select {
 	case r.out <- t:
 		r.src.metrics.txns.Inc()
 		r.src.metrics.rows.Add(float64(len(t.Changes)))
 		return nil
 	case <-ctx.Done():
+		t.Release()
 		return ctx.Err()
 	}
 }

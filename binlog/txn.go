@@ -143,6 +143,10 @@ type Txn struct {
 	Partial bool
 	// DDL holds the statement when the transaction is a DDL statement.
 	DDL string
+	// Bytes estimates the memory its row values take (see Budget).
+	Bytes int
+	held   int64 // taken from budget
+	budget *Budget
 	// Snapshot records the snapshot's progress, applied with the rows.
 	Snapshot *SnapshotStep
 	// Truncated names the ruled table ("schema.table", lower case) a

@@ -367,6 +367,8 @@ func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.
 	}
 	p.snapTarget.Add(int64(len(pending)))
 
+	budget := binlog.NewBudget(p.cfg.ReadAheadBytes)
+	p.source.SetBudget(budget)
 	q := make(chan *binlog.Txn, queueTxns)
 	raw := make(chan *binlog.Txn, 64)
 	chunks := make(chan *binlog.Txn)
@@ -382,11 +384,11 @@ func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.
 	})
 	wg.Go(func() {
 		defer close(chunks)
-		p.snapshot(srcCtx, pending, keys, chunks)
+		p.snapshot(srcCtx, pending, keys, budget, chunks)
 	})
 	wg.Go(func() {
 		defer close(q)
-		merge(srcCtx, p.snap, p.source, keys, first, raw, chunks, q)
+		merge(srcCtx, p.snap, p.source, keys, start.Pos, first, raw, chunks, q)
 	})
 	var requested atomic.Bool
 	wg.Go(func() {

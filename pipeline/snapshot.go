@@ -50,7 +50,7 @@ func (p *Pipeline) snapshotKeys(ctx context.Context, pending map[string]string) 
 // snapshot reads the pending tables (table -> key to read after, ""
 // from the start) chunk by chunk into out, until done or ctx is done. A
 // failed read is retried with back-off.
-func (p *Pipeline) snapshot(ctx context.Context, pending map[string]string, keys map[string][]string, out chan<- *binlog.Txn) {
+func (p *Pipeline) snapshot(ctx context.Context, pending map[string]string, keys map[string][]string, budget *binlog.Budget, out chan<- *binlog.Txn) {
 	tables := make([]string, 0, len(pending))
 	for t := range pending {
 		tables = append(tables, t)
@@ -72,6 +72,13 @@ func (p *Pipeline) snapshot(ctx context.Context, pending map[string]string, keys
 			}
 			n, done := len(c.Changes), c.Snapshot.Done // c is merge's once sent
 			after = c.Snapshot.After
+			// Wait for room in the read-ahead, without holding it: merge
+			// holds one chunk until the stream passes its position, and
+			// the stream must be able to get there.
+			if budget.Acquire(ctx, c) != nil {
+				return
+			}
+			c.Release()
 			select {
 			case out <- c:
 			case <-ctx.Done():
@@ -101,8 +108,10 @@ type merger struct {
 	split   bool // the last forwarded transaction was a piece of a split one
 }
 
-func merge(ctx context.Context, sm snapshotMetrics, src *binlog.Source, keys map[string][]string, first *binlog.Txn, raw, chunks <-chan *binlog.Txn, out chan<- *binlog.Txn) {
-	m := &merger{m: sm, src: src, out: out, keys: keys, changed: map[string]map[string]image{}, idx: map[*binlog.Table][]int{}}
+// The stream starts at start: everything up to there is in Redis.
+func merge(ctx context.Context, sm snapshotMetrics, src *binlog.Source, keys map[string][]string, start binlog.Position, first *binlog.Txn, raw, chunks <-chan *binlog.Txn, out chan<- *binlog.Txn) {
+	m := &merger{m: sm, src: src, out: out, keys: keys, changed: map[string]map[string]image{}, idx: map[*binlog.Table][]int{},
+		last: start, lastV: version(start)}
 	for t := range keys {
 		m.changed[t] = map[string]image{}
 	}

@@ -235,7 +235,7 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, r Resume) erro
 			}
 		}
 	fill:
-		for b.rows < a.cfg.BatchChanges && b.txns[0].Truncated == "" {
+		for b.rows < a.cfg.BatchChanges && b.bytes < a.cfg.BatchBytes && b.txns[0].Truncated == "" {
 			select {
 			case t, ok := <-in:
 				if !ok {
@@ -298,6 +298,7 @@ func (a *Applier) add(b *batch, t *binlog.Txn, stored string) error {
 	}
 	b.txns = append(b.txns, t)
 	b.rows += len(t.Changes)
+	b.bytes += t.Bytes
 	return nil
 }
 
@@ -469,6 +470,7 @@ func (a *Applier) done(b *batch, seq int64, took time.Duration) {
 	a.m.scriptSeconds.Observe(took.Seconds())
 	a.m.txns.Add(float64(len(b.txns)))
 	for _, t := range b.txns {
+		t.Release() // its bytes may be read ahead again
 		a.m.latency.Observe(now.Sub(t.Commit).Seconds())
 		if t.Snapshot != nil && t.Snapshot.Done {
 			a.snapDone.Add(1)

@@ -23,6 +23,7 @@ type batch struct {
 	txns    []*binlog.Txn
 	cp      *binlog.Txn // set by finish: the transaction the checkpoint names, nil for none
 	rows    int
+	bytes   int    // estimated bytes of the transactions' rows
 	buf     []byte // scratch for rendering
 	buf2    []byte
 	rules   []*boundRule // rules that counted changes in this batch
@@ -43,7 +44,7 @@ func (b *batch) reset() {
 	b.pubList = b.pubList[:0]
 	b.args = append(b.args[:0], make([]any, header)...)
 	b.txns = b.txns[:0]
-	b.rows = 0
+	b.rows, b.bytes = 0, 0
 	for _, br := range b.rules { // counts of a batch that was not applied
 		br.applied = 0
 	}

@@ -16,6 +16,9 @@ type Config struct {
 	// Consecutive transactions share a call up to this size; a larger
 	// transaction is never cut by it (see mysql.max_txn_changes).
 	BatchChanges int `yaml:"batch_changes"`
+	// BatchBytes caps, the same way, the estimated bytes of the row
+	// values in one script call (see mysql.max_txn_bytes).
+	BatchBytes int `yaml:"batch_bytes"`
 	// TombstoneTTL is how long the version of a deleted key is kept so a
 	// replay cannot resurrect the key.
 	TombstoneTTL time.Duration `yaml:"tombstone_ttl"`
@@ -34,6 +37,9 @@ func (c *Config) SetDefaults() {
 	if c.BatchChanges == 0 {
 		c.BatchChanges = 2000
 	}
+	if c.BatchBytes == 0 {
+		c.BatchBytes = 8 << 20
+	}
 	if c.TombstoneTTL == 0 {
 		c.TombstoneTTL = 24 * time.Hour
 	}
@@ -43,6 +49,9 @@ func (c *Config) SetDefaults() {
 func (c *Config) Validate() error {
 	if c.BatchChanges < 1 || c.BatchChanges > 100_000 {
 		return fmt.Errorf("sink.batch_changes %d: want 1..100000", c.BatchChanges)
+	}
+	if c.BatchBytes < 64<<10 {
+		return fmt.Errorf("sink.batch_bytes %d: want at least 64 KiB (65536)", c.BatchBytes)
 	}
 	if c.TombstoneTTL < time.Minute {
 		return fmt.Errorf("sink.tombstone_ttl %s: want at least 1m", c.TombstoneTTL)
