@@ -144,7 +144,7 @@ type Txn struct {
 	// DDL holds the statement when the transaction is a DDL statement.
 	DDL string
 	// Bytes estimates the memory its row values take (see Budget).
-	Bytes int
+	Bytes  int
 	held   int64 // taken from budget
 	budget *Budget
 	// Snapshot records the snapshot's progress, applied with the rows.
