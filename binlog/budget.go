@@ -2,6 +2,7 @@ package binlog
 
 import (
 	"context"
+	"sync/atomic"
 
 	"golang.org/x/sync/semaphore"
 )
@@ -12,8 +13,9 @@ import (
 // larger than the whole budget waits until nothing else is held, then
 // goes alone.
 type Budget struct {
-	sem *semaphore.Weighted
-	max int64
+	sem  *semaphore.Weighted
+	max  int64
+	held atomic.Int64
 }
 
 // NewBudget returns a budget of max bytes.
@@ -31,12 +33,17 @@ func (b *Budget) Acquire(ctx context.Context, t *Txn) error {
 		return err
 	}
 	t.held, t.budget = n, b
+	b.held.Add(n)
 	return nil
 }
+
+// Held returns the bytes taken and not yet given back.
+func (b *Budget) Held() int64 { return b.held.Load() }
 
 // Release gives back what Acquire took for t (once; nil-safe).
 func (t *Txn) Release() {
 	if t.budget != nil {
+		t.budget.held.Add(-t.held)
 		t.budget.sem.Release(t.held)
 		t.budget, t.held = nil, 0
 	}

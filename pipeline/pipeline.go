@@ -53,6 +53,7 @@ type Pipeline struct {
 	rewinds       prometheus.Counter
 	resyncs       prometheus.Counter
 	snap          snapshotMetrics
+	budget        atomic.Pointer[binlog.Budget] // the current run's read-ahead
 }
 
 // New builds a pipeline that leads under lease. db reaches the same server
@@ -77,6 +78,16 @@ func New(cfg binlog.Config, flavor string, db *sql.DB, applier *sink.Applier, le
 		reg.MustRegister(p.resets, p.rewinds, p.resyncs)
 	}
 	p.snap = newSnapshotMetrics(reg)
+	if reg != nil {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "cachesync", Name: "read_ahead_bytes",
+			Help: "Estimated bytes of decoded rows read from MySQL and not yet in Redis (bounded by mysql.read_ahead_bytes)."},
+			func() float64 {
+				if b := p.budget.Load(); b != nil {
+					return float64(b.Held())
+				}
+				return 0
+			}))
+	}
 	p.phase.Store("starting")
 	return p
 }
@@ -368,6 +379,7 @@ func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.
 	p.snapTarget.Add(int64(len(pending)))
 
 	budget := binlog.NewBudget(p.cfg.ReadAheadBytes)
+	p.budget.Store(budget)
 	p.source.SetBudget(budget)
 	q := make(chan *binlog.Txn, queueTxns)
 	raw := make(chan *binlog.Txn, 64)

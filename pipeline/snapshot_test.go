@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cachesync/cachesync/binlog"
+	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/sink"
 )
 
@@ -71,5 +72,54 @@ func TestSnapshotRequest(t *testing.T) {
 	e.checkConsistent(rules, "items")
 	if n := r.metric(t, "cachesync_snapshot_chunks_total") - before; n < 3000/200 {
 		t.Errorf("%v chunks for the requested snapshot of 3000 rows in chunks of 200", n)
+	}
+}
+
+// TestReadAheadBounded: while Redis refuses writes (CLIENT PAUSE), the
+// pipeline stops reading the binlog once its read-ahead budget (1 MiB
+// here) is taken, instead of queueing every transaction; the binlog
+// connection survives the wait; once Redis is back, nothing is lost.
+func TestReadAheadBounded(t *testing.T) {
+	rs := testenv.StartRedis(t) // private: it gets paused
+	e := newEnv(t, nil, rs)
+	ctx := context.Background()
+	rules := e.itemRules()
+	e.exec(itemsTable)
+	r := e.start(rules, func(b *binlog.Config, _ *sink.Config) { b.ReadAheadBytes, b.MaxTxnBytes = 1<<20, 1<<20 })
+	r.ready(t)
+	const txns, per = 40, 500
+	if err := e.rdb.Do(ctx, "CLIENT", "PAUSE", "12000", "WRITE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	defer e.rdb.Do(ctx, "CLIENT", "UNPAUSE")
+	for i := range txns {
+		var vals []string
+		for j := range per {
+			id := 1 + i*per + j
+			vals = append(vals, fmt.Sprintf("(%d, %d, 'item %d with a longer name to fill', 1.5, %d, 'on_sale')", id, id%5, id, id))
+		}
+		e.exec("INSERT INTO items (id, cat, name, price, stock, status) VALUES " + strings.Join(vals, ","))
+	}
+	time.Sleep(time.Second)
+	read := r.metric(t, "cachesync_binlog_rows_total")
+	held := r.metric(t, "cachesync_read_ahead_bytes")
+	time.Sleep(2 * time.Second)
+	if again := r.metric(t, "cachesync_binlog_rows_total"); again != read {
+		t.Errorf("still reading while Redis is paused: %v rows, then %v", read, again)
+	}
+	if read >= txns*per {
+		t.Errorf("read all %d rows while Redis was paused: the read-ahead is not bounded", int(read))
+	}
+	if held > 1<<20 {
+		t.Errorf("read-ahead holds %v bytes, over its 1 MiB budget", held)
+	}
+	t.Logf("while Redis was paused: %v of %d rows read, %v bytes held", read, txns*per, held)
+	if err := e.rdb.Do(ctx, "CLIENT", "UNPAUSE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	e.sync(r)
+	e.checkConsistent(rules, "items")
+	if n := r.metric(t, "cachesync_binlog_reconnects_total"); n != 0 {
+		t.Errorf("%v binlog reconnects: the wait was taken for silence", n)
 	}
 }
