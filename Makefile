@@ -42,6 +42,7 @@ bench: build
 	$(GO) run ./cmd/cachesync-bench consistency -out .dev/bench-consistency.md
 	$(GO) run ./cmd/cachesync-bench http -out .dev/bench-http.md
 	$(GO) run ./cmd/cachesync-bench seckill -out .dev/bench-seckill.md
+	$(GO) run ./cmd/cachesync-bench memory -out .dev/bench-memory.md -timeline .dev/bench-memory-rss.csv
 
 lint:
 	gofmt -l . | (! grep .) || (echo "gofmt needed"; exit 1)

@@ -15,7 +15,10 @@
 // with cachesync's (package harness); "cachesync-bench http" measures
 // GET /goods/{id} with L1 hits vs L2 only vs DB only; "cachesync-bench
 // seckill" measures reservations over HTTP against redis-benchmark EVALSHA
-// of the same script and the seed's SELECT … FOR UPDATE deduction.
+// of the same script and the seed's SELECT … FOR UPDATE deduction;
+// "cachesync-bench memory" measures the daemon process's peak RSS on a
+// one-transaction UPDATE of 1M rows, one 64 MiB row, and Redis paused 60 s
+// under a steady writer (issue 9).
 package main
 
 import (
@@ -40,7 +43,7 @@ import (
 
 func main() {
 	if len(os.Args) > 1 {
-		sub := map[string]func([]string) error{"consistency": consistency, "http": httpRead, "seckill": seckillBench}[os.Args[1]]
+		sub := map[string]func([]string) error{"consistency": consistency, "http": httpRead, "seckill": seckillBench, "memory": memoryBench}[os.Args[1]]
 		if sub != nil {
 			if err := sub(os.Args[2:]); err != nil {
 				fmt.Fprintf(os.Stderr, "cachesync-bench %s: %v\n", os.Args[1], err)
