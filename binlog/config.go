@@ -75,7 +75,7 @@ func (c *Config) SetDefaults() {
 		c.MaxTxnChanges = 100_000
 	}
 	if c.MaxTxnBytes == 0 {
-		c.MaxTxnBytes = 16 << 20
+		c.MaxTxnBytes = 8 << 20
 	}
 	if c.ReadAheadBytes == 0 {
 		c.ReadAheadBytes = 64 << 20

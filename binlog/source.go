@@ -64,8 +64,11 @@ func NewSource(cfg Config, flavor string, watched []string, log zerolog.Logger, 
 func (s *Source) Reached() uint64 { return s.reached.Load() }
 
 // SetBudget makes Run take each transaction's bytes from b before sending
-// it (nil: unbounded). Call it before Run.
-func (s *Source) SetBudget(b *Budget) { s.budget = b }
+// it (nil: unbounded), and forgets Reached. Call it before each Run.
+func (s *Source) SetBudget(b *Budget) {
+	s.budget = b
+	s.reached.Store(0) // before the run's merge looks: a new run may start further back
+}
 
 // Connected reports whether the source currently streams from the server.
 func (s *Source) Connected() bool { return s.up.Load() }

@@ -280,13 +280,20 @@ func (r *run) stop(t *testing.T) error {
 // if any). Ready alone is not enough: a standby is ready too.
 func (r *run) ready(t *testing.T) {
 	t.Helper()
+	r.readyWithin(t, 30*time.Second)
+}
+
+// readyWithin is ready with another limit (a snapshot of large values,
+// under the race detector, on a loaded machine).
+func (r *run) readyWithin(t *testing.T, d time.Duration) {
+	t.Helper()
 	waitFor(t, func() error {
 		r.failIfStopped(t)
 		if role := r.p.Role(); role != "leader" {
 			return errors.New("pipeline is " + role)
 		}
 		return r.p.Ready()
-	}, 30*time.Second)
+	}, d)
 }
 
 func (r *run) failIfStopped(t *testing.T) {

@@ -53,7 +53,11 @@ type Pipeline struct {
 	rewinds       prometheus.Counter
 	resyncs       prometheus.Counter
 	snap          snapshotMetrics
-	budget        atomic.Pointer[binlog.Budget] // the current run's read-ahead
+	// rewoundAtStart: startPoint found the stored checkpoint older than
+	// what this process applied (a rewind noticed through a lost lease);
+	// read by lead, in the same goroutine.
+	rewoundAtStart bool
+	budget         atomic.Pointer[binlog.Budget] // the current run's read-ahead
 }
 
 // New builds a pipeline that leads under lease. db reaches the same server
@@ -248,10 +252,10 @@ func (p *Pipeline) lead(ctx context.Context, fence sink.Fence) error {
 			rewound = true
 			p.rewinds.Inc()
 			p.log.Warn().Err(err).Msg("redis went back in time: replaying the binlog from its stored checkpoint")
-		case rewound && errors.Is(err, binlog.ErrPurged):
+		case (rewound || p.rewoundAtStart) && errors.Is(err, binlog.ErrPurged):
 			// Replay cannot bring the lost window back, and a snapshot
 			// alone would leave the keys of rows deleted in it.
-			resync, rewound = true, false
+			resync, rewound, p.rewoundAtStart = true, false, false
 			p.resyncs.Inc()
 			p.log.Warn().Err(err).Msg("redis went back in time past the binlog: deleting the keys the rules own and rebuilding them from a snapshot")
 		default:
@@ -309,7 +313,11 @@ func (p *Pipeline) resync(ctx context.Context, fence sink.Fence) error {
 		if err == nil {
 			n, err = p.applier.PurgeOwned(ctx, fence)
 		}
-		if err == nil {
+		// The marker goes with the snapshot's first batch (it writes the
+		// checkpoint): until then a successor must purge and snapshot too,
+		// whatever mysql.start.from says. Without stateful rules there is
+		// no snapshot, and nothing more to do.
+		if err == nil && len(p.applier.Rules().Stateful()) == 0 {
 			err = p.applier.EndResync(ctx, fence)
 		}
 		switch {
@@ -334,6 +342,7 @@ func retryForever() backoff.BackOff {
 
 func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.Fence) error {
 	p.phase.Store("starting")
+	p.rewoundAtStart = false
 	p.snapTarget.Store(p.applier.SnapshotTablesDone())
 	before := p.applier.Applied()
 	defer func() {
@@ -439,6 +448,7 @@ func (p *Pipeline) startPoint(ctx context.Context, reset, rewound bool) (start b
 		if ok {
 			p.sawCheckpoint.Store(true)
 			if a := p.applier.Applied(); a != nil && cp.Version < a.Version && !rewound {
+				p.rewoundAtStart = true
 				// Noticed by a lost lease before any batch was refused.
 				p.rewinds.Inc()
 				p.log.Warn().Stringer("stored", cp.Pos).Stringer("applied", a.Pos).Msg("redis went back in time: replaying the binlog from its stored checkpoint")

@@ -72,13 +72,9 @@ func (p *Pipeline) snapshot(ctx context.Context, pending map[string]string, keys
 			}
 			n, done := len(c.Changes), c.Snapshot.Done // c is merge's once sent
 			after = c.Snapshot.After
-			// Wait for room in the read-ahead, without holding it: merge
-			// holds one chunk until the stream passes its position, and
-			// the stream must be able to get there.
-			if budget.Acquire(ctx, c) != nil {
+			if budget.Acquire(ctx, c) != nil { // given back by the sink, or by merge (see run)
 				return
 			}
-			c.Release()
 			select {
 			case out <- c:
 			case <-ctx.Done():
@@ -106,12 +102,15 @@ type merger struct {
 	last    binlog.Position         // end of the last complete transaction forwarded
 	lastV   uint64
 	split   bool // the last forwarded transaction was a piece of a split one
+	// truncV: per pending table, the version of the last TRUNCATE of it
+	// forwarded: a chunk read before it holds rows that are gone.
+	truncV map[string]uint64
 }
 
 // The stream starts at start: everything up to there is in Redis.
 func merge(ctx context.Context, sm snapshotMetrics, src *binlog.Source, keys map[string][]string, start binlog.Position, first *binlog.Txn, raw, chunks <-chan *binlog.Txn, out chan<- *binlog.Txn) {
 	m := &merger{m: sm, src: src, out: out, keys: keys, changed: map[string]map[string]image{}, idx: map[*binlog.Table][]int{},
-		last: start, lastV: version(start)}
+		last: start, lastV: version(start), truncV: map[string]uint64{}}
 	for t := range keys {
 		m.changed[t] = map[string]image{}
 	}
@@ -179,7 +178,11 @@ func (m *merger) run(ctx context.Context, first *binlog.Txn, raw, chunks <-chan 
 				return
 			}
 			held = nil
+			continue
 		}
+		// A chunk waiting for the stream gives its read-ahead back: the
+		// stream must be able to read up to it.
+		held.Release()
 	}
 }
 
@@ -197,6 +200,10 @@ func (m *merger) note(t *binlog.Txn) {
 	v := version(t.Pos)
 	if !t.Partial {
 		m.last, m.lastV = t.Pos, v
+	}
+	if seen, ok := m.changed[t.Truncated]; ok { // the sink deletes the table's keys
+		clear(seen)
+		m.truncV[t.Truncated] = v
 	}
 	for i := range t.Changes {
 		ch := &t.Changes[i]
@@ -224,15 +231,21 @@ func (m *merger) note(t *binlog.Txn) {
 func (m *merger) place(c *binlog.Txn, at uint64) *binlog.Txn {
 	table := c.Snapshot.Table
 	seen := m.changed[table]
+	if m.lastV > at {
+		c.Pos = m.last // the checkpoint never goes back
+	}
 	if m.lastV > at && len(c.Changes) > 0 {
 		idx := m.keyIndex(c.Changes[0].Table)
 		kept := c.Changes[:0]
 		newer := 0
+		truncated := m.truncV[table] > at // every row before it is gone
 		for _, ch := range c.Changes {
 			img, ok := seen[keyString(ch.After, idx)]
 			switch {
-			case !ok || img.v <= at:
+			case (!ok || img.v <= at) && !truncated:
 				kept = append(kept, ch)
+			case !ok || img.v <= at:
+				newer++
 			case img.row != nil:
 				kept = append(kept, binlog.Change{Table: img.table, Op: binlog.Insert, After: img.row})
 				newer++
@@ -242,7 +255,6 @@ func (m *merger) place(c *binlog.Txn, at uint64) *binlog.Txn {
 		}
 		m.m.superseded.Add(float64(newer))
 		c.Changes = kept
-		c.Pos = m.last
 	}
 	m.m.chunks.Inc()
 	m.m.rows.Add(float64(len(c.Changes)))
@@ -253,6 +265,7 @@ func (m *merger) place(c *binlog.Txn, at uint64) *binlog.Txn {
 	}
 	if c.Snapshot.Done {
 		delete(m.changed, table)
+		delete(m.truncV, table)
 	}
 	return c
 }

@@ -202,7 +202,7 @@ func TestValueEncoding(t *testing.T) {
 	go func() { defer close(l1done); _ = l1.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-l1done })
 
-	r.ready(t)
+	r.readyWithin(t, 3*time.Minute) // 64 MiB values, -race, a loaded box: tens of seconds
 	e.sync(r)
 	waitFor(t, func() error {
 		if !l1.Live() {

@@ -72,6 +72,10 @@ func (b *batch) progress(s *binlog.SnapshotStep) {
 	for _, table := range s.Start {
 		set("HA", table, "at:")
 	}
+	if len(s.Start) > 0 { // a resync is over once its snapshot begins
+		b.args = append(b.args, "D")
+		b.keys = append(b.keys, b.ks.Resync(), b.ks.Resync())
+	}
 	switch {
 	case s.Table == "":
 	case s.Done:

@@ -27,11 +27,12 @@ var resyncScript = redis.NewScript(resyncLua)
 //  2. PurgeOwned: deletes every key the rules own (Rules.Owns), with its
 //     version and fill lease, announcing them to L1 subscribers, and
 //     every version key;
-//  3. EndResync: deletes the marker;
+//  3. takes a snapshot, as after data loss: its first batch (the one that
+//     writes the checkpoint) deletes the marker (EndResync does, when no
+//     rule keeps state and there is no snapshot).
 //
-// then takes a snapshot, as after data loss. A writer that dies on the
-// way leaves the marker (ResyncPending), and the next one starts again at
-// step 2. Until the snapshot has run, readers miss the keys, as after data
+// A writer that dies on the way leaves the marker (ResyncPending), and the
+// next one starts again at step 1. Until the snapshot has run, readers miss the keys, as after data
 // loss; the application's own keys that a rule template happens to match
 // (an invalidate rule's "goods:{id}" matches "goods:hot") are deleted too.
 
