@@ -341,7 +341,8 @@ func (r *reader) query(ctx context.Context, ev *replication.BinlogEvent, e *repl
 		// that overrode binlog_format: nothing cachesync can apply.
 		if isDML(q) {
 			r.src.metrics.statementEvents.Inc()
-			r.src.log.Warn().Str("query", truncate(q, 200)).Msg("statement-format DML in the binlog is ignored; keep binlog_format=ROW for every session")
+			kind, _ := describeStatement(q, string(e.Schema))
+			r.src.log.Warn().Str("schema", string(e.Schema)).Str("statement", kind).Msg("statement-format DML in the binlog is ignored; keep binlog_format=ROW for every session")
 		}
 		return nil
 	}
@@ -349,10 +350,14 @@ func (r *reader) query(ctx context.Context, ev *replication.BinlogEvent, e *repl
 	// nothing needs refreshing; the checkpoint moves past the statement.
 	r.begin()
 	r.txn.DDL = q
-	r.src.log.Info().Str("schema", string(e.Schema)).Str("ddl", truncate(q, 200)).Msg("DDL in binlog")
+	// Logged as kind and table, and only for schemas with ruled tables:
+	// the text may hold passwords (CREATE USER … IDENTIFIED BY).
+	if kind, table := describeStatement(q, string(e.Schema)); r.src.ruledSchema(string(e.Schema)) || (table != "" && r.src.ruledSchema(strings.SplitN(table, ".", 2)[0])) {
+		r.src.log.Info().Str("schema", string(e.Schema)).Str("statement", kind).Str("table", table).Msg("DDL in binlog")
+	}
 	if isTruncate(q) {
 		if name, ok := truncatedTable(q, string(e.Schema)); !ok {
-			r.src.log.Warn().Str("ddl", truncate(q, 200)).Msg("TRUNCATE of a table this daemon cannot name: if it is ruled, its keys stay (request a snapshot of it)")
+			r.src.log.Warn().Str("schema", string(e.Schema)).Msg("TRUNCATE of a table this daemon cannot name: if it is ruled, its keys stay (request a snapshot of it)")
 		} else if r.src.watch[name] {
 			r.txn.Truncated = name
 		}
@@ -509,13 +514,6 @@ func isDML(q string) bool {
 
 func isTruncate(q string) bool {
 	return len(q) >= 8 && strings.EqualFold(q[:8], "TRUNCATE")
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }
 
 type sourceMetrics struct {

@@ -63,6 +63,12 @@ func freshDB(t *testing.T, name string) *sql.DB {
 
 func startSource(t *testing.T, m *testenv.MariaDB, db *sql.DB, maxTxn int, watched ...string) *streamEnv {
 	t.Helper()
+	return startSourceLog(t, m, db, maxTxn, zerolog.Nop(), watched...)
+}
+
+// startSourceLog is startSource logging to log.
+func startSourceLog(t *testing.T, m *testenv.MariaDB, db *sql.DB, maxTxn int, log zerolog.Logger, watched ...string) *streamEnv {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	start, err := CurrentPosition(ctx, db)
 	if err != nil {
@@ -74,7 +80,7 @@ func startSource(t *testing.T, m *testenv.MariaDB, db *sql.DB, maxTxn int, watch
 		t.Fatal(err)
 	}
 	e := &streamEnv{t: t, db: db, out: make(chan *Txn, 1000), done: make(chan error, 1),
-		src: NewSource(cfg, "mariadb", watched, zerolog.Nop(), prometheus.NewRegistry())}
+		src: NewSource(cfg, "mariadb", watched, log, prometheus.NewRegistry())}
 	go func() { e.done <- e.src.Run(ctx, Start{Pos: start}, e.out) }()
 	t.Cleanup(func() {
 		cancel()
