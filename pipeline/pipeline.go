@@ -366,12 +366,18 @@ func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.
 		first = &binlog.Txn{Pos: start.Pos, Commit: time.Now(), Snapshot: &binlog.SnapshotStep{Start: tables}}
 		p.log.Info().Strs("tables", tables).Stringer("pos", start.Pos).Msg("snapshot: beginning, beside the stream")
 	} else if expect != nil {
-		if pending, err = p.applier.SnapshotProgress(ctx); err != nil {
-			return err // retried by the caller's next term
-		}
-		requested, err := p.applier.SnapshotRequested(ctx)
-		if err != nil {
+		var requested []string
+		err := backoff.Retry(func() (err error) {
+			if pending, err = p.applier.SnapshotProgress(ctx); err == nil {
+				requested, err = p.applier.SnapshotRequested(ctx)
+			}
+			if err != nil {
+				p.log.Warn().Err(err).Msg("reading snapshot progress; retrying")
+			}
 			return err
+		}, backoff.WithContext(retryForever(), ctx))
+		if err != nil {
+			return nil // ctx is done
 		}
 		if len(requested) > 0 { // begin them: the chunks' progress may not replace a request
 			first = &binlog.Txn{Pos: start.Pos, Commit: time.Now(), Snapshot: &binlog.SnapshotStep{Start: requested}}
