@@ -136,7 +136,6 @@ func (p *Pipeline) Role() string { return p.lease.Role() }
 func (p *Pipeline) Run(ctx context.Context) error {
 	defer p.phase.Store("stopped")
 	for {
-		p.phase.Store("standby")
 		t, err := p.standby(ctx)
 		if err != nil {
 			return nil // ctx is done
@@ -163,8 +162,12 @@ func (p *Pipeline) standby(ctx context.Context) (*leader.Term, error) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer stop()
-	checking := errors.New("checking redis")
-	p.dataErr.Store(&checking)
+	// Ready says standby only with a first look at Redis behind it.
+	c, cancel := context.WithTimeout(ctx, 2*time.Second)
+	dataErr := p.dataComplete(c)
+	cancel()
+	p.dataErr.Store(&dataErr)
+	p.phase.Store("standby")
 	wg.Go(func() {
 		t := time.NewTicker(2 * time.Second)
 		defer t.Stop()
