@@ -208,7 +208,7 @@ func (p *Pipeline) dataComplete(ctx context.Context) error {
 	case !ok:
 		return errors.New("no checkpoint in redis yet: the leader has not begun its snapshot")
 	}
-	pending, err := p.applier.SnapshotProgress(ctx)
+	pending, _, err := p.applier.SnapshotProgress(ctx)
 	switch {
 	case err != nil:
 		return fmt.Errorf("redis: %w", err)
@@ -371,9 +371,7 @@ func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.
 	} else if expect != nil {
 		var requested []string
 		err := backoff.Retry(func() (err error) {
-			if pending, err = p.applier.SnapshotProgress(ctx); err == nil {
-				requested, err = p.applier.SnapshotRequested(ctx)
-			}
+			pending, requested, err = p.applier.SnapshotProgress(ctx)
 			if err != nil {
 				p.log.Warn().Err(err).Msg("reading snapshot progress; retrying")
 			}

@@ -356,7 +356,7 @@ func (p *Pipeline) watchRequests(ctx context.Context) bool {
 			return false
 		case <-t.C:
 		}
-		tables, err := p.applier.SnapshotRequested(ctx)
+		_, tables, err := p.applier.SnapshotProgress(ctx)
 		if err != nil {
 			continue // the sink notices a Redis that is gone
 		}

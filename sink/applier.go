@@ -405,19 +405,36 @@ func (a *Applier) apply(ctx context.Context, b *batch, guard, expect, stored str
 				return a.refused(r.err, msg)
 			}
 		}
-		a.healthy.Store(false)
-		a.m.errors.WithLabelValues(errorKind(err)).Inc()
-		if deterministic(err) {
+		fatal, retry := a.failure(ctx, bo, err, "apply to redis failed; retrying", func(e *zerolog.Event) *zerolog.Event {
+			return e.Int("txns", len(b.txns)).Int("rows", b.rows)
+		})
+		switch {
+		case fatal:
 			return fmt.Errorf("%w: %v%s; nothing after the stored checkpoint %s counts as applied: fix the cause and restart, the daemon replays from there", ErrScript, err, a.culprit(b, err), stored)
-		}
-		a.m.retries.Inc()
-		wait := bo.NextBackOff()
-		a.log.Error().Err(err).Int("txns", len(b.txns)).Int("rows", b.rows).Dur("retry_in", wait).Msg("apply to redis failed; retrying")
-		select {
-		case <-ctx.Done():
+		case !retry:
 			return nil // not applied; replayed from the checkpoint next start
-		case <-time.After(wait):
 		}
+	}
+}
+
+// failure handles a Redis call that failed without a refusal: the applier
+// is unhealthy and the error counted. fatal: no retry cures it (the caller
+// returns it); else it waits out the back-off, logging msg with fields,
+// and retry says whether to call again (false: ctx is done).
+func (a *Applier) failure(ctx context.Context, bo backoff.BackOff, err error, msg string, fields func(*zerolog.Event) *zerolog.Event) (fatal, retry bool) {
+	a.healthy.Store(false)
+	a.m.errors.WithLabelValues(errorKind(err)).Inc()
+	if deterministic(err) {
+		return true, false
+	}
+	a.m.retries.Inc()
+	wait := bo.NextBackOff()
+	fields(a.log.Error().Err(err)).Dur("retry_in", wait).Msg(msg)
+	select {
+	case <-ctx.Done():
+		return false, false
+	case <-time.After(wait):
+		return false, true
 	}
 }
 

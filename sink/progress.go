@@ -22,39 +22,26 @@ const (
 	progressRequested = "request"
 )
 
-// SnapshotProgress returns, for each table whose snapshot has begun and
-// not finished, the key to read after (binlog.FormatKey, "" from the
-// start); tables done or never begun are absent.
-func (a *Applier) SnapshotProgress(ctx context.Context) (map[string]string, error) {
+// SnapshotProgress returns, for each table whose snapshot has begun or was
+// requested and has not finished, the key to read after
+// (binlog.FormatKey, "" from the start), and among them the tables
+// requested (RequestSnapshot) and not yet begun; tables done or never
+// begun are absent.
+func (a *Applier) SnapshotProgress(ctx context.Context) (pending map[string]string, requested []string, err error) {
 	h, err := a.rdb.HGetAll(ctx, a.ks.SnapshotProgress()).Result()
 	if err != nil {
-		return nil, fmt.Errorf("read snapshot progress: %w", err)
+		return nil, nil, fmt.Errorf("read snapshot progress: %w", err)
 	}
-	pending := map[string]string{}
+	pending = map[string]string{}
 	for table, v := range h {
 		if after, ok := strings.CutPrefix(v, "at:"); ok {
 			pending[table] = after
 		} else if v == progressRequested {
 			pending[table] = ""
+			requested = append(requested, table)
 		}
 	}
-	return pending, nil
-}
-
-// SnapshotRequested lists the tables whose snapshot was requested
-// (RequestSnapshot) and not yet begun.
-func (a *Applier) SnapshotRequested(ctx context.Context) ([]string, error) {
-	h, err := a.rdb.HGetAll(ctx, a.ks.SnapshotProgress()).Result()
-	if err != nil {
-		return nil, fmt.Errorf("read snapshot progress: %w", err)
-	}
-	var tables []string
-	for table, v := range h {
-		if v == progressRequested {
-			tables = append(tables, table)
-		}
-	}
-	return tables, nil
+	return pending, requested, nil
 }
 
 // SnapshotTablesDone counts the tables whose last chunk this applier has

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/rs/zerolog"
 )
 
 // truncate deletes the keys the rules of table write (with their versions
@@ -63,18 +65,14 @@ func (a *Applier) truncateRetrying(ctx context.Context, table string, f Fence) (
 				return false, err
 			}
 		}
-		a.healthy.Store(false)
-		a.m.errors.WithLabelValues(errorKind(err)).Inc()
-		if deterministic(err) {
+		fatal, retry := a.failure(ctx, bo, err, "deleting the keys of a truncated table failed; retrying", func(e *zerolog.Event) *zerolog.Event {
+			return e.Str("table", table)
+		})
+		switch {
+		case fatal:
 			return false, fmt.Errorf("%w: %v", ErrScript, err)
-		}
-		a.m.retries.Inc()
-		wait := bo.NextBackOff()
-		a.log.Error().Err(err).Str("table", table).Dur("retry_in", wait).Msg("deleting the keys of a truncated table failed; retrying")
-		select {
-		case <-ctx.Done():
+		case !retry:
 			return false, nil
-		case <-time.After(wait):
 		}
 	}
 }
