@@ -183,10 +183,7 @@ func TestCompressedPayloadStreamed(t *testing.T) {
 		tables: map[uint64]*Table{},
 	}
 	r.src.SetBudget(NewBudget(8 << 20))
-	dec := newDecoder(func(p *replication.BinlogParser) {
-		p.SetFlavor("mariadb")
-		p.SetTimestampStringLocation(time.UTC)
-	})
+	dec := newDecoder(r.src.parserOptions)
 	var got, pieces atomic.Int64
 	var last atomic.Pointer[Txn]
 	var first atomic.Pointer[Change]

@@ -178,24 +178,6 @@ func (r *reader) stream(ctx context.Context, start Start) error {
 		// their own ahead of handle, as the syncer would.
 		RawModeEnabled: true,
 	}
-	options := func(p *replication.BinlogParser) {
-		p.SetFlavor(s.flavor)
-		// TIMESTAMP values are rendered in UTC, as Snapshot reads them.
-		p.SetTimestampStringLocation(time.UTC)
-		p.SetRowsEventDecodeFunc(func(e *replication.RowsEvent, data []byte) error {
-			// Decode only the header of unwatched tables' row events. This
-			// runs on the parsing goroutine, ahead of handle: it may only
-			// read immutable state.
-			pos, err := e.DecodeHeader(data)
-			if err != nil {
-				return err
-			}
-			if !s.watched(e.Table.Schema, e.Table.Table) {
-				return nil
-			}
-			return e.DecodeData(pos, data)
-		})
-	}
 	syncer := replication.NewBinlogSyncer(cfg)
 	defer syncer.Close()
 	var (
@@ -237,7 +219,7 @@ func (r *reader) stream(ctx context.Context, start Start) error {
 			}
 		}
 	}()
-	events, stopParse := parse(ctx, st, newDecoder(options))
+	events, stopParse := parse(ctx, st, newDecoder(s.parserOptions))
 	defer stopParse()
 	first := true
 	for {
@@ -264,6 +246,29 @@ func (r *reader) stream(ctx context.Context, start Start) error {
 			return err
 		}
 	}
+}
+
+// parserOptions sets how a parser decodes events; see decoder.
+func (s *Source) parserOptions(p *replication.BinlogParser) {
+	p.SetFlavor(s.flavor)
+	// TIMESTAMP values are rendered in UTC, as Snapshot reads them.
+	p.SetTimestampStringLocation(time.UTC)
+	// MySQL's binary JSON in its own key order and number forms
+	// (mysqlJSONText adds its spacing).
+	p.SetRenderJSONAsMySQLText(true)
+	p.SetRowsEventDecodeFunc(func(e *replication.RowsEvent, data []byte) error {
+		// Decode only the header of unwatched tables' row events. This
+		// runs on the parsing goroutine, ahead of handle: it may only
+		// read immutable state.
+		pos, err := e.DecodeHeader(data)
+		if err != nil {
+			return err
+		}
+		if !s.watched(e.Table.Schema, e.Table.Table) {
+			return nil
+		}
+		return e.DecodeData(pos, data)
+	})
 }
 
 // parsed is an event off the parsing goroutine, or the error that ended it.
