@@ -78,4 +78,5 @@ var Module = fx.Module("api",
 		},
 	),
 	fx.Invoke(func(*Server) {}), // serve even though no component asks for the server
+	fx.Invoke(registerReady),
 )

@@ -15,13 +15,13 @@ import (
 )
 
 // jobNames are the labels of cachesync_seckill_job_runs_total.
-var jobNames = []string{"unpaid", "orphans", "ready", "check"}
+var jobNames = []string{"unpaid", "orphans", "ready", "check", "lag"}
 
 // leaderJobs are the jobs a leader of TestJobsSingleton runs. The periodic
 // check is off there: it reports an item as not_ready drift (an error log
 // line) while the same process's rebuild of it waits out produce_timeout,
 // which, under load, fails the log check of a test that adds an item.
-var leaderJobs = []string{"unpaid", "orphans", "ready"}
+var leaderJobs = []string{"unpaid", "orphans", "ready", "lag"}
 
 // jobsLeaseKey is the jobs lease (default sink.key_prefix).
 const jobsLeaseKey = "cachesync:leader:jobs"
