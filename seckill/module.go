@@ -82,6 +82,9 @@ func start(p Params) error {
 	p.Lifecycle.Append(fx.StopHook(db.Close))
 	m := newMetrics(p.Registerer)
 	store := NewStore(db, cfg.Database)
+	if err := store.CheckGrants(ctx, cfg.Database, p.MySQL.User, p.MySQL.Addr); err != nil {
+		return err
+	}
 	ks := keyspace.Keyspace{Prefix: p.Sink.KeyPrefix}
 	var (
 		waits []<-chan struct{}

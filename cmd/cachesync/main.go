@@ -20,8 +20,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/daemon"
+	"github.com/cachesync/cachesync/seckill"
 	"github.com/cachesync/cachesync/sink"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
@@ -149,7 +151,13 @@ func validate(cfg *config.Config) int {
 		defer db.Close()
 		var rules *sink.Rules
 		if rules, err = sink.CompileRules(cfg.Sink.Rules); err == nil {
+			err = binlog.CheckGrants(ctx, cfg.MySQL, info.Flavor, db, rules.Tables())
+		}
+		if err == nil {
 			err = rules.CheckSchema(ctx, db)
+		}
+		if err == nil && cfg.Seckill.Enabled {
+			err = seckill.NewStore(db, cfg.Seckill.Database).CheckGrants(ctx, cfg.Seckill.Database, cfg.MySQL.User, cfg.MySQL.Addr)
 		}
 	}
 	var reached string

@@ -106,9 +106,17 @@ func OpenMySQL(ctx context.Context, cfg binlog.Config) (*sql.DB, binlog.ServerIn
 	db.SetMaxOpenConns(4)
 	bo := backoff.NewExponentialBackOff()
 	bo.MaxInterval = 2 * time.Second
-	if err := backoff.Retry(func() error { return db.PingContext(ctx) }, backoff.WithContext(bo, ctx)); err != nil {
+	ping := func() error {
+		err := db.PingContext(ctx)
+		if why := binlog.Refused(err); why != "" {
+			// A wrong password or a locked account: no retry cures it.
+			return backoff.Permanent(fmt.Errorf("%s: %w", why, err))
+		}
+		return err
+	}
+	if err := backoff.Retry(ping, backoff.WithContext(bo, ctx)); err != nil {
 		db.Close()
-		return nil, binlog.ServerInfo{}, fmt.Errorf("connect to mysql %s: %w", cfg.Addr, err)
+		return nil, binlog.ServerInfo{}, fmt.Errorf("connect to mysql %s as %q: %w", cfg.Addr, cfg.User, err)
 	}
 	info, err := binlog.CheckServer(ctx, db)
 	if err != nil {
@@ -127,6 +135,9 @@ func newMySQL(cfg binlog.Config, sc sink.Config, log zerolog.Logger, lc fx.Lifec
 	}
 	lc.Append(fx.StopHook(db.Close))
 	rules, err := sink.CompileRules(sc.Rules)
+	if err == nil {
+		err = binlog.CheckGrants(ctx, cfg, info.Flavor, db, rules.Tables())
+	}
 	if err == nil {
 		err = rules.CheckSchema(ctx, db)
 	}
