@@ -40,7 +40,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		rebuildErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachesync_seckill_rebuild_errors_total",
 			Help: "Rebuilds that failed (retried later)."}),
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachesync_seckill_rate_limited_total",
-			Help: "Requests refused with 429, by limit (user, ip)."}, []string{"limit"}),
+			Help: "Requests refused with 429, by limit (user, ip, admin_auth: failed admin authentications)."}, []string{"limit"}),
 		drift: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cachesync_seckill_drift",
 			Help: "Disagreements between Redis and MySQL found by the last drift check, by kind."}, []string{"kind"}),
 		checks: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachesync_seckill_drift_checks_total",

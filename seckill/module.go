@@ -121,8 +121,9 @@ func start(p Params) error {
 			res.kick = jobs.Kick
 		}
 		h := &Handler{cfg: cfg, res: res, store: store, rdb: p.Redis, m: m, log: res.log,
-			perUser: newLimiter(cfg.Limits.PerUser, cfg.Limits.UserBurst), perIP: newLimiter(cfg.Limits.PerIP, cfg.Limits.IPBurst)}
-		h.Routes(p.Server.Mux)
+			perUser: newLimiter(cfg.Limits.PerUser, cfg.Limits.UserBurst), perIP: newLimiter(cfg.Limits.PerIP, cfg.Limits.IPBurst),
+			authFails: newLimiter(1/adminFailEvery.Seconds(), adminFailBurst)}
+		h.Routes(p.Server.Public, p.Server.Admin)
 	}
 	var cons *Consumer
 	if cfg.has(RoleConsumer) {

@@ -31,7 +31,7 @@ import (
 // Options are the daemon's fx options for cfg.
 func Options(cfg *config.Config) fx.Option {
 	return fx.Options(
-		fx.Supply(cfg.MySQL, cfg.Sink, cfg.HTTP, cfg.Redis, cfg.Log, cfg.Cache, cfg.Goods, cfg.Seckill, cfg.HA),
+		fx.Supply(cfg.MySQL, cfg.Sink, cfg.HTTP, cfg.Admin, cfg.Redis, cfg.Log, cfg.Cache, cfg.Goods, cfg.Seckill, cfg.HA),
 		fx.Provide(NewLogger, newRedis, newMySQL, newApplier, newElector),
 		api.Module,
 		pipeline.Module,
@@ -85,11 +85,7 @@ func NewRedisClient(cfg config.Redis) redis.UniversalClient {
 func newRedis(cfg config.Redis, health *api.Health, lc fx.Lifecycle) redis.UniversalClient {
 	rdb := NewRedisClient(cfg)
 	lc.Append(fx.StopHook(rdb.Close))
-	health.Register("redis", func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		return rdb.Ping(ctx).Err()
-	})
+	health.Register("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
 	return rdb
 }
 
