@@ -77,7 +77,7 @@ func newListener(name string, cfg Listener, h http.Handler, open prometheus.Gaug
 	log = log.With().Str("listener", name).Logger()
 	return &listener{name: name, cfg: cfg, log: log, srv: &http.Server{
 		Addr:              cfg.Addr,
-		Handler:           h,
+		Handler:           WithRequestID(h),
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		ReadTimeout:       cfg.ReadTimeout,
 		WriteTimeout:      cfg.WriteTimeout,

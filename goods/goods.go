@@ -81,7 +81,7 @@ func NewHandler(cfg Config, db *sql.DB, c Reader, log zerolog.Logger) *Handler {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
 	if err != nil || id < 0 {
-		writeError(w, http.StatusBadRequest, "id must be a non-negative integer")
+		api.WriteError(w, r, http.StatusBadRequest, "id must be a non-negative integer")
 		return
 	}
 	val, src, err := h.cache.Get(r.Context(), h.cfg.KeyPrefix+strconv.FormatInt(id, 10), func(ctx context.Context) ([]byte, bool, error) {
@@ -90,22 +90,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, cache.ErrNotFound):
 		w.Header().Set("X-Cache", string(src))
-		writeError(w, http.StatusNotFound, "no such goods")
+		api.WriteError(w, r, http.StatusNotFound, "no such goods")
 	case err != nil:
-		h.log.Warn().Err(err).Int64("id", id).Msg("goods read failed")
-		writeError(w, http.StatusServiceUnavailable, "temporarily unavailable")
+		h.log.Warn().Err(err).Int64("id", id).Str("request_id", api.RequestID(r.Context())).Msg("goods read failed")
+		w.Header().Set("Retry-After", "1")
+		api.WriteError(w, r, http.StatusServiceUnavailable, "temporarily unavailable, retry shortly")
 	default:
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("X-Cache", string(src))
 		_, _ = w.Write(val)
 	}
-}
-
-func writeError(w http.ResponseWriter, code int, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	b, _ := json.Marshal(map[string]string{"error": msg})
-	_, _ = w.Write(b)
 }
 
 // load reads the row as a JSON object (column name → value; numbers
