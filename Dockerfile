@@ -12,6 +12,7 @@ COPY configs/ /configs/
 # 9090: the public API. The admin listener (9091: /metrics, /readyz,
 # pprof, /admin) binds the container's loopback unless CACHESYNC_ADMIN_ADDR
 # says otherwise, and is not exposed here. No admin token is in the image:
-# set CACHESYNC_ADMIN_TOKEN to turn the admin endpoints on.
+# set CACHESYNC_ADMIN_TOKEN to turn the admin endpoints on. No JWT secret
+# either: the flash sale needs CACHESYNC_JWT_SECRET (buyer tokens).
 EXPOSE 9090
 ENTRYPOINT ["/cachesync", "run", "-config", "/configs/cachesync.yaml"]

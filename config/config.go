@@ -101,6 +101,8 @@ var envOverrides = []struct {
 	{"CACHESYNC_KAFKA_USERNAME", "seckill.kafka.username", func(c *Config, v string) { c.Seckill.Kafka.Username = v }},
 	{"CACHESYNC_KAFKA_PASSWORD", "seckill.kafka.password", func(c *Config, v string) { c.Seckill.Kafka.Password = v }},
 	{"CACHESYNC_ADMIN_TOKEN", "seckill.admin_token", func(c *Config, v string) { c.Seckill.AdminToken = v }},
+	{"CACHESYNC_JWT_SECRET", "seckill.auth.jwt.hs256_secret", func(c *Config, v string) { c.Seckill.Auth.JWT.HS256Secret = v }},
+	{"CACHESYNC_GATEWAY_SECRET", "seckill.auth.header.secret", func(c *Config, v string) { c.Seckill.Auth.Header.Secret = v }},
 }
 
 // splitList splits a comma-separated variable and trims spaces around each

@@ -292,6 +292,8 @@ func TestEnvOverrides(t *testing.T) {
 		"CACHESYNC_ADMIN_TOKEN":     "env-admin-token-0123456789abcdefgh",
 		"CACHESYNC_MYSQL_SERVER_ID": "77",
 		"CACHESYNC_HA_ID":           "pod-1",
+		"CACHESYNC_JWT_SECRET":      "env-jwt-secret-0123456789abcdefghij",
+		"CACHESYNC_GATEWAY_SECRET":  "env-gateway-secret-0123456789abcdef",
 	}
 	sentinelEnv := map[string]string{
 		"CACHESYNC_REDIS_MASTER_NAME":       "envmaster",
@@ -321,6 +323,8 @@ func TestEnvOverrides(t *testing.T) {
 		"CACHESYNC_ADMIN_TOKEN":             c.Seckill.AdminToken,
 		"CACHESYNC_MYSQL_SERVER_ID":         strconv.FormatUint(uint64(c.MySQL.ServerID), 10),
 		"CACHESYNC_HA_ID":                   c.HA.ID,
+		"CACHESYNC_JWT_SECRET":              c.Seckill.Auth.JWT.HS256Secret,
+		"CACHESYNC_GATEWAY_SECRET":          c.Seckill.Auth.Header.Secret,
 		"CACHESYNC_REDIS_MASTER_NAME":       s.Redis.MasterName,
 		"CACHESYNC_REDIS_SENTINEL_ADDRS":    strings.Join(s.Redis.SentinelAddrs, ", "),
 		"CACHESYNC_REDIS_SENTINEL_PASSWORD": s.Redis.SentinelPassword,
@@ -470,9 +474,18 @@ func TestParseEmptyAndNilLookup(t *testing.T) {
 
 // The demo configuration shipped in the repository loads.
 func TestRepoDemoConfig(t *testing.T) {
-	c, err := Load(filepath.Join("..", "configs", "cachesync.yaml"), noEnv)
+	// The buyers' JWT secret is not in the file either: without
+	// CACHESYNC_JWT_SECRET it does not load, and says what to set.
+	if _, err := Load(filepath.Join("..", "configs", "cachesync.yaml"), noEnv); err == nil || !strings.Contains(err.Error(), "CACHESYNC_JWT_SECRET") {
+		t.Errorf("demo config without CACHESYNC_JWT_SECRET: %v, want an error naming it", err)
+	}
+	jwtEnv := map[string]string{"CACHESYNC_JWT_SECRET": strings.Repeat("j", 32)}
+	c, err := Load(filepath.Join("..", "configs", "cachesync.yaml"), envMap(jwtEnv))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if c.Seckill.Auth.Mode != "jwt" || *c.Seckill.Limits.PerIP == 0 {
+		t.Errorf("demo config: auth %q, per_ip %v; want jwt and a per-IP limit", c.Seckill.Auth.Mode, *c.Seckill.Limits.PerIP)
 	}
 	if len(c.Sink.Rules) == 0 || c.MySQL.Start.From != "checkpoint" {
 		t.Errorf("unexpected demo config: %+v", c)
@@ -484,7 +497,7 @@ func TestRepoDemoConfig(t *testing.T) {
 	}
 	// make run passes the dev ports through the environment.
 	c, err = Load(filepath.Join("..", "configs", "cachesync.yaml"), envMap(map[string]string{
-		"CACHESYNC_MYSQL_ADDR": "127.0.0.1:1", "CACHESYNC_REDIS_ADDR": "127.0.0.1:2",
+		"CACHESYNC_MYSQL_ADDR": "127.0.0.1:1", "CACHESYNC_REDIS_ADDR": "127.0.0.1:2", "CACHESYNC_JWT_SECRET": jwtEnv["CACHESYNC_JWT_SECRET"],
 	}))
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cachesync/cachesync/seckill"
 )
 
 func TestBadSeckillConfigs(t *testing.T) {
@@ -25,6 +27,18 @@ func TestBadSeckillConfigs(t *testing.T) {
 		"produce_timeout_not_duration.yaml": {"soon", "time.Duration"},
 		"admin_token_short.yaml":            {"seckill.admin_token", "16 bytes", "at least 32"},
 		"write_timeout_under_produce.yaml":  {"http.write_timeout", "2s", "seckill.produce_timeout 3s"},
+		"auth_missing.yaml":                 {"seckill.auth.mode", "required", "never taken from the request body"},
+		"auth_mode_none.yaml":               {"seckill.auth.mode", `"none"`, "want jwt or header"},
+		"auth_both_modes.yaml":              {"seckill.auth.header.secret", "mode is jwt"},
+		"jwt_no_key.yaml":                   {"seckill.auth.jwt", "hs256_secret", "public_key"},
+		"jwt_secret_short.yaml":             {"seckill.auth.jwt.hs256_secret", "16 bytes", "at least 32"},
+		"jwt_both_keys.yaml":                {"seckill.auth.jwt", "not both"},
+		"jwt_alg_none.yaml":                 {"seckill.auth.jwt.algorithm", `"none"`, "HS256 only"},
+		"jwt_public_key_missing.yaml":       {"seckill.auth.jwt.public_key", "missing.pem", "no such file"},
+		"jwt_leeway_long.yaml":              {"seckill.auth.jwt.leeway", "1h0m0s"},
+		"header_secret_short.yaml":          {"seckill.auth.header.secret", "5 bytes", "at least 32"},
+		"header_name_bad.yaml":              {"seckill.auth.header.user_header", `"X User"`},
+		"trusted_proxies_bad.yaml":          {"seckill.trusted_proxies[1]", "proxy.example"},
 	}
 	files, err := filepath.Glob("testdata/seckill_bad/*.yaml")
 	if err != nil {
@@ -53,8 +67,11 @@ func TestBadSeckillConfigs(t *testing.T) {
 	}
 }
 
+// saleAuth is a valid seckill.auth section (a 32-byte test secret).
+const saleAuth = "  auth: {mode: jwt, jwt: {hs256_secret: 0123456789abcdef0123456789abcdef}}\n"
+
 func TestSeckillDefaults(t *testing.T) {
-	c, err := Parse([]byte("sink:\n  rules:\n    - {table: shop.sk_items, kind: mirror, key: \"sk:{{{id}}}:stock\", column: stock}\nseckill:\n  enabled: true\n"), nil)
+	c, err := Parse([]byte("sink:\n  rules:\n    - {table: shop.sk_items, kind: mirror, key: \"sk:{{{id}}}:stock\", column: stock}\nseckill:\n  enabled: true\n"+saleAuth), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,6 +80,18 @@ func TestSeckillDefaults(t *testing.T) {
 		s.Kafka.DeadLetterTopic != "cachesync.orders.dlq" || s.ProduceTimeout != 3*time.Second || s.OrphanAge != 10*time.Minute ||
 		s.Retry.Attempts != 5 || s.CheckInterval != 0 {
 		t.Errorf("defaults = %+v", s)
+	}
+	// The per-IP limit is on unless set to 0; buyers' tokens carry sub.
+	if s.Limits.PerIP == nil || *s.Limits.PerIP != seckill.DefaultPerIP || s.Auth.JWT.UserClaim != "sub" || s.Auth.JWT.Leeway != 30*time.Second {
+		t.Errorf("defaults: per_ip %v, auth %+v", s.Limits.PerIP, s.Auth)
+	}
+	c, err = Parse([]byte("sink:\n  rules:\n    - {table: shop.sk_items, kind: mirror, key: \"sk:{{{id}}}:stock\", column: stock}\nseckill:\n  enabled: true\n  limits: {per_ip: 0}\n"+saleAuth), nil)
+	if err != nil || *c.Seckill.Limits.PerIP != 0 {
+		t.Errorf("per_ip: 0 (off): %v", err)
+	}
+	// Without the api role no buyer is served: no auth needed.
+	if _, err := Parse([]byte("sink:\n  rules:\n    - {table: shop.sk_items, kind: mirror, key: \"sk:{{{id}}}:stock\", column: stock}\nseckill:\n  enabled: true\n  roles: [consumer, jobs]\n"), nil); err != nil {
+		t.Errorf("consumer and jobs only, no auth: %v", err)
 	}
 	// Disabled: nothing is validated.
 	if _, err := Parse([]byte("sink:\n  rules:\n    - {table: shop.t, kind: invalidate, keys: [\"k:{id}\"]}\nseckill:\n  roles: [bogus]\n"), nil); err != nil {
@@ -74,7 +103,7 @@ func TestSeckillDefaults(t *testing.T) {
 // or the environment (then naming the variable), without the token in the
 // message; 32 bytes pass; none at all leaves the admin endpoints off.
 func TestAdminToken(t *testing.T) {
-	const sale = "sink:\n  rules:\n    - {table: shop.sk_items, kind: mirror, key: \"sk:{{{id}}}:stock\", column: stock}\nseckill:\n  enabled: true\n"
+	const sale = "sink:\n  rules:\n    - {table: shop.sk_items, kind: mirror, key: \"sk:{{{id}}}:stock\", column: stock}\nseckill:\n  enabled: true\n" + saleAuth
 	short := "short-but-secret-31-bytes-xxxxx"
 	for _, tc := range []struct {
 		name string
@@ -106,5 +135,33 @@ func TestAdminToken(t *testing.T) {
 	}
 	if c, err := Parse([]byte(sale), noEnv); err != nil || c.Seckill.AdminToken != "" {
 		t.Errorf("no token: %v, token %q; want no error and no default token", err, c.Seckill.AdminToken)
+	}
+}
+
+// TestAuthSecretsFromEnv: the buyers' secrets come from the environment;
+// a short one is refused naming the variable, never showing the secret.
+func TestAuthSecretsFromEnv(t *testing.T) {
+	const sale = "sink:\n  rules:\n    - {table: shop.sk_items, kind: mirror, key: \"sk:{{{id}}}:stock\", column: stock}\nseckill:\n  enabled: true\n"
+	short := "short-secret-of-31-bytes-xxxxxx"
+	for _, tc := range []struct{ mode, env, field string }{
+		{"jwt", "CACHESYNC_JWT_SECRET", "seckill.auth.jwt.hs256_secret"},
+		{"header", "CACHESYNC_GATEWAY_SECRET", "seckill.auth.header.secret"},
+	} {
+		yaml := sale + "  auth: {mode: " + tc.mode + "}\n"
+		_, err := Parse([]byte(yaml), envMap(map[string]string{tc.env: short}))
+		if err == nil || !strings.Contains(err.Error(), tc.field) || !strings.Contains(err.Error(), tc.env) || !strings.Contains(err.Error(), "31 bytes") {
+			t.Errorf("%s with a short %s: %v", tc.mode, tc.env, err)
+		} else if strings.Contains(err.Error(), short) {
+			t.Errorf("%s: error %q shows the secret", tc.mode, err)
+		}
+		good := strings.Repeat("s", 32)
+		c, err := Parse([]byte(yaml), envMap(map[string]string{tc.env: good}))
+		if err != nil {
+			t.Errorf("%s with a 32-byte %s: %v", tc.mode, tc.env, err)
+			continue
+		}
+		if got := map[string]string{"jwt": c.Seckill.Auth.JWT.HS256Secret, "header": c.Seckill.Auth.Header.Secret}[tc.mode]; got != good {
+			t.Errorf("%s: secret %q not taken from %s", tc.mode, got, tc.env)
+		}
 	}
 }

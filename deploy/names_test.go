@@ -146,6 +146,7 @@ func daemonCatalog(t *testing.T) catalog {
 		"CACHESYNC_KAFKA_BROKERS": strings.Join(kafka.Brokers(), ","),
 		"CACHESYNC_HTTP_ADDR":     "127.0.0.1:0",
 		"CACHESYNC_ADMIN_TOKEN":   strings.Repeat("t", 40),
+		"CACHESYNC_JWT_SECRET":    strings.Repeat("j", 40),
 	}
 	cfg, err := config.Load("../configs/cachesync.yaml", func(k string) (string, bool) { v, ok := env[k]; return v, ok })
 	if err != nil {

@@ -2,7 +2,8 @@
 # Loads the demo schema into the dev MariaDB and starts the daemon in the
 # background (log in .dev/cachesync.log), then prints commands to try.
 # The admin token is CACHESYNC_ADMIN_TOKEN when set (32 bytes at least),
-# else the one in .dev/admin-token, generated on first use.
+# else the one in .dev/admin-token, generated on first use; the buyers' JWT
+# secret likewise CACHESYNC_JWT_SECRET or .dev/jwt-secret.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mysql_port=${CACHESYNC_DEV_MYSQL_PORT:-33306}
@@ -32,6 +33,20 @@ else
 	token_expr='$(<.dev/admin-token)'
 fi
 export CACHESYNC_ADMIN_TOKEN
+# The HMAC secret that signs the buyers' tokens (seckill.auth.jwt): random,
+# kept in .dev/jwt-secret (mode 600) so tokens survive restarts.
+if [[ -n ${CACHESYNC_JWT_SECRET:-} ]]; then
+	jwt_from="CACHESYNC_JWT_SECRET"
+	jwt_expr='$CACHESYNC_JWT_SECRET'
+else
+	if [[ ! -s .dev/jwt-secret ]]; then
+		(umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >.dev/jwt-secret)
+	fi
+	CACHESYNC_JWT_SECRET=$(<.dev/jwt-secret)
+	jwt_from=".dev/jwt-secret"
+	jwt_expr='$(<.dev/jwt-secret)'
+fi
+export CACHESYNC_JWT_SECRET
 if [[ -s .dev/cachesync.pid ]] && kill -0 "$(<.dev/cachesync.pid)" 2>/dev/null; then
 	echo "cachesync already running (pid $(<.dev/cachesync.pid)); restarting it"
 	kill "$(<.dev/cachesync.pid)" || true
@@ -66,6 +81,8 @@ done
 if [[ -z $item_ready ]]; then
 	echo "warning: flash-sale item 100 is not ready after 30 s (reservations answer 503); see .dev/cachesync.log" >&2
 fi
+# A token for test user 1, to show the command works with this secret.
+bin/cachesync token -config configs/cachesync.yaml -user 1 >/dev/null
 cat <<MSG
 
 cachesync is running (pid $(<.dev/cachesync.pid), log .dev/cachesync.log).
@@ -73,8 +90,13 @@ cachesync is running (pid $(<.dev/cachesync.pid), log .dev/cachesync.log).
   admin listener:  $admin   ($admin/metrics, $admin/readyz, $admin/debug/pprof/, /admin/*)
   admin token:     from $token_from; send it as  -H "Authorization: Bearer $token_expr"
                    (to choose it: export CACHESYNC_ADMIN_TOKEN=<32+ random bytes> before make run)
+  buyers:          the sale identifies buyers by a JWT (HS256, secret from $jwt_from);
+                   mint one for test user N, valid for an hour (-ttl to change):
+                     bin/cachesync token -config configs/cachesync.yaml -user N
+                   and send it as  -H "Authorization: Bearer <token>"
 
-Try it:
+Try it (in this shell first:  export CACHESYNC_JWT_SECRET=$jwt_expr CACHESYNC_ADMIN_TOKEN=$token_expr
+        -- the commands below load configs/cachesync.yaml, which needs the secret):
   # 1. watch the invalidation channel (in another terminal)
   redis-cli -p $redis_port SUBSCRIBE cachesync:invalidations
 
@@ -89,17 +111,22 @@ Try it:
   # 4. read through the two-level cache (X-Cache says L1, L2 or DB)
   curl -si $api/goods/1
 
-  # 5. flash sale: item 100 has 5 units; reserve one (202 + order id),
-  #    the same user again (409), look at the order and the item
-  curl -s -XPOST $api/seckill/items/100/reservations -d '{"user_id":1}'
-  curl -s -XPOST $api/seckill/items/100/reservations -d '{"user_id":1}'
+  # 5. flash sale: item 100 has 5 units. Tokens for users 1 and 2; user 1
+  #    reserves one (202 + order id), again (409); no token (401)
+  T1=\$(bin/cachesync token -config configs/cachesync.yaml -user 1)
+  T2=\$(bin/cachesync token -config configs/cachesync.yaml -user 2)
+  curl -s -XPOST $api/seckill/items/100/reservations -H "Authorization: Bearer \$T1"
+  curl -s -XPOST $api/seckill/items/100/reservations -H "Authorization: Bearer \$T1"
+  curl -si -XPOST $api/seckill/items/100/reservations
   curl -s $api/seckill/items/100
-  curl -s $api/orders/ORDER_ID            # queued → created
-  curl -s -XPOST $api/orders/ORDER_ID/pay
+  #    the order, as its owner (queued → created) and as user 2 (404), then pay
+  curl -s $api/orders/ORDER_ID -H "Authorization: Bearer \$T1"
+  curl -s $api/orders/ORDER_ID -H "Authorization: Bearer \$T2"
+  curl -s -XPOST $api/orders/ORDER_ID/pay -H "Authorization: Bearer \$T1"
 
   # 6. admin (admin listener, bearer token): restock item 100 in MySQL
-  curl -s -XPOST $admin/admin/items/100/restock \\
-       -H "Authorization: Bearer $token_expr" -d '{"add":10}'
+  curl -s -XPOST $admin/admin/items/100/restock -H "Authorization: Bearer \$CACHESYNC_ADMIN_TOKEN" \\
+       -H 'Content-Type: application/json' -d '{"add":10}'
   bin/cachesync check  -config configs/cachesync.yaml      # Redis vs MySQL, exit 1 on drift
   bin/cachesync resync -config configs/cachesync.yaml -item 100
 

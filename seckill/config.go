@@ -5,6 +5,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/cachesync/cachesync/seckill/auth"
 )
 
 // Config configures the flash sale: reservations over HTTP, the Kafka
@@ -41,6 +43,13 @@ type Config struct {
 	Retry Retry `yaml:"retry"`
 	// Limits are per user and per client IP, in requests per second.
 	Limits Limits `yaml:"limits"`
+	// Auth says how buyers are identified; required with the api role.
+	Auth auth.Config `yaml:"auth"`
+	// TrustedProxies are the addresses (CIDR, or single IPs) of the
+	// reverse proxies in front of the daemon. Only a request from one of
+	// them has its X-Forwarded-For read for the client address (of the
+	// per-IP limits); from anyone else the header is ignored.
+	TrustedProxies []string `yaml:"trusted_proxies"`
 	// AdminToken protects the /admin endpoints (Bearer token) on the
 	// admin listener: at least MinAdminToken bytes; empty disables them.
 	// There is no default: set it with CACHESYNC_ADMIN_TOKEN.
@@ -71,13 +80,21 @@ type Retry struct {
 	Max      time.Duration `yaml:"max"`
 }
 
-// Limits are token-bucket rates; 0 disables a limit.
+// Limits are token-bucket rates of reservations; 0 disables a limit.
+// PerUser keys on the verified user; PerIP on the client address (see
+// TrustedProxies) and is on by default (DefaultPerIP).
 type Limits struct {
-	PerUser   float64 `yaml:"per_user"`
-	UserBurst int     `yaml:"user_burst"`
-	PerIP     float64 `yaml:"per_ip"`
-	IPBurst   int     `yaml:"ip_burst"`
+	PerUser   float64  `yaml:"per_user"`
+	UserBurst int      `yaml:"user_burst"`
+	PerIP     *float64 `yaml:"per_ip"`
+	IPBurst   int      `yaml:"ip_burst"`
 }
+
+// DefaultPerIP is the per-IP reservation rate when limits.per_ip is not
+// set: a person clicks less often; behind a NAT or a proxy not listed in
+// trusted_proxies, many people share one address: raise it or list the
+// proxy.
+const DefaultPerIP = 20.0
 
 // MinAdminToken is the shortest admin token accepted, in bytes.
 const MinAdminToken = 32
@@ -139,6 +156,11 @@ func (c *Config) SetDefaults() {
 	if c.Retry.Max == 0 {
 		c.Retry.Max = 5 * time.Second
 	}
+	if c.Limits.PerIP == nil {
+		v := DefaultPerIP
+		c.Limits.PerIP = &v
+	}
+	c.Auth.SetDefaults()
 }
 
 var identRE = regexp.MustCompile(`^[A-Za-z0-9_]+$`)
@@ -206,10 +228,21 @@ func (c *Config) Validate() error {
 	if c.AdminToken != "" && len(c.AdminToken) < MinAdminToken {
 		return fmt.Errorf("seckill.admin_token: %d bytes, want at least %d (random, e.g. from openssl rand -hex 32), or none to turn the admin endpoints off", len(c.AdminToken), MinAdminToken)
 	}
-	if c.Limits.PerUser < 0 || c.Limits.PerIP < 0 || c.Limits.UserBurst < 0 || c.Limits.IPBurst < 0 {
+	if c.Limits.PerUser < 0 || c.perIP() < 0 || c.Limits.UserBurst < 0 || c.Limits.IPBurst < 0 {
 		return fmt.Errorf("seckill.limits: rates and bursts must not be negative")
 	}
-	return nil
+	if _, err := parseProxies(c.TrustedProxies); err != nil {
+		return err
+	}
+	return c.Auth.Validate(c.has(RoleAPI))
+}
+
+// perIP is the per-IP rate (0 before SetDefaults).
+func (c *Config) perIP() float64 {
+	if c.Limits.PerIP == nil {
+		return 0
+	}
+	return *c.Limits.PerIP
 }
 
 // has reports whether role runs here.

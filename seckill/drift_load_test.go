@@ -69,7 +69,11 @@ func TestDriftNoFalseAlarmsUnderLoad(t *testing.T) {
 		payErrors atomic.Int64
 		wg        sync.WaitGroup
 	)
-	toPay := make(chan string, 100_000)
+	type payment struct {
+		order string
+		user  int64
+	}
+	toPay := make(chan payment, 100_000)
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func() {
@@ -86,7 +90,7 @@ func TestDriftNoFalseAlarmsUnderLoad(t *testing.T) {
 				mu.Unlock()
 				if r.Status == 202 {
 					if accepted.Add(1)%4 == 0 {
-						toPay <- r.Body["order_id"].(string)
+						toPay <- payment{r.Body["order_id"].(string), user}
 					}
 				}
 			}
@@ -99,7 +103,7 @@ func TestDriftNoFalseAlarmsUnderLoad(t *testing.T) {
 			defer payers.Done()
 			for o := range toPay {
 				for {
-					r, err := call("POST", d.base+"/orders/"+o+"/pay", "")
+					r, err := d.pay(o.user, o.order)
 					if err != nil {
 						payErrors.Add(1)
 						break
@@ -108,7 +112,7 @@ func TestDriftNoFalseAlarmsUnderLoad(t *testing.T) {
 						paid.Add(1)
 						break
 					}
-					if r.Status == 409 && r.Body["error"] == "order not stored yet (queued) or unknown: retry shortly" {
+					if r.Status == 409 && r.Body["error"] == "order not stored yet (queued): retry shortly" {
 						time.Sleep(20 * time.Millisecond)
 						continue
 					}

@@ -6,13 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/cachesync/cachesync/api"
+	"github.com/cachesync/cachesync/seckill/auth"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 )
@@ -23,13 +23,17 @@ type Handler struct {
 	res     *Reserver
 	store   *Store
 	rdb     redis.UniversalClient
+	auth    *auth.Authenticator // nil: every buyer request is refused (401)
+	proxies proxies             // whose X-Forwarded-For is believed
 	perUser *limiter
 	perIP   *limiter
 	// authFails counts failed admin authentications per client IP: past
 	// its burst, admin requests from that IP get 429 without a token check.
 	authFails *limiter
-	m         *metrics
-	log       zerolog.Logger
+	// buyerFails does the same for the buyers' endpoints.
+	buyerFails *limiter
+	m          *metrics
+	log        zerolog.Logger
 }
 
 // Routes adds the clients' endpoints to public and the admin endpoints to
@@ -45,22 +49,25 @@ func (h *Handler) Routes(public, admin *http.ServeMux) {
 	}
 }
 
-// Failed admin authentications allowed per client IP: a burst, then one
-// every adminFailEvery.
+// Failed authentications allowed per client IP: a burst, then one every
+// so often; admins fail rarely, buyers (expired tokens, many behind one
+// NAT) more often.
 const (
 	adminFailBurst = 10
 	adminFailEvery = 6 * time.Second
+	buyerFailBurst = 20
+	buyerFailEvery = 3 * time.Second
 )
 
 // authorized reports whether r carries the admin token; otherwise it has
 // answered 401, or 429 while r's address has used up its failures (then
 // the token is not even compared, so guessing cannot go on).
 func (h *Handler) authorized(w http.ResponseWriter, r *http.Request) bool {
-	ip := clientIP(r)
+	ip := h.proxies.clientIP(r)
 	if h.authFails.exhausted(ip) {
 		h.m.limited.WithLabelValues("admin_auth").Inc()
 		w.Header().Set("Retry-After", strconv.Itoa(int(adminFailEvery.Seconds())))
-		fail(w, http.StatusTooManyRequests, "too many failed admin authentications from this address")
+		h.fail(w, r, http.StatusTooManyRequests, "too many failed admin authentications from this address")
 		return false
 	}
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
@@ -68,96 +75,129 @@ func (h *Handler) authorized(w http.ResponseWriter, r *http.Request) bool {
 		return true
 	}
 	h.authFails.allow(ip)
-	h.log.Warn().Str("client", ip).Str("path", r.URL.Path).Msg("admin authentication failed")
-	w.Header().Set("WWW-Authenticate", "Bearer")
-	fail(w, http.StatusUnauthorized, "admin token required")
+	h.log.Warn().Str("client", ip).Str("path", r.URL.Path).Str("request_id", api.RequestID(r.Context())).Msg("admin authentication failed")
+	w.Header().Set("WWW-Authenticate", `Bearer realm="cachesync-admin"`)
+	h.fail(w, r, http.StatusUnauthorized, "admin token required")
 	return false
+}
+
+// buyer returns the verified user of r; otherwise it has answered 401
+// (with WWW-Authenticate), or 429 while ip has used up its failures.
+func (h *Handler) buyer(w http.ResponseWriter, r *http.Request, ip string) (int64, bool) {
+	if h.buyerFails.exhausted(ip) {
+		h.m.limited.WithLabelValues("auth").Inc()
+		w.Header().Set("Retry-After", strconv.Itoa(int(buyerFailEvery.Seconds())))
+		h.fail(w, r, http.StatusTooManyRequests, "too many failed authentications from this address")
+		return 0, false
+	}
+	if h.auth == nil {
+		h.fail(w, r, http.StatusUnauthorized, "authentication required")
+		return 0, false
+	}
+	user, err := h.auth.User(r)
+	if err == nil {
+		return user, true
+	}
+	h.buyerFails.allow(ip)
+	reason := "claims"
+	var f *auth.Failure
+	if errors.As(err, &f) {
+		reason = f.Reason
+	}
+	h.m.authFailures.WithLabelValues(reason).Inc()
+	h.log.Debug().Err(err).Str("client", ip).Str("path", r.URL.Path).Str("request_id", api.RequestID(r.Context())).Msg("buyer authentication failed")
+	w.Header().Set("WWW-Authenticate", h.auth.Challenge(err))
+	msg := "invalid or expired credentials"
+	if reason == "missing" {
+		msg = "authentication required"
+	}
+	h.fail(w, r, http.StatusUnauthorized, msg)
+	return 0, false
 }
 
 const maxBody = 4 << 10
 
-type apiError struct {
-	Error string `json:"error"`
+// fail answers status with the generic error body (message and request id).
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, status int, msg string) {
+	api.WriteError(w, r, status, msg)
+}
+
+// unavailable answers 503 with a generic message; err, the detail (MySQL
+// or Redis error text), goes to the log under the request id only.
+func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, what string, err error) {
+	h.log.Warn().Err(err).Str("request_id", api.RequestID(r.Context())).Str("path", r.URL.Path).Msg(what)
+	w.Header().Set("Retry-After", "1")
+	h.fail(w, r, http.StatusServiceUnavailable, "temporarily unavailable, retry shortly")
+}
+
+// decode reads a strict JSON body (api.DecodeJSON) or answers its error.
+func (h *Handler) decode(w http.ResponseWriter, r *http.Request, v any, emptyOK bool) bool {
+	if err := api.DecodeJSON(w, r, v, maxBody, emptyOK); err != nil {
+		h.fail(w, r, err.Status, err.Msg)
+		return false
+	}
+	return true
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) { api.WriteJSON(w, status, v) }
+
+// orderErrorBody is an error about an order the client may look up.
+type orderErrorBody struct {
+	api.ErrorBody
 	Order string `json:"order_id,omitempty"`
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+func orderError(r *http.Request, msg, order string) orderErrorBody {
+	return orderErrorBody{api.ErrorBody{Error: msg, RequestID: api.RequestID(r.Context())}, order}
 }
 
-func fail(w http.ResponseWriter, status int, format string, args ...any) {
-	writeJSON(w, status, apiError{Error: fmt.Sprintf(format, args...)})
-}
-
-// decodeBody reads a small JSON object strictly into v.
-func decodeBody(r *http.Request, w http.ResponseWriter, v any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var mbe *http.MaxBytesError
-		switch {
-		case errors.As(err, &mbe):
-			return fmt.Errorf("body larger than %d bytes", maxBody)
-		case errors.Is(err, io.EOF):
-			return errors.New("empty body: want a JSON object")
-		}
-		return fmt.Errorf("body: %v", err)
-	}
-	if dec.More() {
-		return errors.New("body: want exactly one JSON object")
-	}
-	return nil
-}
-
-func pathID(r *http.Request) (int64, error) {
-	s := r.PathValue("id")
-	id, err := strconv.ParseInt(s, 10, 64)
+// pathItem reads the item id of the path or answers 400.
+func (h *Handler) pathItem(w http.ResponseWriter, r *http.Request) (int64, bool) {
+	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
 	if err != nil || id <= 0 {
-		return 0, fmt.Errorf("item id %q: want a positive integer", s)
+		h.fail(w, r, http.StatusBadRequest, "item id: want a positive integer")
+		return 0, false
 	}
-	return id, nil
+	return id, true
 }
 
-func clientIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
+// reservationBody is what POST …/reservations accepts: nothing, or {}.
+// A user_id is refused: the user is the authenticated one.
+type reservationBody struct {
+	User json.RawMessage `json:"user_id"`
 }
 
 func (h *Handler) reserve(w http.ResponseWriter, r *http.Request) {
-	item, err := pathID(r)
-	if err != nil {
-		fail(w, http.StatusBadRequest, "%v", err)
-		return
-	}
-	var body struct {
-		User *int64 `json:"user_id"`
-	}
-	if err := decodeBody(r, w, &body); err != nil {
-		fail(w, http.StatusBadRequest, "%v", err)
-		return
-	}
-	if body.User == nil || *body.User <= 0 {
-		fail(w, http.StatusBadRequest, "user_id: want a positive integer")
-		return
-	}
-	if !h.perIP.allow(clientIP(r)) {
+	ip := h.proxies.clientIP(r)
+	if !h.perIP.allow(ip) {
 		h.m.limited.WithLabelValues("ip").Inc()
 		w.Header().Set("Retry-After", "1")
-		fail(w, http.StatusTooManyRequests, "too many requests from this address")
+		h.fail(w, r, http.StatusTooManyRequests, "too many requests from this address")
 		return
 	}
-	if !h.perUser.allow(strconv.FormatInt(*body.User, 10)) {
+	user, ok := h.buyer(w, r, ip)
+	if !ok {
+		return
+	}
+	item, ok := h.pathItem(w, r)
+	if !ok {
+		return
+	}
+	if !h.perUser.allow(strconv.FormatInt(user, 10)) {
 		h.m.limited.WithLabelValues("user").Inc()
 		w.Header().Set("Retry-After", "1")
-		fail(w, http.StatusTooManyRequests, "too many requests for this user")
+		h.fail(w, r, http.StatusTooManyRequests, "too many requests for this user")
 		return
 	}
-	res, err := h.res.Reserve(r.Context(), item, *body.User)
+	var body reservationBody
+	if !h.decode(w, r, &body, true) {
+		return
+	}
+	if body.User != nil {
+		h.fail(w, r, http.StatusBadRequest, "user_id is not accepted: the user is the authenticated one")
+		return
+	}
+	res, err := h.res.Reserve(r.Context(), item, user)
 	switch {
 	case err == nil:
 		writeJSON(w, http.StatusAccepted, struct {
@@ -165,25 +205,22 @@ func (h *Handler) reserve(w http.ResponseWriter, r *http.Request) {
 			Status string `json:"status"`
 		}{res, StatusQueued})
 	case errors.Is(err, ErrAlreadyBought):
-		writeJSON(w, http.StatusConflict, apiError{Error: "user already holds a reservation or order for this item", Order: res.Order})
+		writeJSON(w, http.StatusConflict, orderError(r, "user already holds a reservation or order for this item", res.Order))
 	case errors.Is(err, ErrSoldOut):
-		fail(w, http.StatusGone, "sold out")
+		h.fail(w, r, http.StatusGone, "sold out")
 	case errors.Is(err, ErrNotReady):
 		w.Header().Set("Retry-After", "1")
-		fail(w, http.StatusServiceUnavailable, "%v", err)
+		h.fail(w, r, http.StatusServiceUnavailable, "item not ready: retry shortly")
 	case errors.Is(err, context.Canceled):
 		return // client went away; the reservation was released
 	default:
-		h.log.Warn().Err(err).Int64("item", item).Msg("reservation failed")
-		w.Header().Set("Retry-After", "1")
-		fail(w, http.StatusServiceUnavailable, "%v", err)
+		h.unavailable(w, r, "reservation failed", fmt.Errorf("item %d, user %d: %w", item, user, err))
 	}
 }
 
 func (h *Handler) item(w http.ResponseWriter, r *http.Request) {
-	item, err := pathID(r)
-	if err != nil {
-		fail(w, http.StatusBadRequest, "%v", err)
+	item, ok := h.pathItem(w, r)
+	if !ok {
 		return
 	}
 	k := KeysFor(h.cfg.KeyPrefix, item)
@@ -192,12 +229,12 @@ func (h *Handler) item(w http.ResponseWriter, r *http.Request) {
 	pending := pipe.ZCard(r.Context(), k.Pending)
 	ready := pipe.Exists(r.Context(), k.Ready)
 	if _, err := pipe.Exec(r.Context()); err != nil && !errors.Is(err, redis.Nil) {
-		fail(w, http.StatusServiceUnavailable, "redis: %v", err)
+		h.unavailable(w, r, "item read failed", err)
 		return
 	}
 	if ready.Val() == 0 {
 		w.Header().Set("Retry-After", "1")
-		fail(w, http.StatusServiceUnavailable, "%v", ErrNotReady)
+		h.fail(w, r, http.StatusServiceUnavailable, "item not ready: retry shortly")
 		return
 	}
 	s, _ := stock.Int64()
@@ -206,88 +243,34 @@ func (h *Handler) item(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-func (h *Handler) order(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
-	item, ok := itemOfOrder(id)
-	if !ok {
-		fail(w, http.StatusBadRequest, "order id %q: want <item>-<uuid>", id)
-		return
-	}
-	o, err := h.store.Get(r.Context(), id)
-	switch {
-	case err == nil:
-		writeJSON(w, http.StatusOK, o)
-		return
-	case !errors.Is(err, ErrNotFound):
-		fail(w, http.StatusServiceUnavailable, "mysql: %v", err)
-		return
-	}
-	// No row yet: queued if still pending in Redis.
-	k := KeysFor(h.cfg.KeyPrefix, item)
-	ms, _, err := h.rdb.ZScan(r.Context(), k.Pending, 0, id+":*", 100).Result()
-	if err != nil {
-		fail(w, http.StatusServiceUnavailable, "redis: %v", err)
-		return
-	}
-	for i := 0; i+1 < len(ms); i += 2 {
-		if o, u, ok := parseMember(ms[i]); ok && o == id {
-			score, _ := strconv.ParseFloat(ms[i+1], 64)
-			writeJSON(w, http.StatusOK, Order{ID: id, User: u, Item: item, Status: StatusQueued, ReservedAt: time.UnixMilli(int64(score)).UTC()})
-			return
-		}
-	}
-	fail(w, http.StatusNotFound, "no order %s", id)
-}
-
-func (h *Handler) pay(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
-	if _, ok := itemOfOrder(id); !ok {
-		fail(w, http.StatusBadRequest, "order id %q: want <item>-<uuid>", id)
-		return
-	}
-	o, paid, err := h.store.Pay(r.Context(), id)
-	switch {
-	case errors.Is(err, ErrNotFound):
-		writeJSON(w, http.StatusConflict, apiError{Error: "order not stored yet (queued) or unknown: retry shortly", Order: id})
-	case err != nil:
-		fail(w, http.StatusServiceUnavailable, "mysql: %v", err)
-	case paid || o.Status == StatusPaid:
-		writeJSON(w, http.StatusOK, o)
-	default:
-		writeJSON(w, http.StatusConflict, apiError{Error: "order is " + o.Status + ", not payable", Order: id})
-	}
-}
-
 func (h *Handler) restock(w http.ResponseWriter, r *http.Request) {
 	if !h.authorized(w, r) {
 		return
 	}
-	item, err := pathID(r)
-	if err != nil {
-		fail(w, http.StatusBadRequest, "%v", err)
+	item, ok := h.pathItem(w, r)
+	if !ok {
 		return
 	}
 	var body struct {
 		Add *int64 `json:"add"`
 	}
-	if err := decodeBody(r, w, &body); err != nil {
-		fail(w, http.StatusBadRequest, "%v", err)
+	if !h.decode(w, r, &body, false) {
 		return
 	}
 	if body.Add == nil || *body.Add == 0 || *body.Add > 1_000_000_000 || *body.Add < -1_000_000_000 {
-		fail(w, http.StatusBadRequest, "add: want a non-zero integer within ±1e9")
+		h.fail(w, r, http.StatusBadRequest, "add: want a non-zero integer within ±1e9")
 		return
 	}
 	stock, err := h.store.Restock(r.Context(), item, *body.Add)
 	switch {
 	case errors.Is(err, ErrNotFound):
-		fail(w, http.StatusNotFound, "no item %d", item)
+		h.fail(w, r, http.StatusNotFound, "no such item")
 	case errors.Is(err, ErrBelowZero):
-		fail(w, http.StatusConflict, "%v", err)
+		h.fail(w, r, http.StatusConflict, "stock would go below zero: stock "+strconv.FormatInt(stock, 10))
 	case err != nil:
-		fail(w, http.StatusServiceUnavailable, "mysql: %v", err)
+		h.unavailable(w, r, "restock failed", err)
 	default:
-		h.log.Info().Int64("item", item).Int64("add", *body.Add).Int64("stock", stock).Msg("restocked (MySQL; CDC carries it to Redis)")
+		h.log.Info().Int64("item", item).Int64("add", *body.Add).Int64("stock", stock).Str("request_id", api.RequestID(r.Context())).Msg("restocked (MySQL; CDC carries it to Redis)")
 		writeJSON(w, http.StatusOK, map[string]any{"item_id": item, "stock": stock})
 	}
 }

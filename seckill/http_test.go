@@ -23,6 +23,7 @@ func TestAdminAuthRateLimited(t *testing.T) {
 	restock := func(ip, auth string) *httptest.ResponseRecorder {
 		r := httptest.NewRequest("POST", "/admin/items/7/restock", strings.NewReader(`{"add":0}`))
 		r.RemoteAddr = ip + ":40000"
+		r.Header.Set("Content-Type", "application/json")
 		if auth != "" {
 			r.Header.Set("Authorization", auth)
 		}

@@ -103,7 +103,7 @@ func TestJobsSingleton(t *testing.T) {
 	// due `due` from now, after the kill below.
 	var orders []string
 	for u := int64(1); u <= unpaid; u++ {
-		r, err := call("POST", fmt.Sprintf("%s/seckill/items/%d/reservations", stand.url(), item), fmt.Sprintf(`{"user_id":%d}`, u))
+		r, err := reserveAt(stand.url(), item, u)
 		if err != nil || r.Status != 202 {
 			t.Fatalf("reserve user %d: %v %+v", u, err, r)
 		}

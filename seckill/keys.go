@@ -62,3 +62,43 @@ func itemOfOrder(order string) (int64, bool) {
 	n, err := strconv.ParseInt(id, 10, 64)
 	return n, err == nil && n > 0
 }
+
+// parseOrderID checks an order id from a client against the exact form
+// Reserve makes, "<item>-<UUIDv7>": the item a positive decimal without
+// sign or leading zero, the UUID in lowercase 8-4-4-4-12 hex with version
+// 7 and the RFC 9562 variant. Nothing else reaches SQL or Redis, so no
+// glob character can reach a MATCH pattern.
+func parseOrderID(id string) (int64, bool) {
+	item, u, ok := strings.Cut(id, "-")
+	if !ok || item == "" || len(item) > 19 || item[0] == '0' || len(u) != 36 {
+		return 0, false
+	}
+	for i := 0; i < len(item); i++ {
+		if item[i] < '0' || item[i] > '9' {
+			return 0, false
+		}
+	}
+	for i := 0; i < len(u); i++ {
+		c := u[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return 0, false
+			}
+		case 14: // version
+			if c != '7' {
+				return 0, false
+			}
+		case 19: // variant 10xx
+			if c != '8' && c != '9' && c != 'a' && c != 'b' {
+				return 0, false
+			}
+		default:
+			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+				return 0, false
+			}
+		}
+	}
+	n, err := strconv.ParseInt(item, 10, 64)
+	return n, err == nil
+}

@@ -2,7 +2,6 @@ package seckill_test
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -93,14 +92,14 @@ func TestUnpaidTimeout(t *testing.T) {
 	s.eventually(20*time.Second, "both orders created", func() bool {
 		return s.int("SELECT COUNT(*) FROM sk_orders WHERE item_id = 3 AND status = 'created'") == 2
 	})
-	if r, err := call("POST", d.base+"/orders/"+ob+"/pay", ""); err != nil || r.Status != 200 || r.Body["status"] != "paid" {
+	if r, err := d.pay(2, ob); err != nil || r.Status != 200 || r.Body["status"] != "paid" {
 		t.Fatalf("pay: %v %+v", err, r)
 	}
 	s.eventually(20*time.Second, "unpaid order canceled", func() bool {
-		r, _ := call("GET", d.base+"/orders/"+oa, "")
+		r, _ := d.getOrder(1, oa)
 		return r.Body["status"] == "canceled"
 	})
-	if r, _ := call("POST", d.base+"/orders/"+oa+"/pay", ""); r.Status != 409 {
+	if r, _ := d.pay(1, oa); r.Status != 409 {
 		t.Errorf("paying a canceled order: %+v", r)
 	}
 	if n := s.int("SELECT stock FROM sk_items WHERE id = 3"); n != 1 {
@@ -111,7 +110,7 @@ func TestUnpaidTimeout(t *testing.T) {
 		v, _ := s.rdb.Get(ctx, "sk:{3}:stock").Int64()
 		return v == 1 && !s.rdb.HExists(ctx, "sk:{3}:buyers", "1").Val()
 	})
-	if r, _ := call("GET", d.base+"/orders/"+ob, ""); r.Body["status"] != "paid" {
+	if r, _ := d.getOrder(2, ob); r.Body["status"] != "paid" {
 		t.Errorf("paid order: %+v", r)
 	}
 	// User 1 may buy again.
@@ -174,35 +173,41 @@ func TestProduceFailure(t *testing.T) {
 	}
 }
 
-// TestBadInput: malformed requests get 400 with a message, never a panic
-// or a reservation.
+// TestBadInput: malformed requests get 4xx with the generic error body
+// (a message and the request id of X-Request-Id), never a panic or a
+// reservation.
 func TestBadInput(t *testing.T) {
 	s := newStack(t)
-	d := s.start("limits: {per_user: 1, user_burst: 2}")
+	d := s.start("limits: {per_user: 1, user_burst: 2, per_ip: 0}")
 	s.addItem(6, 100)
-	cases := []struct{ path, body string }{
-		{"/seckill/items/6/reservations", ``},
-		{"/seckill/items/6/reservations", `{`},
-		{"/seckill/items/6/reservations", `{"user_id":"x"}`},
-		{"/seckill/items/6/reservations", `{"user_id":0}`},
-		{"/seckill/items/6/reservations", `{"user_id":-3}`},
-		{"/seckill/items/6/reservations", `{"user":1}`},
-		{"/seckill/items/6/reservations", `{"user_id":1}{"user_id":2}`},
-		{"/seckill/items/6/reservations", `{"user_id":1,"pad":"` + strings.Repeat("x", 8000) + `"}`},
-		{"/seckill/items/abc/reservations", `{"user_id":1}`},
-		{"/seckill/items/-1/reservations", `{"user_id":1}`},
-		{"/seckill/items/99999999999999999999/reservations", `{"user_id":1}`},
+	cases := []struct {
+		path, body string
+		status     int
+	}{
+		{"/seckill/items/6/reservations", `{`, 400},
+		{"/seckill/items/6/reservations", `[]`, 400},
+		{"/seckill/items/6/reservations", `{"user_id":1}`, 400}, // the user is the token's, never the body's
+		{"/seckill/items/6/reservations", `{"user_id":"x"}`, 400},
+		{"/seckill/items/6/reservations", `{"user":1}`, 400},
+		{"/seckill/items/6/reservations", `{}{}`, 400},
+		{"/seckill/items/6/reservations", `{"pad":"` + strings.Repeat("x", 8000) + `"}`, 413},
+		{"/seckill/items/abc/reservations", ``, 400},
+		{"/seckill/items/-1/reservations", ``, 400},
+		{"/seckill/items/99999999999999999999/reservations", ``, 400},
 	}
-	for _, c := range cases {
-		r, err := call("POST", d.base+c.path, c.body)
-		if err != nil || r.Status != 400 || r.Body["error"] == nil {
-			t.Errorf("POST %s %.40q: %v %d %s", c.path, c.body, err, r.Status, r.Raw)
+	for i, c := range cases {
+		// One user per case: the per-user limit is not what this tests.
+		r, err := call("POST", d.base+c.path, c.body, asUser(int64(1000+i))...)
+		if err != nil || r.Status != c.status {
+			t.Errorf("POST %s %.40q: %v %d %s, want %d", c.path, c.body, err, r.Status, r.Raw, c.status)
+			continue
 		}
+		wantErrorBody(t, r)
 	}
-	if r, _ := call("GET", d.base+"/orders/nonsense", ""); r.Status != 400 {
+	if r, _ := d.getOrder(1, "nonsense"); r.Status != 400 {
 		t.Errorf("GET /orders/nonsense: %+v", r)
 	}
-	if r, _ := call("GET", d.base+"/orders/6-0190f0e0-0000-7000-8000-000000000009", ""); r.Status != 404 {
+	if r, _ := d.getOrder(1, "6-0190f0e0-0000-7000-8000-000000000009"); r.Status != 404 {
 		t.Errorf("GET unknown order: %+v", r)
 	}
 	// Unknown item: not ready (no keys), 503 — never a reservation.
@@ -226,5 +231,20 @@ func TestBadInput(t *testing.T) {
 	if n := s.int("SELECT COUNT(*) FROM sk_orders WHERE item_id = 6"); n != 1 {
 		t.Errorf("%d orders for item 6, want 1", n)
 	}
-	_ = fmt.Sprint()
+}
+
+// wantErrorBody checks r is the generic error body: exactly an error
+// message and the request id, which is also the X-Request-Id header.
+func wantErrorBody(t *testing.T, r reply) {
+	t.Helper()
+	id, _ := r.Body["request_id"].(string)
+	msg, _ := r.Body["error"].(string)
+	if msg == "" || id == "" || id != r.Header.Get("X-Request-Id") {
+		t.Errorf("%d %s (X-Request-Id %q): want {error, request_id} with the header's id", r.Status, r.Raw, r.Header.Get("X-Request-Id"))
+	}
+	for k := range r.Body {
+		if k != "error" && k != "request_id" && k != "order_id" {
+			t.Errorf("%d %s: unexpected member %q", r.Status, r.Raw, k)
+		}
+	}
 }

@@ -13,6 +13,7 @@ type metrics struct {
 	rebuilds      prometheus.Counter
 	rebuildErrors prometheus.Counter
 	limited       *prometheus.CounterVec
+	authFailures  *prometheus.CounterVec
 	drift         *prometheus.GaugeVec
 	checks        prometheus.Counter
 	jobRuns       *prometheus.CounterVec
@@ -40,7 +41,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		rebuildErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachesync_seckill_rebuild_errors_total",
 			Help: "Rebuilds that failed (retried later)."}),
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachesync_seckill_rate_limited_total",
-			Help: "Requests refused with 429, by limit (user, ip, admin_auth: failed admin authentications)."}, []string{"limit"}),
+			Help: "Requests refused with 429, by limit (user, ip, auth: failed buyer authentications, admin_auth: failed admin authentications)."}, []string{"limit"}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachesync_seckill_auth_failures_total",
+			Help: "Buyer requests refused with 401, by reason: missing, malformed, signature, expired, claims (iss, aud, nbf, iat), user (no valid user id), gateway (wrong gateway secret)."}, []string{"reason"}),
 		drift: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cachesync_seckill_drift",
 			Help: "Disagreements between Redis and MySQL found by the last drift check, by kind."}, []string{"kind"}),
 		checks: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachesync_seckill_drift_checks_total",
@@ -52,7 +55,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.reservations, m.consumed, m.retries, m.deadLettered, m.storeSeconds, m.canceled, m.reaped,
-			m.rebuilds, m.rebuildErrors, m.limited, m.drift, m.checks, m.jobRuns, m.consumerLag)
+			m.rebuilds, m.rebuildErrors, m.limited, m.authFailures, m.drift, m.checks, m.jobRuns, m.consumerLag)
 	}
 	return m
 }

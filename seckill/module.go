@@ -11,6 +11,7 @@ import (
 	"github.com/cachesync/cachesync/cache"
 	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/leader"
+	"github.com/cachesync/cachesync/seckill/auth"
 	"github.com/cachesync/cachesync/sink"
 	"github.com/cenkalti/backoff/v4"
 	"github.com/go-sql-driver/mysql"
@@ -120,10 +121,20 @@ func start(p Params) error {
 		if jobs != nil {
 			res.kick = jobs.Kick
 		}
-		h := &Handler{cfg: cfg, res: res, store: store, rdb: p.Redis, m: m, log: res.log,
-			perUser: newLimiter(cfg.Limits.PerUser, cfg.Limits.UserBurst), perIP: newLimiter(cfg.Limits.PerIP, cfg.Limits.IPBurst),
-			authFails: newLimiter(1/adminFailEvery.Seconds(), adminFailBurst)}
+		authn, err := auth.New(cfg.Auth)
+		if err != nil {
+			return err
+		}
+		px, err := parseProxies(cfg.TrustedProxies)
+		if err != nil {
+			return err
+		}
+		h := &Handler{cfg: cfg, res: res, store: store, rdb: p.Redis, auth: authn, proxies: px, m: m, log: res.log,
+			perUser: newLimiter(cfg.Limits.PerUser, cfg.Limits.UserBurst), perIP: newLimiter(cfg.perIP(), cfg.Limits.IPBurst),
+			authFails:  newLimiter(1/adminFailEvery.Seconds(), adminFailBurst),
+			buyerFails: newLimiter(1/buyerFailEvery.Seconds(), buyerFailBurst)}
 		h.Routes(p.Server.Public, p.Server.Admin)
+		log.Info().Str("auth", cfg.Auth.Mode).Float64("per_ip", cfg.perIP()).Int("trusted_proxies", len(px)).Msg("buyers identified by " + cfg.Auth.Mode)
 	}
 	var cons *Consumer
 	if cfg.has(RoleConsumer) {

@@ -18,6 +18,7 @@ import (
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/daemon"
 	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/seckill/auth"
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"go.uber.org/fx"
@@ -104,10 +105,33 @@ func (s *stack) int(q string, args ...any) int64 {
 // requires).
 const adminToken = "test-admin-token-0123456789abcdef"
 
+// testJWTSecret signs the buyers' tokens of the tests (token).
+const testJWTSecret = "test-jwt-secret-0123456789abcdef"
+
+// token is a valid bearer token for user under the tests' configuration.
+func token(user int64) string {
+	t, err := auth.Mint(auth.JWT{HS256Secret: testJWTSecret}, user, time.Hour, time.Now())
+	if err != nil {
+		panic(err)
+	}
+	return t
+}
+
+// asUser are the headers that authenticate a request as user (for call).
+func asUser(user int64) []string { return []string{"Authorization", "Bearer " + token(user)} }
+
 // configYAML is a daemon configuration for this stack, its listeners on
 // the given ports (0: any free port); extra is appended under the seckill
-// section.
+// section. Unless extra has its own, buyers are authenticated with JWTs
+// signed with testJWTSecret, and the per-IP limit is off (every test
+// client is 127.0.0.1).
 func (s *stack) configYAML(httpPort, adminPort int, seckillExtra string) string {
+	if !strings.Contains(seckillExtra, "auth:") {
+		seckillExtra += "\nauth: {mode: jwt, jwt: {hs256_secret: " + testJWTSecret + "}}"
+	}
+	if !strings.Contains(seckillExtra, "limits:") {
+		seckillExtra += "\nlimits: {per_ip: 0}"
+	}
 	return fmt.Sprintf(`mysql:
   addr: %s
   user: root
@@ -154,12 +178,18 @@ type node struct {
 // start runs a daemon in process until the test ends (or stop).
 func (s *stack) start(seckillExtra string) *node {
 	s.t.Helper()
+	return s.startWith(seckillExtra)
+}
+
+// startWith is start with more fx options (a decorated logger, say).
+func (s *stack) startWith(seckillExtra string, opts ...fx.Option) *node {
+	s.t.Helper()
 	cfg, err := config.Parse([]byte(s.configYAML(0, 0, seckillExtra)), nil)
 	if err != nil {
 		s.t.Fatal(err)
 	}
 	var srv *api.Server
-	app := fx.New(fx.WithLogger(func() fxevent.Logger { return fxevent.NopLogger }), daemon.Options(cfg), fx.Populate(&srv))
+	app := fx.New(fx.WithLogger(func() fxevent.Logger { return fxevent.NopLogger }), daemon.Options(cfg), fx.Populate(&srv), fx.Options(opts...))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := app.Start(ctx); err != nil {
@@ -202,16 +232,22 @@ func (s *stack) eventually(timeout time.Duration, what string, cond func() bool)
 // reply is an HTTP answer.
 type reply struct {
 	Status int
+	Header http.Header
 	Body   map[string]any
 	Raw    string
 }
 
 var client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 512, MaxConnsPerHost: 512}}
 
+// call sends a request; a body goes as application/json unless hdr sets
+// another Content-Type.
 func call(method, url, body string, hdr ...string) (reply, error) {
 	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	if err != nil {
 		return reply{}, err
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
@@ -225,11 +261,26 @@ func call(method, url, body string, hdr ...string) (reply, error) {
 	if err != nil {
 		return reply{}, err
 	}
-	r := reply{Status: resp.StatusCode, Raw: string(raw)}
+	r := reply{Status: resp.StatusCode, Header: resp.Header, Raw: string(raw)}
 	_ = json.NewDecoder(bytes.NewReader(raw)).Decode(&r.Body)
 	return r, nil
 }
 
+// reserve reserves item as user (authenticated by a token).
 func (d *node) reserve(item, user int64) (reply, error) {
-	return call("POST", fmt.Sprintf("%s/seckill/items/%d/reservations", d.base, item), fmt.Sprintf(`{"user_id":%d}`, user))
+	return reserveAt(d.base, item, user)
+}
+
+func reserveAt(base string, item, user int64) (reply, error) {
+	return call("POST", fmt.Sprintf("%s/seckill/items/%d/reservations", base, item), "", asUser(user)...)
+}
+
+// getOrder reads an order as user.
+func (d *node) getOrder(user int64, order string) (reply, error) {
+	return call("GET", d.base+"/orders/"+order, "", asUser(user)...)
+}
+
+// pay pays an order as user.
+func (d *node) pay(user int64, order string) (reply, error) {
+	return call("POST", d.base+"/orders/"+order+"/pay", "", asUser(user)...)
 }

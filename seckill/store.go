@@ -147,10 +147,11 @@ func (s *Store) Get(ctx context.Context, id string) (Order, error) {
 	return o, err
 }
 
-// Pay moves a created order to paid. It returns the order as it is after
-// the attempt; ErrNotFound when there is no row.
-func (s *Store) Pay(ctx context.Context, id string) (Order, bool, error) {
-	res, err := s.db.ExecContext(ctx, "UPDATE "+s.orders+" SET status = 'paid' WHERE order_id = ? AND status = 'created'", id)
+// Pay moves user's created order to paid. It returns the order as it is
+// after the attempt; ErrNotFound when there is no row of user's (another
+// user's order is not touched, and not told apart from none).
+func (s *Store) Pay(ctx context.Context, id string, user int64) (Order, bool, error) {
+	res, err := s.db.ExecContext(ctx, "UPDATE "+s.orders+" SET status = 'paid' WHERE order_id = ? AND user_id = ? AND status = 'created'", id, user)
 	if err != nil {
 		return Order{}, false, err
 	}
@@ -159,6 +160,9 @@ func (s *Store) Pay(ctx context.Context, id string) (Order, bool, error) {
 		return Order{}, false, err
 	}
 	o, err := s.Get(ctx, id)
+	if err == nil && o.User != user {
+		return Order{}, false, ErrNotFound
+	}
 	return o, n == 1, err
 }
 

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"cmp"
 	"context"
+	"crypto/rand"
 	"database/sql"
 	"encoding/csv"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -29,6 +32,7 @@ import (
 	"github.com/cachesync/cachesync/internal/daemon"
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/seckill"
+	"github.com/cachesync/cachesync/seckill/auth"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxevent"
 )
@@ -48,6 +52,7 @@ func seckillBench(args []string) error {
 	clients := fs.Int("clients", 50, "concurrent connections")
 	out := fs.String("out", "", "also write the table to this file")
 	prof := fs.String("cpuprofile", "", "write a CPU profile of the HTTP reservation variant here")
+	tokens := fs.Int("tokens", 400_000, "buyers' JWTs minted for the reservation run, one user each: more than it makes")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -80,6 +85,13 @@ func seckillBench(args []string) error {
 	if err != nil {
 		return err
 	}
+	// Buyers authenticate as in production: a JWT per user, verified on
+	// every request (HS256, the daemon's secret).
+	var sb [32]byte
+	if _, err := rand.Read(sb[:]); err != nil {
+		return err
+	}
+	jwtCfg := auth.JWT{HS256Secret: hex.EncodeToString(sb[:])}
 	yaml := fmt.Sprintf(`mysql: {addr: %s, user: root}
 redis: {addr: %s}
 http: {addr: "127.0.0.1:%d"}
@@ -97,7 +109,9 @@ seckill:
   kafka: {brokers: [%s]}
   job_interval: 200ms
   orphan_age: 1h
-`, e.my.Addr(), e.rd.Addr(), port, broker.addr)
+  limits: {per_ip: 0}  # wrk is one address
+  auth: {mode: jwt, jwt: {hs256_secret: %s}}
+`, e.my.Addr(), e.rd.Addr(), port, broker.addr, jwtCfg.HS256Secret)
 	cfg, err := config.Parse([]byte(yaml), nil)
 	if err != nil {
 		return err
@@ -149,9 +163,15 @@ seckill:
 	rows = append(rows, eval)
 	reservedBefore := e.rdb.ZCard(ctx, k.Pending).Val()
 
-	// 2. reservations over HTTP, unique users (wrk script).
+	// 2. reservations over HTTP, unique users (wrk script), each with its
+	// own token.
+	tokFile, err := mintTokens(jwtCfg, *tokens)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tokFile)
 	script := filepath.Join(os.TempDir(), "cachesync-reserve.lua")
-	if err := os.WriteFile(script, []byte(wrkReserveLua), 0o644); err != nil {
+	if err := os.WriteFile(script, []byte(fmt.Sprintf(wrkReserveLua, tokFile)), 0o644); err != nil {
 		return err
 	}
 	defer os.Remove(script)
@@ -167,10 +187,10 @@ seckill:
 			return err
 		}
 	}
-	res, err := meter.wrk(ctx, "POST reservation over HTTP, Lua + Kafka ack (wrk)", base+"/seckill/items/1/reservations", *clients, *dur, false, script)
+	res, err := meter.wrk(ctx, "POST reservation over HTTP, JWT + Lua + Kafka ack (wrk)", base+"/seckill/items/1/reservations", *clients, *dur, false, script)
 	pprof.StopCPUProfile()
 	if err != nil {
-		return fmt.Errorf("reserve: %w", err)
+		return fmt.Errorf("reserve (with more than %d requests users repeat and get 409: raise -tokens): %w", *tokens, err)
 	}
 	rows = append(rows, res)
 	// wrk stops with requests in flight: their scripts ran, their orders
@@ -194,7 +214,11 @@ seckill:
 	}
 
 	// 3. sold-out item: the first answer sets the local flag.
-	if r, err := httpPost(base+"/seckill/items/2/reservations", `{"user_id":1}`); err != nil || r != 410 {
+	tok, err := auth.Mint(jwtCfg, 1, time.Hour, time.Now())
+	if err != nil {
+		return err
+	}
+	if r, err := httpPost(base+"/seckill/items/2/reservations", tok); err != nil || r != 410 {
 		return fmt.Errorf("sold-out item answered %d, %v", r, err)
 	}
 	sold, err := meter.wrk(ctx, "POST on a sold-out item, local flag (wrk)", base+"/seckill/items/2/reservations", *clients, *dur, true, script)
@@ -380,27 +404,70 @@ func (k *devKafka) stop() {
 	os.RemoveAll(k.dir)
 }
 
-// wrkReserveLua posts {"user_id": N} with N unique per request.
+// mintTokens writes n tokens, one per line, for users 1e9+1 … 1e9+n (a
+// range no other variant uses) to a temporary file.
+func mintTokens(cfg auth.JWT, n int) (string, error) {
+	f, err := os.CreateTemp("", "cachesync-bench-tokens-")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	w := bufio.NewWriter(f)
+	now := time.Now()
+	for i := 1; i <= n; i++ {
+		tok, err := auth.Mint(cfg, 1_000_000_000+int64(i), time.Hour, now)
+		if err != nil {
+			os.Remove(f.Name())
+			return "", err
+		}
+		w.WriteString(tok + "\n")
+	}
+	if err := w.Flush(); err != nil {
+		os.Remove(f.Name())
+		return "", err
+	}
+	return f.Name(), nil
+}
+
+// wrkReserveLua posts an empty reservation with a bearer token read from
+// the file %s, a different user per request: each of wrk's two threads
+// (-t2, runWrk) takes every other line. Past the last token it starts
+// again, and repeated users get 409 (wrk then reports non-2xx).
 const wrkReserveLua = `
-local counter = 0
+local tokens = {}
+local n = 0
+local i = 0
 local threads = 0
 function setup(thread)
   thread:set("tid", threads)
   threads = threads + 1
 end
 function init(args)
-  counter = 0
+  local k = 0
+  for line in io.lines("%s") do
+    if k %% 2 == tid then
+      n = n + 1
+      tokens[n] = line
+    end
+    k = k + 1
+  end
 end
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
 request = function()
-  counter = counter + 1
-  return wrk.format(nil, nil, nil, '{"user_id":' .. ((tid + 1) * 1000000000 + counter) .. '}')
+  i = i + 1
+  if i > n then i = 1 end
+  return wrk.format(nil, nil, {["Authorization"] = "Bearer " .. tokens[i]}, nil)
 end
 `
 
-func httpPost(url, body string) (int, error) {
-	resp, err := http.Post(url, "application/json", strings.NewReader(body))
+// httpPost posts an empty reservation as the token's user.
+func httpPost(url, token string) (int, error) {
+	req, err := http.NewRequest("POST", url, nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return 0, err
 	}

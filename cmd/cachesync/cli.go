@@ -32,7 +32,7 @@ type stdio struct{ out, err io.Writer }
 func commands() []*command {
 	return []*command{
 		runCommand, validateCommand, snapshotCommand, checkCommand, resyncCommand,
-		positionShowCommand, positionSetCommand, versionCommand, helpCommand,
+		positionShowCommand, positionSetCommand, tokenCommand, versionCommand, helpCommand,
 	}
 }
 

@@ -8,6 +8,7 @@
 //	cachesync check [-item ID,...]     compare the sale's Redis keys with MySQL (exit 1 on drift)
 //	cachesync resync -item ID          rebuild an item's Redis keys from MySQL
 //	cachesync position show|set        the stored binlog checkpoint
+//	cachesync token -user ID           a buyer's JWT (HMAC secret of the configuration)
 //	cachesync version                  build information
 package main
 
