@@ -16,6 +16,7 @@ import (
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/cache"
 	"github.com/cachesync/cachesync/goods"
+	"github.com/cachesync/cachesync/internal/tlsconf"
 	"github.com/cachesync/cachesync/leader"
 	"github.com/cachesync/cachesync/seckill"
 	"github.com/cachesync/cachesync/sink"
@@ -59,6 +60,10 @@ type Redis struct {
 	SentinelAddrs    []string `yaml:"sentinel_addrs"`
 	SentinelUsername string   `yaml:"sentinel_username"`
 	SentinelPassword string   `yaml:"sentinel_password"`
+	// TLS encrypts every connection (absent: plaintext). In sentinel mode
+	// it applies to the Sentinels and to the master alike, as go-redis
+	// dials both with one configuration: the Sentinels must speak TLS too.
+	TLS tlsconf.Config `yaml:"tls"`
 }
 
 // Redis modes.

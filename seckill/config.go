@@ -1,10 +1,13 @@
 package seckill
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/cachesync/cachesync/internal/tlsconf"
 )
 
 // Config configures the flash sale: reservations over HTTP, the Kafka
@@ -59,8 +62,12 @@ type Kafka struct {
 	Username       string        `yaml:"username"`
 	Password       string        `yaml:"password"`
 	// Mechanism is the SASL mechanism when a username is set:
-	// SCRAM-SHA-256 (default), SCRAM-SHA-512 or PLAIN.
+	// SCRAM-SHA-256 (default), SCRAM-SHA-512 or PLAIN. PLAIN sends the
+	// password as it is, so it is refused without TLS; SCRAM never sends
+	// it and is allowed without TLS (the orders still travel in clear).
 	Mechanism string `yaml:"mechanism"`
+	// TLS encrypts the connections to the brokers (absent: plaintext).
+	TLS tlsconf.Config `yaml:"tls"`
 }
 
 // Retry is an exponential backoff with a bounded number of attempts.
@@ -177,6 +184,12 @@ func (c *Config) Validate() error {
 	case "", "SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN":
 	default:
 		return fmt.Errorf("seckill.kafka.mechanism %q: want SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN", c.Kafka.Mechanism)
+	}
+	if err := c.Kafka.TLS.Validate("seckill.kafka.tls"); err != nil {
+		return err
+	}
+	if c.Kafka.Username != "" && c.Kafka.Mechanism == "PLAIN" && !c.Kafka.TLS.On() {
+		return errors.New("seckill.kafka.mechanism PLAIN sends the password in clear: configure seckill.kafka.tls, or use SCRAM-SHA-256 or SCRAM-SHA-512")
 	}
 	for _, d := range []struct {
 		name string

@@ -9,6 +9,7 @@ import (
 	"github.com/cachesync/cachesync/api"
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/cache"
+	"github.com/cachesync/cachesync/internal/tlsconf"
 	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/leader"
 	"github.com/cachesync/cachesync/sink"
@@ -28,10 +29,15 @@ func OpenDB(ctx context.Context, mc binlog.Config) (*sql.DB, error) {
 	dsn.ParseTime, dsn.Loc = true, time.UTC
 	dsn.InterpolateParams = true
 	dsn.Params = map[string]string{"time_zone": "'+00:00'"}
-	db, err := sql.Open("mysql", dsn.FormatDSN())
+	var err error
+	if dsn.TLS, err = mc.SQLTLS(); err != nil {
+		return nil, err
+	}
+	conn, err := mysql.NewConnector(dsn) // a DSN string would drop dsn.TLS
 	if err != nil {
 		return nil, err
 	}
+	db := sql.OpenDB(conn)
 	db.SetMaxOpenConns(32)
 	db.SetMaxIdleConns(32)
 	if err := db.PingContext(ctx); err != nil {
@@ -171,9 +177,16 @@ func start(p Params) error {
 }
 
 // retry builds a Kafka client, retrying while the brokers are unreachable
-// (the daemon may start before them) until ctx ends.
+// (the daemon may start before them) until ctx ends; a TLS failure no
+// retry cures (a certificate that does not verify) ends it at once.
 func retry[T any](ctx context.Context, mk func() (T, error)) (T, error) {
 	bo := backoff.NewExponentialBackOff()
 	bo.MaxInterval = 2 * time.Second
-	return backoff.RetryWithData(mk, backoff.WithContext(bo, ctx))
+	return backoff.RetryWithData(func() (T, error) {
+		v, err := mk()
+		if tlsconf.Permanent(err) {
+			return v, backoff.Permanent(err)
+		}
+		return v, err
+	}, backoff.WithContext(bo, ctx))
 }
