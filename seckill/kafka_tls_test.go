@@ -85,7 +85,9 @@ func TestKafkaTLS(t *testing.T) {
 	// A wrong CA: the error names the brokers and the cause, and the
 	// start-up retry (30 s in the daemon) gives up at once.
 	t0 := time.Now()
-	_, err = retry(ctx, func() (*Producer, error) { return NewProducer(kafka(tlsconf.Config{CA: f.OtherCA, Cert: f.ClientCert, Key: f.ClientKey}), time.Second) })
+	_, err = retry(ctx, func() (*Producer, error) {
+		return NewProducer(kafka(tlsconf.Config{CA: f.OtherCA, Cert: f.ClientCert, Key: f.ClientKey}), time.Second)
+	})
 	if err == nil {
 		t.Fatal("producer connected with the wrong CA")
 	}

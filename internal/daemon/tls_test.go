@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -167,5 +168,72 @@ func TestRedisTLS(t *testing.T) {
 		if tc.name == "wrong CA" && !strings.Contains(err.Error(), "redis "+r.Addr()) {
 			t.Errorf("%s: %v\nwant it to name redis %s", tc.name, err, r.Addr())
 		}
+	}
+}
+
+// Sentinel mode over TLS: the Sentinels and both nodes speak only TLS;
+// the failover client asks the Sentinels and writes to the master over
+// TLS, and follows a failover. Plaintext, or the wrong CA, reaches
+// nothing, and the error names a Sentinel's address.
+func TestRedisSentinelTLS(t *testing.T) {
+	f := testenv.MakeTLSFiles(t)
+	s := testenv.StartSentinel(t, testenv.SentinelTLS(f))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg := func(tc tlsconf.Config) config.Redis {
+		c := config.Redis{Mode: config.RedisSentinel, MasterName: s.MasterName(), SentinelAddrs: s.SentinelAddrs(), TLS: tc}
+		c.SetDefaults()
+		if err := c.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	rdb := NewRedisClient(cfg(tlsconf.Config{CA: f.CA, Cert: f.ClientCert, Key: f.ClientKey}))
+	defer rdb.Close()
+	if err := rdb.Set(ctx, "k", "v1", 0).Err(); err != nil {
+		t.Fatalf("SET through the Sentinels over TLS: %v", err)
+	}
+	if err := s.Failover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	next, err := s.Master(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := testenv.WaitFor(ctx, 50*time.Millisecond, func(ctx context.Context) error {
+		if err := rdb.Set(ctx, "k", "v2", 0).Err(); err != nil {
+			return err
+		}
+		ci, err := rdb.ClientInfo(ctx).Result()
+		if err != nil {
+			return err
+		}
+		if ci.LAddr != next.Addr() {
+			return fmt.Errorf("connected to %s, not the new master %s", ci.LAddr, next.Addr())
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("after the failover: %v", err)
+	}
+
+	for _, tc := range []struct {
+		name string
+		tls  tlsconf.Config
+		want string
+	}{
+		{"plaintext", tlsconf.Config{}, ""},
+		{"wrong CA", tlsconf.Config{CA: f.OtherCA}, "certificate signed by unknown authority"},
+	} {
+		c := NewRedisClient(cfg(tc.tls))
+		err := c.Ping(ctx).Err()
+		c.Close()
+		if err == nil {
+			t.Errorf("%s: PING answered", tc.name)
+			continue
+		}
+		if !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v\nwant it to contain %q", tc.name, err, tc.want)
+		}
+		t.Logf("%s: %v", tc.name, err)
 	}
 }

@@ -18,11 +18,12 @@ import (
 )
 
 // TLSFiles is a private PKI made for a test, as PEM files in Dir: a CA,
-// a server certificate for 127.0.0.1, ::1 and localhost, and a client
-// certificate (CN "cachesync"), both signed by the CA, and a second CA,
-// OtherCA, that signed nothing here (the wrong CA). Keys are ECDSA P-256 in
-// PKCS #8, which MariaDB's and Redis's OpenSSL, and Go, all read. The
-// certificates are valid from an hour ago for a day.
+// a server certificate for 127.0.0.1, ::1 and localhost (good for client
+// authentication too: servers that connect to one another present it),
+// and a client certificate (CN "cachesync"), both signed by the CA, and a
+// second CA, OtherCA, that signed nothing here (the wrong CA). Keys are
+// ECDSA P-256 in PKCS #8, which MariaDB's and Redis's OpenSSL, and Go, all
+// read. The certificates are valid from an hour ago for a day.
 type TLSFiles struct {
 	Dir        string
 	CA         string // the CA's certificate
@@ -56,7 +57,9 @@ func NewTLSFiles(dir string) (*TLSFiles, error) {
 		DNSNames:    []string{"localhost"},
 		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
 		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		// Client authentication too: a Redis replica or Sentinel presents
+		// its server certificate when it connects to another node.
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
 	if err := makeLeaf(server, ca, caKey, f.ServerCert, f.ServerKey); err != nil {
 		return nil, err
