@@ -154,7 +154,7 @@ func start(p Params) error {
 			if jobs != nil {
 				run(func(ctx context.Context) { jobsLease.Run(ctx, jobs.Run) })
 			}
-			log.Info().Strs("roles", cfg.Roles).Strs("brokers", cfg.Kafka.Brokers).Str("topic", cfg.Kafka.Topic).Msg("seckill started")
+			log.Info().Strs("roles", cfg.Roles).Strs("brokers", cfg.Kafka.Brokers).Str("topic", cfg.Kafka.Topic).Bool("kafka_tls", cfg.Kafka.TLS.On()).Msg("seckill started")
 			return nil
 		},
 		OnStop: func(stopCtx context.Context) error {

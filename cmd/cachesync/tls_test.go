@@ -127,6 +127,13 @@ seckill:
 		t.Fatalf("the daemon did not start over TLS (%v)%s", err, r.Tail())
 	}
 
+	if l := r.Grep(`"flavor":`); !strings.Contains(l, `"tls":true`) {
+		t.Errorf("mysql's connected line does not say tls: %s", l)
+	}
+	if l := r.Grep(`"seckill started"`); !strings.Contains(l, `"kafka_tls":true`) {
+		t.Errorf("seckill's started line does not say kafka_tls: %s", l)
+	}
+
 	// Binlog over TLS -> Redis over TLS.
 	mustExec(t, db, "INSERT INTO goods VALUES (1, 'over tls')")
 	mustExec(t, db, "INSERT INTO sk_items (id, name, stock) VALUES (1, 'item', 5)")

@@ -37,12 +37,32 @@ func Options(cfg *config.Config) fx.Option {
 	return fx.Options(
 		fx.Supply(cfg.MySQL, cfg.Sink, cfg.HTTP, cfg.Redis, cfg.Log, cfg.Cache, cfg.Goods, cfg.Seckill, cfg.HA),
 		fx.Provide(NewLogger, newRedis, newMySQL, newApplier, newElector),
+		fx.Invoke(func(log zerolog.Logger) { warnInsecureTLS(cfg, log) }),
 		api.Module,
 		pipeline.Module,
 		cache.Module,
 		goods.Module,
 		seckill.Module,
 	)
+}
+
+// warnInsecureTLS logs a warning for each connection whose TLS block
+// turns certificate verification off (allowed, for tests).
+func warnInsecureTLS(cfg *config.Config, log zerolog.Logger) {
+	for _, c := range []struct {
+		field string
+		tls   tlsconf.Config
+		used  bool
+	}{
+		{"mysql.tls", cfg.MySQL.TLS, true},
+		{"redis.tls", cfg.Redis.TLS, true},
+		{"seckill.kafka.tls", cfg.Seckill.Kafka.TLS, cfg.Seckill.Enabled},
+	} {
+		if c.used && c.tls.On() && c.tls.InsecureSkipVerify {
+			log.Warn().Str("component", "tls").Str("field", c.field+".insecure_skip_verify").
+				Msg("server certificates are not verified: the connection is encrypted but open to a man in the middle")
+		}
+	}
 }
 
 // NewLogger builds the logger the configuration asks for.
@@ -195,7 +215,7 @@ func newMySQL(cfg binlog.Config, sc sink.Config, log zerolog.Logger, lc fx.Lifec
 	if err != nil {
 		return nil, info, err
 	}
-	log.Info().Str("component", "mysql").Str("flavor", info.Flavor).Str("version", info.Version).Msg("connected")
+	log.Info().Str("component", "mysql").Str("flavor", info.Flavor).Str("version", info.Version).Bool("tls", cfg.TLS.On()).Msg("connected")
 	return db, info, nil
 }
 

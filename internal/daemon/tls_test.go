@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/internal/tlsconf"
 	"github.com/cachesync/cachesync/seckill"
+	"github.com/rs/zerolog"
 )
 
 // The SQL pools (OpenMySQL's and the sale's OpenDB) over TLS, against a
@@ -235,5 +237,26 @@ func TestRedisSentinelTLS(t *testing.T) {
 			t.Errorf("%s: %v\nwant it to contain %q", tc.name, err, tc.want)
 		}
 		t.Logf("%s: %v", tc.name, err)
+	}
+}
+
+// insecure_skip_verify is allowed but logged, once per connection kind
+// that uses it (the sale's Kafka only when the sale is on).
+func TestWarnInsecureTLS(t *testing.T) {
+	on := func(b bool) *bool { return &b }
+	cfg := &config.Config{}
+	cfg.Redis.TLS = tlsconf.Config{InsecureSkipVerify: true}
+	cfg.MySQL.TLS = tlsconf.Config{Enabled: on(true)}
+	cfg.Seckill.Kafka.TLS = tlsconf.Config{InsecureSkipVerify: true}
+	var buf bytes.Buffer
+	warnInsecureTLS(cfg, zerolog.New(&buf))
+	if got := strings.Count(buf.String(), "\n"); got != 1 || !strings.Contains(buf.String(), `"field":"redis.tls.insecure_skip_verify"`) {
+		t.Errorf("sale off: %d lines:\n%s", got, buf.String())
+	}
+	buf.Reset()
+	cfg.Seckill.Enabled = true
+	warnInsecureTLS(cfg, zerolog.New(&buf))
+	if got := strings.Count(buf.String(), "\n"); got != 2 || !strings.Contains(buf.String(), `"field":"seckill.kafka.tls.insecure_skip_verify"`) {
+		t.Errorf("sale on: %d lines:\n%s", got, buf.String())
 	}
 }
