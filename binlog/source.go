@@ -175,21 +175,9 @@ func (r *reader) stream(ctx context.Context, start Start) error {
 		// (~10% of CPU at full speed); the watchdog below does its job.
 		DisableRetrySync: true, // we reconnect ourselves, at a transaction boundary
 		Logger:           slog.New(slog.DiscardHandler),
-		RowsEventDecodeFunc: func(e *replication.RowsEvent, data []byte) error {
-			// Decode only the header of unwatched tables' row events. This
-			// runs on the syncer's parsing goroutine, ahead of handle: it
-			// may only read immutable state.
-			pos, err := e.DecodeHeader(data)
-			if err != nil {
-				return err
-			}
-			if !s.watched(e.Table.Schema, e.Table.Table) {
-				return nil
-			}
-			return e.DecodeData(pos, data)
-		},
-		// TIMESTAMP values are rendered in UTC, as Snapshot reads them.
-		TimestampStringLocation: time.UTC,
+		// Events are parsed by decoder (see there), on a goroutine of
+		// their own ahead of handle, as the syncer would.
+		RawModeEnabled: true,
 	}
 	syncer := replication.NewBinlogSyncer(cfg)
 	defer syncer.Close()
@@ -232,11 +220,19 @@ func (r *reader) stream(ctx context.Context, start Start) error {
 			}
 		}
 	}()
+	events, stopParse := parse(ctx, st, newDecoder(s.parserOptions))
+	defer stopParse()
 	first := true
 	for {
-		ev, err := st.GetEvent(ctx)
-		if err != nil {
-			return err
+		var ev *replication.BinlogEvent
+		select {
+		case p := <-events:
+			if p.err != nil {
+				return p.err
+			}
+			ev = p.ev
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 		if first {
 			s.lastErr.Store(nil)
@@ -251,6 +247,66 @@ func (r *reader) stream(ctx context.Context, start Start) error {
 			return err
 		}
 	}
+}
+
+// parserOptions sets how a parser decodes events; see decoder.
+func (s *Source) parserOptions(p *replication.BinlogParser) {
+	p.SetFlavor(s.flavor)
+	// TIMESTAMP values are rendered in UTC, as Snapshot reads them.
+	p.SetTimestampStringLocation(time.UTC)
+	// MySQL's binary JSON in its own key order and number forms
+	// (mysqlJSONText adds its spacing).
+	p.SetRenderJSONAsMySQLText(true)
+	p.SetRowsEventDecodeFunc(func(e *replication.RowsEvent, data []byte) error {
+		// Decode only the header of unwatched tables' row events. This
+		// runs on the parsing goroutine, ahead of handle: it may only
+		// read immutable state.
+		pos, err := e.DecodeHeader(data)
+		if err != nil {
+			return err
+		}
+		if !s.watched(e.Table.Schema, e.Table.Table) {
+			return nil
+		}
+		return e.DecodeData(pos, data)
+	})
+}
+
+// parsed is an event off the parsing goroutine, or the error that ended it.
+type parsed struct {
+	ev  *replication.BinlogEvent
+	err error
+}
+
+// parse reads st's raw events and sends them parsed, ahead of handle, until
+// an error (sent last) or stop. stop waits for the goroutine to end.
+func parse(ctx context.Context, st *replication.BinlogStreamer, dec *decoder) (events <-chan parsed, stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	// A few parsed events wait for handle; each holds its rows' values.
+	out := make(chan parsed, 16)
+	done := make(chan struct{})
+	send := func(p parsed) error {
+		select {
+		case out <- p:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	go func() {
+		defer close(done)
+		for {
+			raw, err := st.GetEvent(ctx)
+			if err == nil {
+				err = dec.decode(raw, func(ev *replication.BinlogEvent) error { return send(parsed{ev: ev}) })
+			}
+			if err != nil {
+				_ = send(parsed{err: err})
+				return
+			}
+		}
+	}()
+	return out, func() { cancel(); <-done }
 }
 
 // touchConn notes the time of every read that returned bytes.

@@ -16,8 +16,10 @@ import (
 //     (binlog_row_metadata=FULL);
 //   - latin1 text arrives in latin1: converted to UTF-8, as the server
 //     converts it for Snapshot;
-//   - TEXT (and MySQL's JSON) arrives as []byte, BINARY and VARBINARY as
-//     string: text becomes a string, binary a []byte;
+//   - TEXT arrives as []byte, BINARY and VARBINARY as string: text becomes
+//     a string, binary a []byte;
+//   - MySQL's binary JSON arrives rendered compact: spaced as SELECT
+//     prints it (mysqlJSONText);
 //   - BINARY(n) arrives without its trailing 0x00 padding, which SELECT
 //     returns: padded back to n bytes;
 //   - BIT arrives as a signed integer: BIT(64) with the top bit set would
@@ -28,6 +30,7 @@ type valueConv struct {
 	set    []string // SET: member names, bit 0 first
 	latin1 bool     // latin1 text, converted to UTF-8
 	text   bool     // text that arrives as []byte
+	json   bool     // MySQL's binary JSON, rendered by go-mysql
 	binary bool     // binary that may arrive as a string
 	pad    int      // BINARY(pad): 0x00-padded to pad bytes
 	bit    bool     // BIT: unsigned
@@ -70,7 +73,7 @@ func valueConvs(e *replication.TableMapEvent) map[int]valueConv {
 		case mysql.MYSQL_TYPE_GEOMETRY, mysql.MYSQL_TYPE_VECTOR:
 			add(i, func(c *valueConv) { c.binary = true })
 		case mysql.MYSQL_TYPE_JSON:
-			add(i, func(c *valueConv) { c.text = true })
+			add(i, func(c *valueConv) { c.json = true })
 		case mysql.MYSQL_TYPE_STRING, mysql.MYSQL_TYPE_VARCHAR, mysql.MYSQL_TYPE_VAR_STRING, mysql.MYSQL_TYPE_BLOB:
 			if typ == mysql.MYSQL_TYPE_STRING {
 				if real := byte(meta >> 8); real == mysql.MYSQL_TYPE_ENUM || real == mysql.MYSQL_TYPE_SET {
@@ -135,7 +138,7 @@ func stringLength(meta uint16) int {
 }
 
 func (c valueConv) equal(d valueConv) bool {
-	return c.latin1 == d.latin1 && c.text == d.text && c.binary == d.binary && c.pad == d.pad && c.bit == d.bit &&
+	return c.latin1 == d.latin1 && c.text == d.text && c.json == d.json && c.binary == d.binary && c.pad == d.pad && c.bit == d.bit &&
 		c.fsp == d.fsp && slices.Equal(c.enum, d.enum) && slices.Equal(c.set, d.set)
 }
 
@@ -190,6 +193,8 @@ func (c valueConv) apply(v any) any {
 			b := make([]byte, max(len(x), c.pad))
 			copy(b, x)
 			return b
+		case c.json:
+			return mysqlJSONText(x)
 		case c.fsp > 0 && !strings.Contains(x, "."):
 			return x + "." + strings.Repeat("0", c.fsp)
 		}
@@ -199,6 +204,8 @@ func (c valueConv) apply(v any) any {
 			return latin1ToUTF8(string(x))
 		case c.text:
 			return string(x)
+		case c.json:
+			return mysqlJSONText(x)
 		}
 	}
 	return v

@@ -37,6 +37,8 @@ type Config struct {
 	// HA: the leases that make one process the CDC writer and one the
 	// sale's jobs runner when several run.
 	HA leader.Config `yaml:"ha"`
+	// Admin is the operators' listener: metrics, probes, pprof, /admin.
+	Admin api.AdminConfig `yaml:"admin"`
 }
 
 // Redis configures the Redis connection.
@@ -94,6 +96,7 @@ var envOverrides = []struct {
 	{"CACHESYNC_REDIS_SENTINEL_ADDRS", "redis.sentinel_addrs", func(c *Config, v string) { c.Redis.SentinelAddrs = splitList(v) }},
 	{"CACHESYNC_REDIS_SENTINEL_PASSWORD", "redis.sentinel_password", func(c *Config, v string) { c.Redis.SentinelPassword = v }},
 	{"CACHESYNC_HTTP_ADDR", "http.addr", func(c *Config, v string) { c.HTTP.Addr = v }},
+	{"CACHESYNC_ADMIN_ADDR", "admin.addr", func(c *Config, v string) { c.Admin.Addr = v }},
 	{"CACHESYNC_MYSQL_SERVER_ID", "mysql.server_id", func(c *Config, v string) {
 		n, _ := strconv.ParseUint(v, 10, 32) // checked by parseServerID
 		c.MySQL.ServerID = uint32(n)
@@ -195,6 +198,7 @@ func (c *Config) SetDefaults() {
 	c.Sink.SetDefaults()
 	c.HA.SetDefaults()
 	c.HTTP.SetDefaults()
+	c.Admin.SetDefaults()
 	c.Cache.SetDefaults()
 	c.Goods.SetDefaults()
 	c.Seckill.SetDefaults()
@@ -227,8 +231,17 @@ func (c *Config) Validate() error {
 	if err := c.HTTP.Validate(); err != nil {
 		return err
 	}
+	if err := c.Admin.Validate(); err != nil {
+		return err
+	}
+	if err := api.CheckAddrs(c.HTTP, c.Admin); err != nil {
+		return err
+	}
 	if err := c.Seckill.Validate(); err != nil {
 		return err
+	}
+	if c.Seckill.Enabled && c.HTTP.WriteTimeout <= c.Seckill.ProduceTimeout {
+		return fmt.Errorf("http.write_timeout %s: must exceed seckill.produce_timeout %s, or a reservation's answer is cut off after its order was sent", c.HTTP.WriteTimeout, c.Seckill.ProduceTimeout)
 	}
 	if err := c.HA.Validate(); err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cachesync/cachesync/api"
 	"github.com/cachesync/cachesync/leader"
 )
 
@@ -118,6 +119,14 @@ func TestBadConfigs(t *testing.T) {
 		"log_level.yaml":                         {"log.level", "verbose"},
 		"log_format.yaml":                        {"log.format", "text"},
 		"http_addr.yaml":                         {"http.addr", "localhost"},
+		"http_read_timeout_negative.yaml":        {"http.read_timeout", "-1s", "at least 1ms"},
+		"http_header_timeout_over_read.yaml":     {"http.read_header_timeout", "20s", "read_timeout 10s"},
+		"http_max_header_bytes_small.yaml":       {"http.max_header_bytes", "100"},
+		"admin_addr.yaml":                        {"admin.addr", "localhost"},
+		"admin_same_port.yaml":                   {"admin.addr", "127.0.0.1:9090", "http.addr", "must not share a port"},
+		"admin_max_conns_negative.yaml":          {"admin.max_conns", "-1"},
+		"admin_idle_timeout_short.yaml":          {"admin.idle_timeout", "500µs"},
+		"admin_readyz_timeout_short.yaml":        {"admin.readyz_timeout", "1ms"},
 		"wrong_type.yaml":                        {"line 2", "one"},
 		"not_yaml.yaml":                          {"yaml"},
 		"empty.yaml":                             {"empty file"},
@@ -193,6 +202,22 @@ func TestDefaults(t *testing.T) {
 		{"sink.batch_changes", c.Sink.BatchChanges, 2000},
 		{"sink.tombstone_ttl", c.Sink.TombstoneTTL, 24 * time.Hour},
 		{"http.addr", c.HTTP.Addr, ":9090"},
+		{"http.read_header_timeout", c.HTTP.ReadHeaderTimeout, 5 * time.Second},
+		{"http.read_timeout", c.HTTP.ReadTimeout, 10 * time.Second},
+		{"http.write_timeout", c.HTTP.WriteTimeout, 30 * time.Second},
+		{"http.idle_timeout", c.HTTP.IdleTimeout, 30 * time.Second},
+		{"http.max_header_bytes", c.HTTP.MaxHeaderBytes, 32 << 10},
+		{"http.max_conns", c.HTTP.MaxConns, 4096},
+		{"admin.addr", c.Admin.Addr, "127.0.0.1:9091"},
+		{"admin.read_header_timeout", c.Admin.ReadHeaderTimeout, 5 * time.Second},
+		{"admin.read_timeout", c.Admin.ReadTimeout, 10 * time.Second},
+		{"admin.write_timeout", c.Admin.WriteTimeout, 30 * time.Second},
+		{"admin.idle_timeout", c.Admin.IdleTimeout, 30 * time.Second},
+		{"admin.max_header_bytes", c.Admin.MaxHeaderBytes, 32 << 10},
+		{"admin.max_conns", c.Admin.MaxConns, 64},
+		{"admin.readyz_interval", c.Admin.ReadyzInterval, time.Second},
+		{"admin.readyz_timeout", c.Admin.ReadyzTimeout, 2 * time.Second},
+		{"seckill.admin_token", c.Seckill.AdminToken, ""},
 		{"log.level", c.Log.Level, "info"},
 		{"log.format", c.Log.Format, "json"},
 	}
@@ -237,8 +262,15 @@ func TestFullConfig(t *testing.T) {
 	if r.Kind != "member" || r.When == nil || r.When.Column != "status" || !slices.Equal(r.When.In, []string{"on_sale", "preorder"}) {
 		t.Errorf("rules[5] = %+v (when %+v)", r, r.When)
 	}
-	if c.HTTP.Addr != "127.0.0.1:9191" || c.Log != (Log{Level: "debug", Format: "console"}) {
+	if c.HTTP != (api.Config{Listener: api.Listener{Addr: "127.0.0.1:9191", ReadHeaderTimeout: 2 * time.Second, ReadTimeout: 4 * time.Second,
+		WriteTimeout: 20 * time.Second, IdleTimeout: 90 * time.Second, MaxHeaderBytes: 8192, MaxConns: 500}}) ||
+		c.Log != (Log{Level: "debug", Format: "console"}) {
 		t.Errorf("http = %+v, log = %+v", c.HTTP, c.Log)
+	}
+	if c.Admin != (api.AdminConfig{Listener: api.Listener{Addr: "10.0.0.9:9192", ReadHeaderTimeout: time.Second, ReadTimeout: 3 * time.Second,
+		WriteTimeout: 15 * time.Second, IdleTimeout: 45 * time.Second, MaxHeaderBytes: 4096, MaxConns: 16},
+		ReadyzInterval: 500 * time.Millisecond, ReadyzTimeout: 750 * time.Millisecond}) {
+		t.Errorf("admin = %+v", c.Admin)
 	}
 }
 
@@ -253,10 +285,11 @@ func TestEnvOverrides(t *testing.T) {
 		"CACHESYNC_REDIS_USERNAME":  "envredisuser",
 		"CACHESYNC_REDIS_PASSWORD":  "envredispass",
 		"CACHESYNC_HTTP_ADDR":       "127.0.0.1:9999",
+		"CACHESYNC_ADMIN_ADDR":      "0.0.0.0:9998",
 		"CACHESYNC_KAFKA_BROKERS":   "k1:9092,k2:9092",
 		"CACHESYNC_KAFKA_USERNAME":  "envkafkauser",
 		"CACHESYNC_KAFKA_PASSWORD":  "envkafkapass",
-		"CACHESYNC_ADMIN_TOKEN":     "envtoken",
+		"CACHESYNC_ADMIN_TOKEN":     "env-admin-token-0123456789abcdefgh",
 		"CACHESYNC_MYSQL_SERVER_ID": "77",
 		"CACHESYNC_HA_ID":           "pod-1",
 	}
@@ -281,6 +314,7 @@ func TestEnvOverrides(t *testing.T) {
 		"CACHESYNC_REDIS_USERNAME":          c.Redis.Username,
 		"CACHESYNC_REDIS_PASSWORD":          c.Redis.Password,
 		"CACHESYNC_HTTP_ADDR":               c.HTTP.Addr,
+		"CACHESYNC_ADMIN_ADDR":              c.Admin.Addr,
 		"CACHESYNC_KAFKA_BROKERS":           strings.Join(c.Seckill.Kafka.Brokers, ","),
 		"CACHESYNC_KAFKA_USERNAME":          c.Seckill.Kafka.Username,
 		"CACHESYNC_KAFKA_PASSWORD":          c.Seckill.Kafka.Password,
@@ -442,6 +476,11 @@ func TestRepoDemoConfig(t *testing.T) {
 	}
 	if len(c.Sink.Rules) == 0 || c.MySQL.Start.From != "checkpoint" {
 		t.Errorf("unexpected demo config: %+v", c)
+	}
+	// The file is baked into the image: no token in it (the demo passes
+	// one in CACHESYNC_ADMIN_TOKEN), and the admin listener on loopback.
+	if c.Seckill.AdminToken != "" || c.Admin.Addr != "127.0.0.1:9091" {
+		t.Errorf("demo config: admin token %q, admin.addr %q; want none and 127.0.0.1:9091", c.Seckill.AdminToken, c.Admin.Addr)
 	}
 	// make run passes the dev ports through the environment.
 	c, err = Load(filepath.Join("..", "configs", "cachesync.yaml"), envMap(map[string]string{

@@ -154,12 +154,13 @@ func isNumber(t string) bool {
 	return false
 }
 
-// Module registers GET /goods/{id} when goods.table is set.
+// Module registers GET /goods/{id} on the public listener when goods.table
+// is set.
 var Module = fx.Module("goods",
 	fx.Invoke(func(cfg Config, db *sql.DB, c *cache.Cache, srv *api.Server, log zerolog.Logger) {
 		if cfg.Table == "" {
 			return
 		}
-		srv.Mux.Handle("GET /goods/{id}", NewHandler(cfg, db, c, log.With().Str("component", "goods").Logger()))
+		srv.Public.Handle("GET /goods/{id}", NewHandler(cfg, db, c, log.With().Str("component", "goods").Logger()))
 	}),
 )

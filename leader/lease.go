@@ -116,7 +116,7 @@ func (l *Lease) Campaign(ctx context.Context) (*Term, error) {
 	defer tick.Stop()
 	var lastErr, lastHolder string
 	for {
-		t, holder, err := l.try(ctx)
+		t, holder, err := l.try(ctx, acquireScript)
 		if t != nil {
 			return t, nil
 		}
@@ -136,13 +136,14 @@ func (l *Lease) Campaign(ctx context.Context) (*Term, error) {
 	}
 }
 
-// try takes the lease if it is free; else it returns the holder's value.
-func (l *Lease) try(ctx context.Context) (*Term, string, error) {
+// try takes the lease with script (acquire.lua, or seizeScript) if it is
+// free; else it returns the holder's value.
+func (l *Lease) try(ctx context.Context, script *redis.Script) (*Term, string, error) {
 	cfg := l.e.cfg
 	callCtx, cancel := context.WithTimeout(ctx, cfg.LeaseTTL)
 	defer cancel()
 	sent := time.Now()
-	res, err := acquireScript.Run(callCtx, l.e.rdb, []string{l.key, l.fence}, cfg.ID, cfg.LeaseTTL.Milliseconds()).Slice()
+	res, err := script.Run(callCtx, l.e.rdb, []string{l.key, l.fence}, cfg.ID, cfg.LeaseTTL.Milliseconds()).Slice()
 	if err != nil {
 		return nil, "", fmt.Errorf("lease %s: %w", l.name, err)
 	}

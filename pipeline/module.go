@@ -43,7 +43,7 @@ var Module = fx.Module("pipeline",
 		}
 		log := p.Log.With().Str("component", "pipeline").Logger()
 		pl := New(p.Config, flavor, p.DB, p.Applier, p.Elector.Lease(LeaseName), p.Sink.BatchChanges, log, p.Registerer)
-		p.Health.Register("pipeline", pl.Ready)
+		p.Health.Register("pipeline", func(context.Context) error { return pl.Ready() })
 		p.Health.Role(LeaseName, pl.Role)
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Loads the demo schema into the dev MariaDB and starts the daemon in the
 # background (log in .dev/cachesync.log), then prints commands to try.
+# The admin token is CACHESYNC_ADMIN_TOKEN when set (32 bytes at least),
+# else the one in .dev/admin-token, generated on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mysql_port=${CACHESYNC_DEV_MYSQL_PORT:-33306}
@@ -11,6 +13,25 @@ mysql=(mariadb -h127.0.0.1 -P"$mysql_port" -uroot)
 # Flash sale: its tables and one item with 5 units.
 "${mysql[@]}" shop < seckill/schema.sql
 "${mysql[@]}" -e "INSERT IGNORE INTO shop.sk_items (id, name, stock) VALUES (100, 'flash-sale phone', 5)"
+# Public listener (the sale, goods) and admin listener (metrics, readyz,
+# /admin), as configs/cachesync.yaml sets them.
+api=http://127.0.0.1:9090
+admin=http://127.0.0.1:9091
+# The admin token: never a fixed one (anyone who read this script would
+# know it). Kept in .dev/admin-token (mode 600) so restarts keep it.
+mkdir -p .dev
+if [[ -n ${CACHESYNC_ADMIN_TOKEN:-} ]]; then
+	token_from="CACHESYNC_ADMIN_TOKEN"
+	token_expr='$CACHESYNC_ADMIN_TOKEN'
+else
+	if [[ ! -s .dev/admin-token ]]; then
+		(umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >.dev/admin-token)
+	fi
+	CACHESYNC_ADMIN_TOKEN=$(<.dev/admin-token)
+	token_from=".dev/admin-token"
+	token_expr='$(<.dev/admin-token)'
+fi
+export CACHESYNC_ADMIN_TOKEN
 if [[ -s .dev/cachesync.pid ]] && kill -0 "$(<.dev/cachesync.pid)" 2>/dev/null; then
 	echo "cachesync already running (pid $(<.dev/cachesync.pid)); restarting it"
 	kill "$(<.dev/cachesync.pid)" || true
@@ -24,7 +45,7 @@ ready=
 for _ in $(seq 300); do
 	# Ready and the CDC writer: a standby is ready too (the lease of a
 	# daemon killed just before lasts ha.lease_ttl).
-	if curl -fs http://127.0.0.1:9090/readyz 2>/dev/null | grep -q '"cdc":"leader"'; then ready=1; break; fi
+	if curl -fs "$admin/readyz" 2>/dev/null | grep -q '"cdc":"leader"'; then ready=1; break; fi
 	if ! kill -0 "$(<.dev/cachesync.pid)" 2>/dev/null; then
 		echo "cachesync exited; its log:" >&2; cat .dev/cachesync.log >&2; exit 1
 	fi
@@ -32,14 +53,14 @@ for _ in $(seq 300); do
 done
 if [[ -z $ready ]]; then
 	echo "cachesync did not become ready in 30 s; its log:" >&2; cat .dev/cachesync.log >&2
-	curl -s http://127.0.0.1:9090/readyz >&2 || true
+	curl -s "$admin/readyz" >&2 || true
 	exit 1
 fi
 # The sale's item takes reservations once the jobs role has built its Redis
 # keys from MySQL (a second or two after start); until then it answers 503.
 item_ready=
 for _ in $(seq 300); do
-	if curl -fs http://127.0.0.1:9090/seckill/items/100 >/dev/null 2>&1; then item_ready=1; break; fi
+	if curl -fs "$api/seckill/items/100" >/dev/null 2>&1; then item_ready=1; break; fi
 	sleep 0.1
 done
 if [[ -z $item_ready ]]; then
@@ -47,7 +68,11 @@ if [[ -z $item_ready ]]; then
 fi
 cat <<MSG
 
-cachesync is running (pid $(<.dev/cachesync.pid), log .dev/cachesync.log, metrics http://127.0.0.1:9090/metrics).
+cachesync is running (pid $(<.dev/cachesync.pid), log .dev/cachesync.log).
+  public API:      $api   (goods, the sale)
+  admin listener:  $admin   ($admin/metrics, $admin/readyz, $admin/debug/pprof/, /admin/*)
+  admin token:     from $token_from; send it as  -H "Authorization: Bearer $token_expr"
+                   (to choose it: export CACHESYNC_ADMIN_TOKEN=<32+ random bytes> before make run)
 
 Try it:
   # 1. watch the invalidation channel (in another terminal)
@@ -62,17 +87,19 @@ Try it:
   redis-cli -p $redis_port SMEMBERS goods:on_sale
 
   # 4. read through the two-level cache (X-Cache says L1, L2 or DB)
-  curl -si http://127.0.0.1:9090/goods/1
+  curl -si $api/goods/1
 
   # 5. flash sale: item 100 has 5 units; reserve one (202 + order id),
   #    the same user again (409), look at the order and the item
-  curl -s -XPOST http://127.0.0.1:9090/seckill/items/100/reservations -d '{"user_id":1}'
-  curl -s -XPOST http://127.0.0.1:9090/seckill/items/100/reservations -d '{"user_id":1}'
-  curl -s http://127.0.0.1:9090/seckill/items/100
-  curl -s http://127.0.0.1:9090/orders/ORDER_ID            # queued → created
-  curl -s -XPOST http://127.0.0.1:9090/orders/ORDER_ID/pay
-  curl -s -XPOST http://127.0.0.1:9090/admin/items/100/restock \
-       -H 'Authorization: Bearer demo-admin-token' -d '{"add":10}'
+  curl -s -XPOST $api/seckill/items/100/reservations -d '{"user_id":1}'
+  curl -s -XPOST $api/seckill/items/100/reservations -d '{"user_id":1}'
+  curl -s $api/seckill/items/100
+  curl -s $api/orders/ORDER_ID            # queued → created
+  curl -s -XPOST $api/orders/ORDER_ID/pay
+
+  # 6. admin (admin listener, bearer token): restock item 100 in MySQL
+  curl -s -XPOST $admin/admin/items/100/restock \\
+       -H "Authorization: Bearer $token_expr" -d '{"add":10}'
   bin/cachesync check  -config configs/cachesync.yaml      # Redis vs MySQL, exit 1 on drift
   bin/cachesync resync -config configs/cachesync.yaml -item 100
 

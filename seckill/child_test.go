@@ -30,15 +30,20 @@ const childTermWithin = 30 * time.Second
 // numbered run logging to its own file. Logs are kept when the test fails.
 type saleChild struct {
 	*testenv.Child
-	base string // its HTTP server, http://127.0.0.1:PORT
+	base  string // its public listener, http://127.0.0.1:PORT
+	admin string // its admin listener, http://127.0.0.1:PORT
 }
 
 // newSaleChild writes the configuration of a child daemon: the stack's
-// configuration (its own mysql.server_id and HTTP port) with seckillExtra
+// configuration (its own mysql.server_id and HTTP ports) with seckillExtra
 // under seckill. Nothing runs until Start.
 func (s *stack) newSaleChild(bin, seckillExtra string) *saleChild {
 	s.t.Helper()
 	port, err := testenv.FreePort()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	adminPort, err := testenv.FreePort()
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -49,8 +54,9 @@ func (s *stack) newSaleChild(bin, seckillExtra string) *saleChild {
 	c := &saleChild{
 		Child: &testenv.Child{Bin: bin, Config: filepath.Join(dir, "cachesync.yaml"), Dir: dir},
 		base:  fmt.Sprintf("http://127.0.0.1:%d", port),
+		admin: fmt.Sprintf("http://127.0.0.1:%d", adminPort),
 	}
-	yaml := strings.Replace(s.configYAML(port, seckillExtra), "level: warn", "level: info", 1)
+	yaml := strings.Replace(s.configYAML(port, adminPort, seckillExtra), "level: warn", "level: info", 1)
 	if err := os.WriteFile(c.Config, []byte(yaml), 0o644); err != nil {
 		s.t.Fatal(err)
 	}
@@ -66,14 +72,14 @@ func (s *stack) newSaleChild(bin, seckillExtra string) *saleChild {
 }
 
 // waitStarted waits until the run has started (its seckill roles logged
-// "seckill started" and its HTTP server answers), then a moment longer:
+// "seckill started" and its admin listener answers), then a moment longer:
 // the daemon handles SIGTERM only once its start-up has returned.
 func (c *saleChild) waitStarted(t *testing.T, r *testenv.ChildRun) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if r.LogHas(`"seckill started"`) {
-			if _, err := scrapeMetrics(c.base); err == nil {
+			if _, err := scrapeMetrics(c.admin); err == nil {
 				break
 			}
 		}

@@ -44,8 +44,9 @@ type Config struct {
 	Retry Retry `yaml:"retry"`
 	// Limits are per user and per client IP, in requests per second.
 	Limits Limits `yaml:"limits"`
-	// AdminToken protects /admin endpoints (Bearer token); empty
-	// disables them.
+	// AdminToken protects the /admin endpoints (Bearer token) on the
+	// admin listener: at least MinAdminToken bytes; empty disables them.
+	// There is no default: set it with CACHESYNC_ADMIN_TOKEN.
 	AdminToken string `yaml:"admin_token"`
 }
 
@@ -84,6 +85,9 @@ type Limits struct {
 	PerIP     float64 `yaml:"per_ip"`
 	IPBurst   int     `yaml:"ip_burst"`
 }
+
+// MinAdminToken is the shortest admin token accepted, in bytes.
+const MinAdminToken = 32
 
 // Roles.
 const (
@@ -211,6 +215,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Retry.Attempts < 1 || c.Retry.Attempts > 100 {
 		return fmt.Errorf("seckill.retry.attempts %d: want 1..100", c.Retry.Attempts)
+	}
+	if c.AdminToken != "" && len(c.AdminToken) < MinAdminToken {
+		return fmt.Errorf("seckill.admin_token: %d bytes, want at least %d (random, e.g. from openssl rand -hex 32), or none to turn the admin endpoints off", len(c.AdminToken), MinAdminToken)
 	}
 	if c.Limits.PerUser < 0 || c.Limits.PerIP < 0 || c.Limits.UserBurst < 0 || c.Limits.IPBurst < 0 {
 		return fmt.Errorf("seckill.limits: rates and bursts must not be negative")

@@ -115,7 +115,7 @@ func TestConsumerKill9(t *testing.T) {
 	// a random moment, then SIGKILL it and start the next run.
 	var dups, created, kills, killsDuringLoad int
 	scrape := func(r *testenv.ChildRun) {
-		m, err := scrapeMetrics(child.base)
+		m, err := scrapeMetrics(child.admin)
 		if err != nil {
 			t.Logf("run %d: metrics not scraped before the kill: %v", r.N, err)
 			return

@@ -53,12 +53,8 @@ func TestDriftCommands(t *testing.T) {
 	o1 := k.buy(t, 31, 1)
 	k.buy(t, 32, 1)
 
-	port, err := testenv.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfgPath := filepath.Join(t.TempDir(), "cachesync.yaml")
-	if err := os.WriteFile(cfgPath, []byte(s.configYAML(port, "")), 0o600); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(s.configYAML(0, 0, "")), 0o600); err != nil {
 		t.Fatal(err)
 	}
 

@@ -31,7 +31,7 @@ func TestDriftNoFalseAlarmsUnderLoad(t *testing.T) {
 	)
 	stock := [items]int64{2000, 2000, 50} // items 41, 42, 43
 	s := newStack(t)
-	d := s.start("unpaid_timeout: 1500ms\nadmin_token: secret")
+	d := s.start("unpaid_timeout: 1500ms\nadmin_token: " + adminToken)
 	for i := int64(0); i < items; i++ {
 		s.addItem(41+i, stock[i])
 	}
@@ -119,7 +119,7 @@ func TestDriftNoFalseAlarmsUnderLoad(t *testing.T) {
 	}
 	time.Sleep(duration / 2)
 	for i := int64(0); i < items; i++ {
-		r, err := call("POST", fmt.Sprintf("%s/admin/items/%d/restock", d.base, 41+i), fmt.Sprintf(`{"add":%d}`, restock), "Authorization", "Bearer secret")
+		r, err := call("POST", fmt.Sprintf("%s/admin/items/%d/restock", d.admin, 41+i), fmt.Sprintf(`{"add":%d}`, restock), "Authorization", "Bearer "+adminToken)
 		if err != nil || r.Status != 200 {
 			t.Fatalf("restock item %d: %v %d %s", 41+i, err, r.Status, r.Raw)
 		}

@@ -25,19 +25,53 @@ type Handler struct {
 	rdb     redis.UniversalClient
 	perUser *limiter
 	perIP   *limiter
-	m       *metrics
-	log     zerolog.Logger
+	// authFails counts failed admin authentications per client IP: past
+	// its burst, admin requests from that IP get 429 without a token check.
+	authFails *limiter
+	m         *metrics
+	log       zerolog.Logger
 }
 
-// Routes adds the endpoints to mux.
-func (h *Handler) Routes(mux *http.ServeMux) {
-	mux.HandleFunc("POST /seckill/items/{id}/reservations", h.reserve)
-	mux.HandleFunc("GET /seckill/items/{id}", h.item)
-	mux.HandleFunc("GET /orders/{id}", h.order)
-	mux.HandleFunc("POST /orders/{id}/pay", h.pay)
+// Routes adds the clients' endpoints to public and the admin endpoints to
+// admin. Without an admin token the admin endpoints are not served at all
+// (404).
+func (h *Handler) Routes(public, admin *http.ServeMux) {
+	public.HandleFunc("POST /seckill/items/{id}/reservations", h.reserve)
+	public.HandleFunc("GET /seckill/items/{id}", h.item)
+	public.HandleFunc("GET /orders/{id}", h.order)
+	public.HandleFunc("POST /orders/{id}/pay", h.pay)
 	if h.cfg.AdminToken != "" {
-		mux.HandleFunc("POST /admin/items/{id}/restock", h.restock)
+		admin.HandleFunc("POST /admin/items/{id}/restock", h.restock)
 	}
+}
+
+// Failed admin authentications allowed per client IP: a burst, then one
+// every adminFailEvery.
+const (
+	adminFailBurst = 10
+	adminFailEvery = 6 * time.Second
+)
+
+// authorized reports whether r carries the admin token; otherwise it has
+// answered 401, or 429 while r's address has used up its failures (then
+// the token is not even compared, so guessing cannot go on).
+func (h *Handler) authorized(w http.ResponseWriter, r *http.Request) bool {
+	ip := clientIP(r)
+	if h.authFails.exhausted(ip) {
+		h.m.limited.WithLabelValues("admin_auth").Inc()
+		w.Header().Set("Retry-After", strconv.Itoa(int(adminFailEvery.Seconds())))
+		fail(w, http.StatusTooManyRequests, "too many failed admin authentications from this address")
+		return false
+	}
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if ok && subtle.ConstantTimeCompare([]byte(tok), []byte(h.cfg.AdminToken)) == 1 {
+		return true
+	}
+	h.authFails.allow(ip)
+	h.log.Warn().Str("client", ip).Str("path", r.URL.Path).Msg("admin authentication failed")
+	w.Header().Set("WWW-Authenticate", "Bearer")
+	fail(w, http.StatusUnauthorized, "admin token required")
+	return false
 }
 
 const maxBody = 4 << 10
@@ -225,11 +259,7 @@ func (h *Handler) pay(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) restock(w http.ResponseWriter, r *http.Request) {
-	auth := r.Header.Get("Authorization")
-	tok, ok := strings.CutPrefix(auth, "Bearer ")
-	if !ok || subtle.ConstantTimeCompare([]byte(tok), []byte(h.cfg.AdminToken)) != 1 {
-		w.Header().Set("WWW-Authenticate", "Bearer")
-		fail(w, http.StatusUnauthorized, "admin token required")
+	if !h.authorized(w, r) {
 		return
 	}
 	item, err := pathID(r)

@@ -29,6 +29,8 @@ type Jobs struct {
 	kicked  map[int64]bool
 	kickCh  chan struct{}
 	running sync.Map // item → struct{}: a rebuild in progress
+
+	lagFailing bool // the last lag reading failed (only the lag loop touches it)
 }
 
 func newJobs(cfg Config, rdb redis.UniversalClient, store *Store, rb *Rebuilder, ck *Checker, m *metrics, log zerolog.Logger) *Jobs {
@@ -48,8 +50,11 @@ func (j *Jobs) Kick(item int64) {
 	}
 }
 
-// Run runs every job until ctx is done and they all returned.
+// Run runs every job until ctx is done and they all returned. It then
+// removes the drift and consumer lag gauges: they describe the term that
+// ended, and the next holder of the jobs lease reports its own.
 func (j *Jobs) Run(ctx context.Context) {
+	defer j.m.termEnded()
 	var wg sync.WaitGroup
 	loop := func(name string, every time.Duration, now bool, fn func(context.Context)) {
 		runs := j.m.jobRuns.WithLabelValues(name)
@@ -75,6 +80,7 @@ func (j *Jobs) Run(ctx context.Context) {
 	loop("unpaid", j.cfg.JobInterval, true, j.cancelUnpaid)
 	loop("orphans", j.cfg.JobInterval, true, j.reapOrphans)
 	loop("ready", j.cfg.JobInterval, true, j.ensureReady)
+	loop("lag", j.cfg.JobInterval, true, j.measureLag)
 	if j.cfg.CheckInterval > 0 {
 		// First after one interval: items are made ready at start.
 		loop("check", j.cfg.CheckInterval, false, j.runCheck)
@@ -101,6 +107,28 @@ func (j *Jobs) Run(ctx context.Context) {
 		}
 	}()
 	wg.Wait()
+}
+
+// measureLag sets cachesync_seckill_consumer_lag_messages from the group's
+// committed offsets. A failure keeps the last values (the backlog does not
+// go away while Kafka is unreachable) and is logged once until a reading
+// succeeds again.
+func (j *Jobs) measureLag(ctx context.Context) {
+	lags, err := j.rebuild.lag.lags(j.cfg.Kafka.Topic, j.cfg.Kafka.Group)
+	if err != nil {
+		if !j.lagFailing && ctx.Err() == nil {
+			j.log.Warn().Err(err).Msg("consumer lag: cannot read offsets")
+		}
+		j.lagFailing = true
+		return
+	}
+	if j.lagFailing {
+		j.log.Info().Msg("consumer lag: offsets readable again")
+	}
+	j.lagFailing = false
+	for p, n := range lags {
+		j.m.consumerLag.WithLabelValues(strconv.Itoa(int(p))).Set(float64(n))
+	}
 }
 
 func (j *Jobs) cancelUnpaid(ctx context.Context) {

@@ -15,13 +15,13 @@ import (
 )
 
 // jobNames are the labels of cachesync_seckill_job_runs_total.
-var jobNames = []string{"unpaid", "orphans", "ready", "check"}
+var jobNames = []string{"unpaid", "orphans", "ready", "check", "lag"}
 
 // leaderJobs are the jobs a leader of TestJobsSingleton runs. The periodic
 // check is off there: it reports an item as not_ready drift (an error log
 // line) while the same process's rebuild of it waits out produce_timeout,
 // which, under load, fails the log check of a test that adds an item.
-var leaderJobs = []string{"unpaid", "orphans", "ready"}
+var leaderJobs = []string{"unpaid", "orphans", "ready", "lag"}
 
 // jobsLeaseKey is the jobs lease (default sink.key_prefix).
 const jobsLeaseKey = "cachesync:leader:jobs"
@@ -202,14 +202,15 @@ func TestJobsSingleton(t *testing.T) {
 }
 
 // jobsChild is a child daemon with every seckill role, its own lease
-// holder id and an HTTP port the kernel picks (read from its log).
+// holder id and HTTP ports the kernel picks (read from its log).
 type jobsChild struct {
 	*testenv.Child
 	id string
 
-	mu   sync.Mutex
-	cur  *testenv.ChildRun
-	base string // http://ADDR of cur, once known
+	mu    sync.Mutex
+	cur   *testenv.ChildRun
+	base  string // http://ADDR of cur's public listener, once known
+	admin string // http://ADDR of cur's admin listener, once known
 }
 
 func (s *stack) newJobsChild(bin, id, seckillExtra string) *jobsChild {
@@ -219,7 +220,7 @@ func (s *stack) newJobsChild(bin, id, seckillExtra string) *jobsChild {
 		s.t.Fatal(err)
 	}
 	c := &jobsChild{Child: &testenv.Child{Bin: bin, Config: filepath.Join(dir, "cachesync.yaml"), Dir: dir}, id: id}
-	yaml := strings.Replace(s.configYAML(0, seckillExtra), "level: warn", "level: info", 1) +
+	yaml := strings.Replace(s.configYAML(0, 0, seckillExtra), "level: warn", "level: info", 1) +
 		"ha:\n  lease_ttl: 1s\n  renew_interval: 300ms\n  poll_interval: 100ms\n  id: " + id + "\n"
 	if err := os.WriteFile(c.Config, []byte(yaml), 0o644); err != nil {
 		s.t.Fatal(err)
@@ -239,7 +240,7 @@ func (c *jobsChild) start(t *testing.T) {
 	t.Helper()
 	r := c.Start(t)
 	c.mu.Lock()
-	c.cur, c.base = r, ""
+	c.cur, c.base, c.admin = r, "", ""
 	c.mu.Unlock()
 }
 
@@ -249,14 +250,21 @@ func (c *jobsChild) run() *testenv.ChildRun {
 	return c.cur
 }
 
-// url is the current run's HTTP base, "" while unknown.
+// url is the current run's public listener, "" while unknown.
 func (c *jobsChild) url() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.base
 }
 
-// waitUp waits until the current run logged its HTTP address and
+// adminURL is the current run's admin listener, "" while unknown.
+func (c *jobsChild) adminURL() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.admin
+}
+
+// waitUp waits until the current run logged its listeners' addresses and
 // "seckill started" and its /metrics answers.
 func (c *jobsChild) waitUp(t *testing.T) {
 	t.Helper()
@@ -265,15 +273,16 @@ func (c *jobsChild) waitUp(t *testing.T) {
 		if r.Exited() {
 			return true
 		}
-		var m struct{ Addr string }
-		if json.Unmarshal([]byte(r.Grep(`"http listening"`)), &m) != nil || m.Addr == "" || !r.LogHas(`"seckill started"`) {
+		var pub, adm struct{ Addr string }
+		if json.Unmarshal([]byte(r.Grep(`"http listening"`)), &pub) != nil || pub.Addr == "" ||
+			json.Unmarshal([]byte(r.Grep(`"admin listening"`)), &adm) != nil || adm.Addr == "" || !r.LogHas(`"seckill started"`) {
 			return false
 		}
-		if _, err := scrapeMetrics("http://" + m.Addr); err != nil {
+		if _, err := scrapeMetrics("http://" + adm.Addr); err != nil {
 			return false
 		}
 		c.mu.Lock()
-		c.base = "http://" + m.Addr
+		c.base, c.admin = "http://"+pub.Addr, "http://"+adm.Addr
 		c.mu.Unlock()
 		return true
 	})
@@ -290,7 +299,7 @@ func (c *jobsChild) kill(t *testing.T) {
 // metrics scrapes the current run or fails the test.
 func (c *jobsChild) metrics(t *testing.T) map[string]float64 {
 	t.Helper()
-	m, err := scrapeMetrics(c.url())
+	m, err := scrapeMetrics(c.adminURL())
 	if err != nil {
 		t.Fatalf("%s: %v", c.id, err)
 	}
@@ -314,7 +323,7 @@ func jobRuns(m map[string]float64) map[string]float64 {
 // gauge is cachesync_leader{lease="jobs"} of the current run, -1 when it
 // cannot be read.
 func (c *jobsChild) gauge() float64 {
-	m, err := scrapeMetrics(c.url())
+	m, err := scrapeMetrics(c.adminURL())
 	if err != nil {
 		return -1
 	}
@@ -328,7 +337,7 @@ func (c *jobsChild) gauge() float64 {
 // wantRole requires /readyz to show the jobs role as role.
 func (c *jobsChild) wantRole(t *testing.T, role string) {
 	t.Helper()
-	r, err := call("GET", c.url()+"/readyz", "")
+	r, err := call("GET", c.adminURL()+"/readyz", "")
 	if err != nil {
 		t.Fatalf("%s /readyz: %v", c.id, err)
 	}
@@ -395,7 +404,7 @@ func (p *sampler) sample(ctx context.Context) {
 	for i, c := range p.cs {
 		wg.Go(func() {
 			cur[i].run = c.run()
-			u := c.url()
+			u := c.adminURL()
 			if u == "" {
 				return
 			}

@@ -14,7 +14,7 @@ import (
 // succeed up to the new stock.
 func TestRestockClearsSoldOut(t *testing.T) {
 	s := newStack(t)
-	d := s.start("admin_token: secret")
+	d := s.start("admin_token: " + adminToken)
 	s.addItem(2, 3)
 	for u := int64(1); u <= 3; u++ {
 		if r, err := d.reserve(2, u); err != nil || r.Status != 202 {
@@ -40,13 +40,16 @@ func TestRestockClearsSoldOut(t *testing.T) {
 		t.Errorf("sold_out_local = %v, want >= 2 (the flag should answer after the first 410)", local)
 	}
 	// Without the token: refused, nothing changes.
-	if r, _ := call("POST", d.base+"/admin/items/2/restock", `{"add":5}`); r.Status != 401 {
+	if r, _ := call("POST", d.base+"/admin/items/2/restock", `{"add":5}`, "Authorization", "Bearer "+adminToken); r.Status != 404 {
+		t.Fatalf("restock on the public listener: %+v, want 404 (admin listener only)", r)
+	}
+	if r, _ := call("POST", d.admin+"/admin/items/2/restock", `{"add":5}`); r.Status != 401 {
 		t.Fatalf("restock without token: %+v", r)
 	}
-	if r, _ := call("POST", d.base+"/admin/items/2/restock", `{"add":5}`, "Authorization", "Bearer wrong"); r.Status != 401 {
+	if r, _ := call("POST", d.admin+"/admin/items/2/restock", `{"add":5}`, "Authorization", "Bearer wrong"); r.Status != 401 {
 		t.Fatalf("restock with a wrong token: %+v", r)
 	}
-	r, err := call("POST", d.base+"/admin/items/2/restock", `{"add":5}`, "Authorization", "Bearer secret")
+	r, err := call("POST", d.admin+"/admin/items/2/restock", `{"add":5}`, "Authorization", "Bearer "+adminToken)
 	if err != nil || r.Status != 200 {
 		t.Fatalf("restock: %v %+v", err, r)
 	}

@@ -32,6 +32,16 @@ func newLimiter(perSecond float64, burst int) *limiter {
 	}
 }
 
+// exhausted reports whether key's bucket is empty, without taking a
+// token; a nil limiter is never exhausted.
+func (l *limiter) exhausted(key string) bool {
+	if l == nil {
+		return false
+	}
+	lim, ok := l.c.GetIfPresent(key)
+	return ok && lim.Tokens() < 1
+}
+
 // allow takes a token for key; a nil limiter allows everything.
 func (l *limiter) allow(key string) bool {
 	if l == nil {

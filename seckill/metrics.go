@@ -16,6 +16,7 @@ type metrics struct {
 	drift         *prometheus.GaugeVec
 	checks        prometheus.Counter
 	jobRuns       *prometheus.CounterVec
+	consumerLag   *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -39,17 +40,19 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		rebuildErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachesync_seckill_rebuild_errors_total",
 			Help: "Rebuilds that failed (retried later)."}),
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachesync_seckill_rate_limited_total",
-			Help: "Requests refused with 429, by limit (user, ip)."}, []string{"limit"}),
+			Help: "Requests refused with 429, by limit (user, ip, admin_auth: failed admin authentications)."}, []string{"limit"}),
 		drift: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cachesync_seckill_drift",
 			Help: "Disagreements between Redis and MySQL found by the last drift check, by kind."}, []string{"kind"}),
 		checks: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachesync_seckill_drift_checks_total",
 			Help: "Drift checks completed."}),
 		jobRuns: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachesync_seckill_job_runs_total",
-			Help: "Runs of the jobs role's periodic jobs in this process, by job (unpaid, orphans, ready, check); only the holder of the jobs lease runs them."}, []string{"job"}),
+			Help: "Runs of the jobs role's periodic jobs in this process, by job (unpaid, orphans, ready, check, lag); only the holder of the jobs lease runs them."}, []string{"job"}),
+		consumerLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cachesync_seckill_consumer_lag_messages",
+			Help: "Orders in the topic that the consumer group has not committed yet, by partition; measured every job_interval by the holder of the jobs lease."}, []string{"partition"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.reservations, m.consumed, m.retries, m.deadLettered, m.storeSeconds, m.canceled, m.reaped,
-			m.rebuilds, m.rebuildErrors, m.limited, m.drift, m.checks, m.jobRuns)
+			m.rebuilds, m.rebuildErrors, m.limited, m.drift, m.checks, m.jobRuns, m.consumerLag)
 	}
 	return m
 }
@@ -65,4 +68,12 @@ func (m *metrics) observeCheck(r Result) {
 		m.drift.WithLabelValues(k).Set(float64(counts[k]))
 	}
 	m.checks.Inc()
+}
+
+// termEnded forgets the gauges that only the holder of the jobs lease
+// keeps, so that a former holder does not go on reporting its last drift
+// and lag beside the new holder's.
+func (m *metrics) termEnded() {
+	m.drift.Reset()
+	m.consumerLag.Reset()
 }

@@ -88,6 +88,9 @@ func start(p Params) error {
 	p.Lifecycle.Append(fx.StopHook(db.Close))
 	m := newMetrics(p.Registerer)
 	store := NewStore(db, cfg.Database)
+	if err := store.CheckGrants(ctx, cfg.Database, p.MySQL.User, p.MySQL.Addr); err != nil {
+		return err
+	}
 	ks := keyspace.Keyspace{Prefix: p.Sink.KeyPrefix}
 	var (
 		waits []<-chan struct{}
@@ -124,8 +127,9 @@ func start(p Params) error {
 			res.kick = jobs.Kick
 		}
 		h := &Handler{cfg: cfg, res: res, store: store, rdb: p.Redis, m: m, log: res.log,
-			perUser: newLimiter(cfg.Limits.PerUser, cfg.Limits.UserBurst), perIP: newLimiter(cfg.Limits.PerIP, cfg.Limits.IPBurst)}
-		h.Routes(p.Server.Mux)
+			perUser: newLimiter(cfg.Limits.PerUser, cfg.Limits.UserBurst), perIP: newLimiter(cfg.Limits.PerIP, cfg.Limits.IPBurst),
+			authFails: newLimiter(1/adminFailEvery.Seconds(), adminFailBurst)}
+		h.Routes(p.Server.Public, p.Server.Admin)
 	}
 	var cons *Consumer
 	if cfg.has(RoleConsumer) {

@@ -254,3 +254,38 @@ func (l *lagReader) waitDrained(ctx context.Context, topic, group string, item i
 		}
 	}
 }
+
+// lags returns, for each partition of topic, how many messages the group
+// has not committed yet: the partition's end offset minus the group's
+// committed offset, or minus the oldest offset when the group never
+// committed there (the consumer starts from the oldest).
+func (l *lagReader) lags(topic, group string) (map[int32]int64, error) {
+	parts, err := l.client.Partitions(topic)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := l.admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: parts})
+	if err != nil && !errors.Is(err, sarama.ErrGroupIDNotFound) {
+		return nil, err
+	}
+	out := make(map[int32]int64, len(parts))
+	for _, p := range parts {
+		end, err := l.client.GetOffset(topic, p, sarama.OffsetNewest)
+		if err != nil {
+			return nil, err
+		}
+		from := int64(-1)
+		if resp != nil {
+			if b := resp.GetBlock(topic, p); b != nil && b.Err == sarama.ErrNoError {
+				from = b.Offset
+			}
+		}
+		if from < 0 {
+			if from, err = l.client.GetOffset(topic, p, sarama.OffsetOldest); err != nil {
+				return nil, err
+			}
+		}
+		out[p] = max(0, end-from)
+	}
+	return out, nil
+}

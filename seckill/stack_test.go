@@ -100,9 +100,14 @@ func (s *stack) int(q string, args ...any) int64 {
 	return n
 }
 
-// configYAML is a daemon configuration for this stack; extra is appended
-// under the seckill section.
-func (s *stack) configYAML(httpPort int, seckillExtra string) string {
+// adminToken is the tests' admin token (32 bytes at least, as validation
+// requires).
+const adminToken = "test-admin-token-0123456789abcdef"
+
+// configYAML is a daemon configuration for this stack, its listeners on
+// the given ports (0: any free port); extra is appended under the seckill
+// section.
+func (s *stack) configYAML(httpPort, adminPort int, seckillExtra string) string {
 	return fmt.Sprintf(`mysql:
   addr: %s
   user: root
@@ -110,6 +115,8 @@ func (s *stack) configYAML(httpPort int, seckillExtra string) string {
 redis:
   addr: %s
 http:
+  addr: 127.0.0.1:%d
+admin:
   addr: 127.0.0.1:%d
 log:
   level: warn
@@ -123,7 +130,7 @@ seckill:
   produce_timeout: 1s
   job_interval: 200ms
   retry: {attempts: 3, initial: 20ms, max: 200ms}
-%s`, s.my.Addr(), 5000+s.seq.Add(1), s.rs.Addr(), httpPort, saleRules, strings.Join(s.kafka.ListenAddrs(), ","), indent(seckillExtra))
+%s`, s.my.Addr(), 5000+s.seq.Add(1), s.rs.Addr(), httpPort, adminPort, saleRules, strings.Join(s.kafka.ListenAddrs(), ","), indent(seckillExtra))
 }
 
 func indent(s string) string {
@@ -138,19 +145,16 @@ func indent(s string) string {
 
 // node is an in-process cachesync.
 type node struct {
-	app  *fx.App
-	base string
-	cfg  *config.Config
+	app   *fx.App
+	base  string // the public listener, http://ADDR
+	admin string // the admin listener, http://ADDR
+	cfg   *config.Config
 }
 
 // start runs a daemon in process until the test ends (or stop).
 func (s *stack) start(seckillExtra string) *node {
 	s.t.Helper()
-	port, err := testenv.FreePort()
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	cfg, err := config.Parse([]byte(s.configYAML(port, seckillExtra)), nil)
+	cfg, err := config.Parse([]byte(s.configYAML(0, 0, seckillExtra)), nil)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -161,7 +165,7 @@ func (s *stack) start(seckillExtra string) *node {
 	if err := app.Start(ctx); err != nil {
 		s.t.Fatalf("daemon start: %v", err)
 	}
-	d := &node{app: app, base: "http://" + srv.Addr().String(), cfg: cfg}
+	d := &node{app: app, base: "http://" + srv.PublicAddr().String(), admin: "http://" + srv.AdminAddr().String(), cfg: cfg}
 	s.t.Cleanup(d.stop)
 	return d
 }

@@ -14,7 +14,7 @@ func redisZ(score float64, member string) redis.Z { return redis.Z{Score: score,
 // metric reads one sample from the daemon's /metrics (0 when absent).
 func metric(t *testing.T, d *node, name string) float64 {
 	t.Helper()
-	r, err := call("GET", d.base+"/metrics", "")
+	r, err := call("GET", d.admin+"/metrics", "")
 	if err != nil {
 		t.Fatal(err)
 	}

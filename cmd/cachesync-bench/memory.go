@@ -196,6 +196,8 @@ redis:
   addr: %s
 http:
   addr: 127.0.0.1:0
+admin:
+  addr: 127.0.0.1:0
 log:
   level: info
   format: json

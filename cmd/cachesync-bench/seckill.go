@@ -83,6 +83,7 @@ func seckillBench(args []string) error {
 	yaml := fmt.Sprintf(`mysql: {addr: %s, user: root}
 redis: {addr: %s}
 http: {addr: "127.0.0.1:%d"}
+admin: {addr: "127.0.0.1:0"}
 log: {level: error}
 sink:
   rules:
@@ -117,7 +118,7 @@ seckill:
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-	base := "http://" + srv.Addr().String()
+	base := "http://" + srv.PublicAddr().String()
 
 	meter := cpuMeter{redis: e.rd.PID(), mariadb: e.my.PID(), broker: broker.cmd.Process.Pid}
 	var rows []loadRow

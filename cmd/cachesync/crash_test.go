@@ -68,6 +68,8 @@ redis:
   addr: %s
 http:
   addr: 127.0.0.1:0
+admin:
+  addr: 127.0.0.1:0
 log:
   level: info
   format: json
@@ -1015,13 +1017,14 @@ func lastCommit(t *testing.T, db *sql.DB) (file, pos string) {
 	return file, pos
 }
 
-// checkHTTP requires the run's HTTP server (at the address it logged) to
-// answer /healthz, /readyz (ready: the daemon streams) and /metrics.
+// checkHTTP requires the run's admin listener (at the address it logged)
+// to answer /livez, /healthz, /readyz (ready: the daemon streams) and
+// /metrics, and its public listener not to serve them.
 func checkHTTP(t *testing.T, r *testenv.ChildRun) {
 	t.Helper()
-	addr := httpAddr(r)
-	if addr == "" {
-		t.Errorf("run %d: no \"http listening\" log line with the address%s", r.N, r.Tail())
+	addr, public := listenAddr(r, "admin"), listenAddr(r, "http")
+	if addr == "" || public == "" {
+		t.Errorf("run %d: no \"admin listening\" or \"http listening\" log line with the address%s", r.N, r.Tail())
 		return
 	}
 	get := func(path string) (int, string) {
@@ -1034,8 +1037,10 @@ func checkHTTP(t *testing.T, r *testenv.ChildRun) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	if code, body := get("/healthz"); code != http.StatusOK {
-		t.Errorf("/healthz: %d %s", code, body)
+	for _, p := range []string{"/livez", "/healthz"} {
+		if code, body := get(p); code != http.StatusOK {
+			t.Errorf("%s: %d %s", p, code, body)
+		}
 	}
 	var code int
 	var body string
@@ -1045,6 +1050,17 @@ func checkHTTP(t *testing.T, r *testenv.ChildRun) {
 	}
 	if code, body := get("/metrics"); code != http.StatusOK || !strings.Contains(body, "cachesync_sink_transactions_total") {
 		t.Errorf("/metrics: %d, %d bytes, no cachesync_sink_transactions_total", code, len(body))
+	}
+	for _, p := range []string{"/metrics", "/readyz", "/livez"} {
+		resp, err := http.Get("http://" + public + p)
+		if err != nil {
+			t.Errorf("GET %s on the public listener: %v", p, err)
+			continue
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("GET %s on the public listener: %d, want 404 (admin listener only)", p, resp.StatusCode)
+		}
 	}
 }
 
@@ -1061,10 +1077,11 @@ func catchUp(t *testing.T, db *sql.DB, rdb *redis.Client, r *testenv.ChildRun) {
 	}
 }
 
-// httpAddr is the address the run's HTTP server logged ("" before it did).
-func httpAddr(r *testenv.ChildRun) string {
+// listenAddr is the address the run's listener ("http" or "admin") logged
+// ("" before it did).
+func listenAddr(r *testenv.ChildRun, listener string) string {
 	var addr string
-	for _, line := range strings.Split(r.Grep(`"http listening"`), "\n") {
+	for _, line := range strings.Split(r.Grep(`"`+listener+` listening"`), "\n") {
 		var m struct{ Addr string }
 		if json.Unmarshal([]byte(line), &m) == nil {
 			addr = m.Addr

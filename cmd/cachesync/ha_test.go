@@ -77,7 +77,7 @@ func leaderOf(ctx context.Context, rdb *redis.Client, name string) (id, token st
 // metric reads one series ("cachesync_leader{lease=\"cdc\"}") from the
 // run's /metrics; ok is false when the run does not answer or lacks it.
 func metric(r *testenv.ChildRun, series string) (v float64, ok bool) {
-	addr := httpAddr(r)
+	addr := listenAddr(r, "admin")
 	if addr == "" {
 		return 0, false
 	}
@@ -528,7 +528,7 @@ func TestStandbyReadyAndSigtermHandover(t *testing.T) {
 
 // getReadyz returns the status and body of the run's /readyz.
 func getReadyz(r *testenv.ChildRun) (int, string) {
-	addr := httpAddr(r)
+	addr := listenAddr(r, "admin")
 	if addr == "" {
 		return 0, ""
 	}

@@ -1,9 +1,14 @@
 // Command cachesync keeps Redis coherent with MySQL by tailing the binlog.
+// `cachesync help` lists its commands (see commands in cli.go); each has
+// its own flags and `cachesync <command> -h`.
 //
-//	cachesync [run] -config FILE     run the daemon
-//	cachesync validate -config FILE  check the file, the server and the rules
-//	cachesync check [-item ID,...]   compare the sale's Redis keys with MySQL (exit 1 on drift)
-//	cachesync resync -item ID        rebuild an item's Redis keys from MySQL
+//	cachesync [run] -config FILE       run the daemon
+//	cachesync validate -config FILE    check the file, the server and the rules
+//	cachesync snapshot -table S.T      ask the leader to snapshot a table again
+//	cachesync check [-item ID,...]     compare the sale's Redis keys with MySQL (exit 1 on drift)
+//	cachesync resync -item ID          rebuild an item's Redis keys from MySQL
+//	cachesync position show|set        the stored binlog checkpoint
+//	cachesync version                  build information
 package main
 
 import (
@@ -15,8 +20,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/daemon"
+	"github.com/cachesync/cachesync/seckill"
 	"github.com/cachesync/cachesync/sink"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
@@ -25,52 +32,67 @@ import (
 )
 
 func main() {
-	os.Exit(run(os.Args[1:]))
+	os.Exit(run(os.Args[1:], &stdio{out: os.Stdout, err: os.Stderr}))
 }
 
-func run(args []string) int {
-	cmd := "run"
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		cmd, args = args[0], args[1:]
-	}
-	fs := flag.NewFlagSet("cachesync "+cmd, flag.ContinueOnError)
-	path := fs.String("config", "configs/cachesync.yaml", "configuration file")
-	items := fs.String("item", "", "check, resync: item id(s), comma-separated (check: all items when empty)")
-	rounds := fs.Int("rounds", 3, "check: drift must persist across this many rounds")
-	table := fs.String("table", "", "snapshot: the table (schema.table) to snapshot again")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	cfg, err := config.Load(*path, os.LookupEnv)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "cachesync:", err)
-		return 2
-	}
-	switch cmd {
-	case "run":
-		return runDaemon(cfg)
-	case "validate":
-		return validate(cfg)
-	case "check", "resync":
-		ids, err := parseItems(*items)
-		if err != nil || (cmd == "resync" && len(ids) == 0) {
-			fmt.Fprintf(os.Stderr, "cachesync %s: -item: want item ids like 7 or 7,8 (%v)\n", cmd, err)
-			return 2
-		}
-		if cmd == "check" {
-			return check(cfg, ids, *rounds)
-		}
-		return resync(cfg, ids)
-	case "snapshot":
-		if *table == "" {
-			fmt.Fprintln(os.Stderr, "cachesync snapshot: -table schema.table is required")
-			return 2
-		}
-		return requestSnapshot(cfg, *table)
-	default:
-		fmt.Fprintf(os.Stderr, "cachesync: unknown command %q (want run, validate, check, resync or snapshot)\n", cmd)
-		return 2
-	}
+var runCommand = &command{
+	name:    "run",
+	summary: "run the daemon (the default command)",
+	help: `Runs the daemon: streams the binlog into Redis while it holds the CDC lease
+(stands by otherwise), serves the HTTP endpoints and, with seckill.enabled,
+the flash sale. It runs until SIGTERM or SIGINT (exit 0, the lease released)
+or a fatal error (exit 1).`,
+	setup: func(c *command, fs *flag.FlagSet, o *stdio) func([]string) int {
+		path := configFlag(fs)
+		return noArgs(c, o, func() int {
+			cfg, ok := loadConfig(c, o, *path)
+			if !ok {
+				return 2
+			}
+			return runDaemon(cfg)
+		})
+	},
+}
+
+var validateCommand = &command{
+	name:    "validate",
+	summary: "check the configuration against the live servers and the rules",
+	help: `Loads the configuration, connects to MySQL (binlog settings, every rule's
+table and columns) and to Redis (eviction policy; in sentinel mode, the master
+the Sentinels name), and prints what it reached. Exit 1 when a check fails.`,
+	setup: func(c *command, fs *flag.FlagSet, o *stdio) func([]string) int {
+		path := configFlag(fs)
+		return noArgs(c, o, func() int {
+			cfg, ok := loadConfig(c, o, *path)
+			if !ok {
+				return 2
+			}
+			return validate(cfg)
+		})
+	},
+}
+
+var snapshotCommand = &command{
+	name:    "snapshot",
+	summary: "ask the leader to snapshot a table again",
+	help: `Asks the CDC leader to snapshot TABLE (schema.table, read by a rewrite, mirror
+or member rule) again from its first row, beside the stream: after a rule
+change, or to repair its keys. The leader starts within seconds; /readyz says
+snapshotting until it is done.`,
+	setup: func(c *command, fs *flag.FlagSet, o *stdio) func([]string) int {
+		path := configFlag(fs)
+		table := fs.String("table", "", "the `TABLE` (schema.table) to snapshot again (required)")
+		return noArgs(c, o, func() int {
+			if *table == "" {
+				return usageError(c, o, "-table schema.table is required")
+			}
+			cfg, ok := loadConfig(c, o, *path)
+			if !ok {
+				return 2
+			}
+			return requestSnapshot(cfg, *table)
+		})
+	},
 }
 
 // runDaemon runs until SIGINT/SIGTERM (exit 0) or a fatal pipeline error (1).
@@ -129,7 +151,13 @@ func validate(cfg *config.Config) int {
 		defer db.Close()
 		var rules *sink.Rules
 		if rules, err = sink.CompileRules(cfg.Sink.Rules); err == nil {
+			err = binlog.CheckGrants(ctx, cfg.MySQL, info.Flavor, db, rules.Tables())
+		}
+		if err == nil {
 			err = rules.CheckSchema(ctx, db)
+		}
+		if err == nil && cfg.Seckill.Enabled {
+			err = seckill.NewStore(db, cfg.Seckill.Database).CheckGrants(ctx, cfg.Seckill.Database, cfg.MySQL.User, cfg.MySQL.Addr)
 		}
 	}
 	var reached string

@@ -70,6 +70,8 @@ redis:
   tls: %s
 http:
   addr: 127.0.0.1:0
+admin:
+  addr: 127.0.0.1:0
 log:
   level: info
 sink:
@@ -123,7 +125,7 @@ seckill:
 	t.Cleanup(d.KillCurrent)
 	r := d.Start(t)
 	ctx := context.Background()
-	if err := waitUntil(60*time.Second, func() bool { return (r.LogHas(`"seckill started"`) && httpAddr(r) != "") || r.Exited() }); err != nil || r.Exited() {
+	if err := waitUntil(60*time.Second, func() bool { return (r.LogHas(`"seckill started"`) && listenAddr(r, "http") != "") || r.Exited() }); err != nil || r.Exited() {
 		t.Fatalf("the daemon did not start over TLS (%v)%s", err, r.Tail())
 	}
 
@@ -145,7 +147,7 @@ seckill:
 	}
 
 	// HTTP -> Kafka over TLS -> consumer -> MySQL over TLS -> binlog -> Redis.
-	resp, err := http.Post("http://"+httpAddr(r)+"/seckill/items/1/reservations", "application/json", strings.NewReader(`{"user_id":42}`))
+	resp, err := http.Post("http://"+listenAddr(r, "http")+"/seckill/items/1/reservations", "application/json", strings.NewReader(`{"user_id":42}`))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,7 +35,7 @@ import (
 // Options are the daemon's fx options for cfg.
 func Options(cfg *config.Config) fx.Option {
 	return fx.Options(
-		fx.Supply(cfg.MySQL, cfg.Sink, cfg.HTTP, cfg.Redis, cfg.Log, cfg.Cache, cfg.Goods, cfg.Seckill, cfg.HA),
+		fx.Supply(cfg.MySQL, cfg.Sink, cfg.HTTP, cfg.Admin, cfg.Redis, cfg.Log, cfg.Cache, cfg.Goods, cfg.Seckill, cfg.HA),
 		fx.Provide(NewLogger, newRedis, newMySQL, newApplier, newElector),
 		fx.Invoke(func(log zerolog.Logger) { warnInsecureTLS(cfg, log) }),
 		api.Module,
@@ -147,17 +147,13 @@ func redisDialer(tc *tls.Config, tlsErr error) func(ctx context.Context, network
 func newRedis(cfg config.Redis, health *api.Health, lc fx.Lifecycle) redis.UniversalClient {
 	rdb := NewRedisClient(cfg)
 	lc.Append(fx.StopHook(rdb.Close))
-	health.Register("redis", func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		return rdb.Ping(ctx).Err()
-	})
+	health.Register("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
 	return rdb
 }
 
 // OpenMySQL connects (retrying for up to the ctx deadline, except after a
-// TLS failure no retry cures) and checks that the server writes a binlog
-// cachesync can read.
+// refused login or a TLS failure, which no retry cures) and checks that
+// the server writes a binlog cachesync can read.
 func OpenMySQL(ctx context.Context, cfg binlog.Config) (*sql.DB, binlog.ServerInfo, error) {
 	dsn := mysql.NewConfig()
 	dsn.User, dsn.Passwd, dsn.Net, dsn.Addr = cfg.User, cfg.Password, "tcp", cfg.Addr
@@ -180,6 +176,10 @@ func OpenMySQL(ctx context.Context, cfg binlog.Config) (*sql.DB, binlog.ServerIn
 		if err != nil && ctx.Err() == nil {
 			last = err
 		}
+		if why := binlog.Refused(err); why != "" {
+			// A wrong password or a locked account: no retry cures it.
+			return backoff.Permanent(fmt.Errorf("%s: %w", why, err))
+		}
 		if tlsconf.Permanent(err) {
 			return backoff.Permanent(err)
 		}
@@ -190,7 +190,7 @@ func OpenMySQL(ctx context.Context, cfg binlog.Config) (*sql.DB, binlog.ServerIn
 		if last != nil && !errors.Is(err, last) {
 			err = fmt.Errorf("%w; last attempt: %w", err, last)
 		}
-		return nil, binlog.ServerInfo{}, fmt.Errorf("connect to mysql %s: %w", cfg.Addr, err)
+		return nil, binlog.ServerInfo{}, fmt.Errorf("connect to mysql %s as %q: %w", cfg.Addr, cfg.User, err)
 	}
 	info, err := binlog.CheckServer(ctx, db)
 	if err != nil {
@@ -209,6 +209,9 @@ func newMySQL(cfg binlog.Config, sc sink.Config, log zerolog.Logger, lc fx.Lifec
 	}
 	lc.Append(fx.StopHook(db.Close))
 	rules, err := sink.CompileRules(sc.Rules)
+	if err == nil {
+		err = binlog.CheckGrants(ctx, cfg, info.Flavor, db, rules.Tables())
+	}
 	if err == nil {
 		err = rules.CheckSchema(ctx, db)
 	}
