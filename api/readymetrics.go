@@ -9,9 +9,9 @@ import (
 // readyCollector exports what /readyz answers, so that an alert can be
 // written on it: cachesync_ready is 1 while every check passes and 0
 // otherwise, cachesync_ready_check{check} the same for each check
-// ("redis", "pipeline"). Both are computed from the checks at each scrape,
-// never from the last /readyz request, so they do not go stale when
-// nothing probes /readyz.
+// ("redis", "pipeline"). Both come from the checks' last background
+// results (see Health), the ones /readyz answers from, so they do not
+// depend on anything probing /readyz.
 type readyCollector struct {
 	h            *Health
 	ready, check *prometheus.Desc
@@ -35,7 +35,7 @@ func (c *readyCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.check
 }
 
-// Collect runs the checks once.
+// Collect reports the checks' last results.
 func (c *readyCollector) Collect(ch chan<- prometheus.Metric) {
 	names := c.h.checkNames()
 	failed := c.h.Ready()

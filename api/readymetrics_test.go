@@ -1,10 +1,12 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -23,18 +25,24 @@ func TestReadyMetrics(t *testing.T) {
 		reg *prometheus.Registry
 	)
 	app := fx.New(fx.WithLogger(func() fxevent.Logger { return fxevent.NopLogger }),
-		Module, fx.Supply(Config{Addr: "127.0.0.1:0"}, zerolog.Nop()), fx.Populate(&h, &reg))
+		Module, fx.Supply(Config{Listener{Addr: "127.0.0.1:0"}},
+			AdminConfig{Listener: Listener{Addr: "127.0.0.1:0"}, ReadyzInterval: 10 * time.Millisecond, ReadyzTimeout: time.Second},
+			zerolog.Nop()), fx.Populate(&h, &reg))
 	if err := app.Err(); err != nil {
 		t.Fatal(err)
 	}
 	var redisDown atomic.Bool
-	h.Register("redis", func() error {
+	h.Register("redis", func(context.Context) error {
 		if redisDown.Load() {
 			return errors.New("dial tcp: connection refused")
 		}
 		return nil
 	})
-	h.Register("pipeline", func() error { return nil })
+	h.Register("pipeline", func(context.Context) error { return nil })
+	if err := app.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer app.Stop(context.Background()) //nolint:errcheck
 
 	const head = `
 # HELP cachesync_ready 1 while /readyz answers 200 (every check passes), 0 while it answers 503.
@@ -60,7 +68,13 @@ cachesync_ready_check{check="redis"} 1
 `},
 	} {
 		redisDown.Store(tc.down)
-		if err := testutil.GatherAndCompare(reg, strings.NewReader(head+tc.want), "cachesync_ready", "cachesync_ready_check"); err != nil {
+		var err error
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if err = testutil.GatherAndCompare(reg, strings.NewReader(head+tc.want), "cachesync_ready", "cachesync_ready_check"); err == nil {
+				break
+			}
+		}
+		if err != nil {
 			t.Errorf("redis down %v: %v", tc.down, err)
 		}
 	}
@@ -69,8 +83,8 @@ cachesync_ready_check{check="redis"} 1
 // With no check registered the process is ready, as /readyz says.
 func TestReadyMetricsNoChecks(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(NewReadyCollector(NewHealth()))
-	if got := testutil.ToFloat64(NewReadyCollector(NewHealth())); got != 1 {
+	reg.MustRegister(NewReadyCollector(NewHealth(time.Second, time.Second)))
+	if got := testutil.ToFloat64(NewReadyCollector(NewHealth(time.Second, time.Second))); got != 1 {
 		t.Errorf("cachesync_ready = %v, want 1", got)
 	}
 	if n, err := testutil.GatherAndCount(reg, "cachesync_ready_check"); err != nil || n != 0 {
