@@ -5,7 +5,8 @@ import (
 	"fmt"
 )
 
-// replicationTLS is the replication connection's TLS configuration, nil
+// replicationTLS is the TLS configuration of go-mysql's connections (the
+// replication stream, the grant probe's dump, PositionOfGTID's), nil
 // for plaintext. go-mysql does not fill in the server's name, so it is the
 // host of mysql.addr unless mysql.tls.server_name says otherwise. The
 // files are read again at each connection (they were checked at load);

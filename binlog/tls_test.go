@@ -73,6 +73,27 @@ func TestSourceTLS(t *testing.T) {
 		}
 	})
 
+	// The other go-mysql connections: the grant probe's binlog dump and
+	// PositionOfGTID's.
+	t.Run("grants and GTID lookup over TLS", func(t *testing.T) {
+		cfg := Config{Addr: m.Addr(), User: "root", ServerID: 7102, TLS: tlsconf.Config{CA: f.CA}}
+		cfg.SetDefaults()
+		if err := CheckGrants(context.Background(), cfg, "mariadb", db, []string{"tlssrc.w"}); err != nil {
+			t.Errorf("CheckGrants over TLS: %v", err)
+		}
+		var g string
+		if err := db.QueryRow("SELECT BINLOG_GTID_POS(?, ?)", start.File, start.Pos).Scan(&g); err != nil || g == "" {
+			t.Fatalf("BINLOG_GTID_POS(%s) = %q, %v", start, g, err)
+		}
+		if got, err := PositionOfGTID(context.Background(), cfg, "mariadb", g, 10*time.Second); err != nil || got != start {
+			t.Errorf("PositionOfGTID over TLS: %s, %v; want %s", got, err, start)
+		}
+		cfg.TLS = tlsconf.Config{}
+		if err := CheckGrants(context.Background(), cfg, "mariadb", db, nil); err == nil {
+			t.Errorf("CheckGrants without TLS passed against a server that requires it")
+		}
+	})
+
 	t.Run("plaintext refused", func(t *testing.T) {
 		_, _, done := run(t, tlsconf.Config{}, true)
 		select {
