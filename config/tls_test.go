@@ -24,6 +24,9 @@ func TestBadTLSConfigs(t *testing.T) {
 		"kafka_plain_tls_disabled.yaml":        {"seckill.kafka.mechanism PLAIN", "seckill.kafka.tls"},
 		"kafka_ca_not_pem.yaml":                {"seckill.kafka.tls.ca", "no PEM certificate"},
 		"kafka_enabled_not_bool.yaml":          {"sometimes", "bool"},
+		"http_cert_without_key.yaml":           {"http.tls.cert: set without http.tls.key"},
+		"admin_client_ca_alone.yaml":           {"admin.tls.client_ca", "needs admin.tls.cert"},
+		"admin_unknown_field.yaml":             {"field ca not found"},
 	}
 	files, err := filepath.Glob("testdata/tls_bad/*.yaml")
 	if err != nil {

@@ -4,10 +4,11 @@ package main
 // over mutual TLS, against servers that refuse plaintext: MariaDB with
 // --require-secure-transport, redis-server with only a --tls-port that
 // requires client certificates, kfake with a TLS listener that requires
-// them too. A row reaches Redis through the binlog, and a reservation
-// goes through the HTTP API, Kafka, the consumer's MySQL transaction and
-// CDC back to Redis. `cachesync validate` with a wrong CA fails within
-// seconds, naming the server.
+// them too; its own listeners serve HTTPS (the admin one requiring client
+// certificates). A row reaches Redis through the binlog, and a
+// reservation goes through the HTTPS API, Kafka, the consumer's MySQL
+// transaction and CDC back to Redis. `cachesync validate` with a wrong CA
+// fails within seconds, naming the server.
 
 import (
 	"context"
@@ -70,8 +71,10 @@ redis:
   tls: %s
 http:
   addr: 127.0.0.1:0
+  tls: {cert: %s, key: %s}
 admin:
   addr: 127.0.0.1:0
+  tls: {cert: %[6]s, key: %[7]s, client_ca: %[8]s}
 log:
   level: info
 sink:
@@ -87,7 +90,8 @@ seckill:
     session_timeout: 1s
     tls: %s
   produce_timeout: 2s
-`, my.Addr(), 1000+rand.N(1<<30), tlsBlock(mysqlCA), rs.Addr(), tlsBlock(redisCA), strings.Join(k.Brokers(), ","), tlsBlock(f.CA))
+`, my.Addr(), 1000+rand.N(1<<30), tlsBlock(mysqlCA), rs.Addr(), tlsBlock(redisCA), f.ServerCert, f.ServerKey, f.CA,
+			strings.Join(k.Brokers(), ","), tlsBlock(f.CA))
 		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -146,8 +150,10 @@ seckill:
 		t.Fatalf("rows did not reach Redis: goods:1 %q, sk:{1}:stock %q%s", rdb.Get(ctx, "goods:1").Val(), rdb.Get(ctx, "sk:{1}:stock").Val(), r.Tail())
 	}
 
-	// HTTP -> Kafka over TLS -> consumer -> MySQL over TLS -> binlog -> Redis.
-	resp, err := http.Post("http://"+listenAddr(r, "http")+"/seckill/items/1/reservations", "application/json", strings.NewReader(`{"user_id":42}`))
+	// HTTPS -> Kafka over TLS -> consumer -> MySQL over TLS -> binlog -> Redis.
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: ctc}}
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Post("https://"+listenAddr(r, "http")+"/seckill/items/1/reservations", "application/json", strings.NewReader(`{"user_id":42}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,6 +167,17 @@ seckill:
 		return stock == 4 && orders == 1 && rdb.Get(ctx, "sk:{1}:stock").Val() == "4" && rdb.SCard(ctx, "sk:{1}:pending").Val() == 0
 	}); err != nil {
 		t.Fatalf("the order did not go through Kafka and MySQL back to Redis: sk:{1}:stock %q%s", rdb.Get(ctx, "sk:{1}:stock").Val(), r.Tail())
+	}
+	// The admin listener: HTTPS with the operators' client certificate.
+	if err := waitUntil(10*time.Second, func() bool {
+		resp, err := hc.Get("https://" + listenAddr(r, "admin") + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}); err != nil {
+		t.Errorf("admin /readyz over HTTPS: not 200 within 10s")
 	}
 	r.Term(t, termWithin)
 	d.CheckLogs(t)

@@ -173,3 +173,50 @@ func TestClient(t *testing.T) {
 		t.Errorf("Permanent says yes to a non-TLS error")
 	}
 }
+
+func TestServerValidate(t *testing.T) {
+	f := testenv.MakeTLSFiles(t)
+	for _, tc := range []struct {
+		name string
+		s    tlsconf.Server
+		on   bool
+		want []string
+	}{
+		{"absent", tlsconf.Server{}, false, nil},
+		{"server certificate", tlsconf.Server{Cert: f.ServerCert, Key: f.ServerKey}, true, nil},
+		{"mutual", tlsconf.Server{Cert: f.ServerCert, Key: f.ServerKey, ClientCA: f.CA}, true, nil},
+		{"cert without key", tlsconf.Server{Cert: f.ServerCert}, true, []string{"admin.tls.cert: set without admin.tls.key"}},
+		{"key without cert", tlsconf.Server{Key: f.ServerKey}, true, []string{"admin.tls.key: set without admin.tls.cert"}},
+		{"client_ca alone", tlsconf.Server{ClientCA: f.CA}, true, []string{"admin.tls.client_ca", "needs admin.tls.cert"}},
+		{"mismatched key", tlsconf.Server{Cert: f.ServerCert, Key: f.ClientKey}, true, []string{"admin.tls.cert", "admin.tls.key", "does not match"}},
+		{"client_ca not PEM", tlsconf.Server{Cert: f.ServerCert, Key: f.ServerKey, ClientCA: f.ServerKey}, true, []string{"admin.tls.client_ca", "no PEM certificate"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.s.On() != tc.on {
+				t.Errorf("On() = %v", tc.s.On())
+			}
+			err := tc.s.Validate("admin.tls")
+			if tc.want == nil {
+				if err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+				c, err := tc.s.Config()
+				if err != nil || (c == nil) == tc.on {
+					t.Fatalf("Config: %v, %v", c, err)
+				}
+				if c != nil && (tc.s.ClientCA != "") != (c.ClientAuth == tls.RequireAndVerifyClientCert) {
+					t.Errorf("ClientAuth %v with client_ca %q", c.ClientAuth, tc.s.ClientCA)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("Validate: nil, want %q", tc.want)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("Validate: %v\nwant it to contain %q", err, w)
+				}
+			}
+		})
+	}
+}
