@@ -114,17 +114,14 @@ func (rs *Rules) ACLProbes(ks keyspace.Keyspace, channel string) [][]string {
 		probes = append(probes, []string{"GET", k}, []string{"DEL", k})
 	}
 	k := keys[0]
-	for _, c := range [][]string{
+	return append(probes, [][]string{
 		{"SET", k, "v"}, {"EXISTS", k}, {"TYPE", k}, {"PTTL", k}, {"INCR", k},
 		{"HGET", k, "f"}, {"HSET", k, "f", "v"}, {"HDEL", k, "f"}, {"HGETALL", k},
 		{"SADD", k, "m"}, {"SREM", k, "m"}, {"SSCAN", k, "0"}, {"ZREM", k, "m"},
 		{"EVALSHA", "0000000000000000000000000000000000000000", "0"}, {"EVAL", "return 1", "0"},
 		{"SCRIPT", "LOAD", "return 1"}, {"SCAN", "0"}, {"INFO", "memory"}, {"PING"}, {"TIME"},
 		{"PUBLISH", channel, "m"}, {"SUBSCRIBE", channel},
-	} {
-		probes = append(probes, c)
-	}
-	return probes
+	}...)
 }
 
 // CheckACL checks, with the package's CheckACL, that the Redis user may
