@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 	"go.uber.org/fx"
@@ -171,7 +172,7 @@ var Module = fx.Module("api",
 		},
 		func() *prometheus.Registry {
 			reg := prometheus.NewRegistry()
-			reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 			return reg
 		},
 		func(r *prometheus.Registry) prometheus.Registerer { return r },

@@ -35,11 +35,6 @@ func itemOfKey(prefix, key string) (int64, bool) {
 	return n, err == nil
 }
 
-// member is a pending entry: the order and the user who reserved it.
-func member(order string, user int64) string {
-	return order + ":" + strconv.FormatInt(user, 10)
-}
-
 // parseMember splits a pending entry.
 func parseMember(m string) (order string, user int64, ok bool) {
 	i := strings.LastIndexByte(m, ':')

@@ -23,6 +23,7 @@ import (
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/daemon"
+	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/seckill"
 	"github.com/cachesync/cachesync/sink"
 	"github.com/redis/go-redis/v9"
@@ -147,9 +148,9 @@ func validate(cfg *config.Config) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	db, info, err := daemon.OpenMySQL(ctx, cfg.MySQL)
+	var rules *sink.Rules
 	if err == nil {
 		defer db.Close()
-		var rules *sink.Rules
 		if rules, err = sink.CompileRules(cfg.Sink.Rules); err == nil {
 			err = binlog.CheckGrants(ctx, cfg.MySQL, info.Flavor, db, rules.Tables())
 		}
@@ -165,6 +166,13 @@ func validate(cfg *config.Config) int {
 		rdb := daemon.NewRedisClient(cfg.Redis)
 		defer rdb.Close()
 		if reached, err = redisReached(ctx, rdb, cfg.Redis); err == nil {
+			err = sink.CheckACL(ctx, rdb, rules.ACLProbes(keyspace.Keyspace{Prefix: cfg.Sink.KeyPrefix}, cfg.Sink.Channel))
+			if errors.Is(err, sink.ErrACLUnchecked) {
+				fmt.Fprintln(os.Stderr, "cachesync: warning:", err)
+				err = nil
+			}
+		}
+		if err == nil {
 			var warning string
 			if warning, err = sink.CheckEvictionPolicy(ctx, rdb); warning != "" {
 				fmt.Fprintln(os.Stderr, "cachesync: warning:", warning)
