@@ -67,19 +67,26 @@ func NewLogger(cfg config.Log) zerolog.Logger {
 // closes its idle connections to the old master, so later commands go to
 // the new one. Commands sent to the old master between its replica's
 // promotion and that message are not redirected.
+//
+// A command's context deadline bounds its socket reads and writes
+// (ContextTimeoutEnabled): a script call applying 64 MiB values may take
+// its 30 s, a readiness ping only its second; without a deadline go-redis'
+// 3 s applies.
 func NewRedisClient(cfg config.Redis) redis.UniversalClient {
 	if cfg.Mode == config.RedisSentinel {
 		return redis.NewFailoverClient(&redis.FailoverOptions{
-			MasterName:       cfg.MasterName,
-			SentinelAddrs:    cfg.SentinelAddrs,
-			SentinelUsername: cfg.SentinelUsername,
-			SentinelPassword: cfg.SentinelPassword,
-			Username:         cfg.Username,
-			Password:         cfg.Password,
-			DB:               cfg.DB,
+			MasterName:            cfg.MasterName,
+			SentinelAddrs:         cfg.SentinelAddrs,
+			SentinelUsername:      cfg.SentinelUsername,
+			SentinelPassword:      cfg.SentinelPassword,
+			Username:              cfg.Username,
+			Password:              cfg.Password,
+			DB:                    cfg.DB,
+			ContextTimeoutEnabled: true,
 		})
 	}
-	return redis.NewClient(&redis.Options{Addr: cfg.Addr, Username: cfg.Username, Password: cfg.Password, DB: cfg.DB})
+	return redis.NewClient(&redis.Options{Addr: cfg.Addr, Username: cfg.Username, Password: cfg.Password, DB: cfg.DB,
+		ContextTimeoutEnabled: true})
 }
 
 func newRedis(cfg config.Redis, health *api.Health, lc fx.Lifecycle) redis.UniversalClient {
