@@ -20,7 +20,7 @@ import (
 	"github.com/cachesync/cachesync/leader"
 	"github.com/cachesync/cachesync/seckill"
 	"github.com/cachesync/cachesync/sink"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // Config is the whole configuration file.
@@ -162,6 +162,12 @@ func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 			return nil, errors.New("empty file")
 		}
 		return nil, err
+	}
+	// A second document would be ignored: it is more likely a mistake
+	// (two files concatenated) than meant.
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, errors.New("more than one YAML document (a line '---' after the first): put the whole configuration in one")
 	}
 	fromEnv := map[string]string{} // field -> variable that set it
 	if lookup != nil {

@@ -90,6 +90,7 @@ func TestBadConfigs(t *testing.T) {
 		"standalone_with_sentinel_addrs.yaml":    {"redis.sentinel_addrs", "only used in sentinel mode"},
 		"standalone_with_sentinel_password.yaml": {"redis.sentinel_password", "only used in sentinel mode"},
 		"no_rules.yaml":                          {"sink.rules", "at least one rule"},
+		"two_documents.yaml":                     {"more than one YAML document"},
 		"empty_rules.yaml":                       {"sink.rules", "at least one rule"},
 		"rule_table_no_schema.yaml":              {"sink.rules[0]", "table", "schema.table"},
 		"rule_no_kind.yaml":                      {"sink.rules[0]", "kind: required"},

@@ -61,7 +61,8 @@ type Pipeline struct {
 }
 
 // New builds a pipeline that leads under lease. db reaches the same server
-// as cfg (for checks, positions and snapshots).
+// as cfg (for checks, positions and snapshots). log is the daemon's: lines
+// are tagged component=pipeline, the binlog source's component=binlog.
 func New(cfg binlog.Config, flavor string, db *sql.DB, applier *sink.Applier, lease *leader.Lease, snapshotChunk int, log zerolog.Logger, reg prometheus.Registerer) *Pipeline {
 	p := &Pipeline{
 		cfg:     cfg,
@@ -70,7 +71,7 @@ func New(cfg binlog.Config, flavor string, db *sql.DB, applier *sink.Applier, le
 		applier: applier,
 		lease:   lease,
 		source:  binlog.NewSource(cfg, flavor, applier.Rules().Tables(), log.With().Str("component", "binlog").Logger(), reg),
-		log:     log,
+		log:     log.With().Str("component", "pipeline").Logger(),
 		resets: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "cachesync", Name: "redis_resets_total",
 			Help: "Times Redis was found to have lost its data and was rebuilt from a snapshot."}),
 		rewinds: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "cachesync", Name: "redis_rewinds_total",

@@ -74,6 +74,9 @@ func TestGrantsChecked(t *testing.T) {
 						t.Errorf("%s: stderr does not name %q", args[0], w)
 					}
 				}
+				if strings.Contains(errOut, "could not build arguments") {
+					t.Errorf("%s: the root cause is buried in fx's wiring", args[0])
+				}
 				if strings.Contains(errOut, "deadline exceeded") {
 					t.Errorf("%s: ran into its deadline instead of failing on the refusal", args[0])
 				}

@@ -28,6 +28,7 @@ import (
 	"github.com/cachesync/cachesync/sink"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
+	"go.uber.org/dig"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxevent"
 )
@@ -103,14 +104,15 @@ func runDaemon(cfg *config.Config) int {
 		daemon.Options(cfg),
 	)
 	log := daemon.NewLogger(cfg.Log)
+	daemon.RouteDriverLogs(log)
 	if err := app.Err(); err != nil {
-		log.Error().Err(err).Msg("start-up failed")
+		startupFailed(log, err)
 		return 1
 	}
 	startCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := app.Start(startCtx); err != nil {
-		log.Error().Err(err).Msg("start-up failed")
+		startupFailed(log, err)
 		return 1
 	}
 	sig := <-app.Wait()
@@ -122,6 +124,14 @@ func runDaemon(cfg *config.Config) int {
 	}
 	log.Info().Int("exit", sig.ExitCode).Msg("stopped")
 	return sig.ExitCode
+}
+
+// startupFailed logs why the daemon could not start: the root cause
+// first, fx's wiring path (which constructor failed, through which
+// dependencies) after it, at debug level.
+func startupFailed(log zerolog.Logger, err error) {
+	log.Error().AnErr("error", dig.RootCause(err)).Msg("start-up failed")
+	log.Debug().Str("wiring", err.Error()).Msg("start-up failed: wiring")
 }
 
 // requestSnapshot asks the leader to snapshot table again (see

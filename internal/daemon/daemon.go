@@ -92,6 +92,11 @@ func NewLogger(cfg config.Log) zerolog.Logger {
 // the new one. Commands sent to the old master between its replica's
 // promotion and that message are not redirected.
 //
+// A command's context deadline bounds its socket reads and writes
+// (ContextTimeoutEnabled): a script call applying 64 MiB values may take
+// its 30 s, a readiness ping only its second; without a deadline go-redis'
+// 3 s applies.
+//
 // With redis.tls every connection, to the Sentinels as to the data node,
 // is TLS. A dial error names the address ("redis HOST:PORT: …"); if the
 // TLS files cannot be read (they were checked at load), every dial fails
@@ -101,18 +106,20 @@ func NewRedisClient(cfg config.Redis) redis.UniversalClient {
 	dial := redisDialer(tc, tlsErr)
 	if cfg.Mode == config.RedisSentinel {
 		return redis.NewFailoverClient(&redis.FailoverOptions{
-			MasterName:       cfg.MasterName,
-			SentinelAddrs:    cfg.SentinelAddrs,
-			SentinelUsername: cfg.SentinelUsername,
-			SentinelPassword: cfg.SentinelPassword,
-			Username:         cfg.Username,
-			Password:         cfg.Password,
-			DB:               cfg.DB,
-			TLSConfig:        tc,
-			Dialer:           dial,
+			MasterName:            cfg.MasterName,
+			SentinelAddrs:         cfg.SentinelAddrs,
+			SentinelUsername:      cfg.SentinelUsername,
+			SentinelPassword:      cfg.SentinelPassword,
+			Username:              cfg.Username,
+			Password:              cfg.Password,
+			DB:                    cfg.DB,
+			TLSConfig:             tc,
+			Dialer:                dial,
+			ContextTimeoutEnabled: true,
 		})
 	}
-	return redis.NewClient(&redis.Options{Addr: cfg.Addr, Username: cfg.Username, Password: cfg.Password, DB: cfg.DB, TLSConfig: tc, Dialer: dial})
+	return redis.NewClient(&redis.Options{Addr: cfg.Addr, Username: cfg.Username, Password: cfg.Password, DB: cfg.DB,
+		TLSConfig: tc, Dialer: dial, ContextTimeoutEnabled: true})
 }
 
 // redisDialer dials like go-redis's own dialer (5 s timeout, TCP
