@@ -3,6 +3,7 @@ package seckill
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"time"
 
@@ -89,6 +90,15 @@ func start(p Params) error {
 	m := newMetrics(p.Registerer)
 	store := NewStore(db, cfg.Database)
 	if err := store.CheckGrants(ctx, cfg.Database, p.MySQL.User, p.MySQL.Addr); err != nil {
+		return err
+	}
+	if _, err := retry(ctx, func() (struct{}, error) {
+		err := CheckKafka(cfg.Kafka)
+		if errors.Is(err, ErrKafka) {
+			return struct{}{}, backoff.Permanent(err)
+		}
+		return struct{}{}, err
+	}); err != nil {
 		return err
 	}
 	ks := keyspace.Keyspace{Prefix: p.Sink.KeyPrefix}

@@ -170,6 +170,9 @@ func validate(cfg *config.Config) int {
 		if err == nil && cfg.Seckill.Enabled {
 			err = seckill.NewStore(db, cfg.Seckill.Database).CheckGrants(ctx, cfg.Seckill.Database, cfg.MySQL.User, cfg.MySQL.Addr)
 		}
+		if err == nil && cfg.Seckill.Enabled {
+			err = seckill.CheckKafka(cfg.Seckill.Kafka)
+		}
 	}
 	var reached string
 	if err == nil {
