@@ -105,6 +105,8 @@ var envOverrides = []struct {
 	{"CACHESYNC_KAFKA_BROKERS", "seckill.kafka.brokers", func(c *Config, v string) { c.Seckill.Kafka.Brokers = strings.Split(v, ",") }},
 	{"CACHESYNC_KAFKA_USERNAME", "seckill.kafka.username", func(c *Config, v string) { c.Seckill.Kafka.Username = v }},
 	{"CACHESYNC_KAFKA_PASSWORD", "seckill.kafka.password", func(c *Config, v string) { c.Seckill.Kafka.Password = v }},
+	{"CACHESYNC_SECKILL_MYSQL_USER", "seckill.mysql.user", func(c *Config, v string) { c.Seckill.Account.User = v }},
+	{"CACHESYNC_SECKILL_MYSQL_PASSWORD", "seckill.mysql.password", func(c *Config, v string) { c.Seckill.Account.Password = v }},
 	{"CACHESYNC_ADMIN_TOKEN", "seckill.admin_token", func(c *Config, v string) { c.Seckill.AdminToken = v }},
 }
 

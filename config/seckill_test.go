@@ -25,6 +25,7 @@ func TestBadSeckillConfigs(t *testing.T) {
 		"produce_timeout_not_duration.yaml": {"soon", "time.Duration"},
 		"admin_token_short.yaml":            {"seckill.admin_token", "16 bytes", "at least 32"},
 		"write_timeout_under_produce.yaml":  {"http.write_timeout", "2s", "seckill.produce_timeout 3s"},
+		"account_password_only.yaml":        {"seckill.mysql.password", "without seckill.mysql.user"},
 	}
 	files, err := filepath.Glob("testdata/seckill_bad/*.yaml")
 	if err != nil {

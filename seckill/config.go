@@ -25,6 +25,8 @@ type Config struct {
 	// serves reservations leaves "consumer" and "jobs" to another.
 	Roles []string `yaml:"roles"`
 	Kafka Kafka    `yaml:"kafka"`
+	// Account is the sale's own MySQL account (optional; see Account).
+	Account Account `yaml:"mysql"`
 	// ProduceTimeout bounds the wait for Kafka to acknowledge an order;
 	// past it the reservation is released and the client gets 503.
 	ProduceTimeout time.Duration `yaml:"produce_timeout"`
@@ -154,6 +156,9 @@ var identRE = regexp.MustCompile(`^[A-Za-z0-9_]+$`)
 func (c *Config) Validate() error {
 	if !c.Enabled {
 		return nil
+	}
+	if err := c.Account.validate(); err != nil {
+		return err
 	}
 	if !identRE.MatchString(c.Database) {
 		return fmt.Errorf("seckill.database %q: want letters, digits and _", c.Database)

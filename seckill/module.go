@@ -82,14 +82,15 @@ func start(p Params) error {
 	log := p.Log.With().Str("component", "seckill").Logger()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	db, err := OpenDB(ctx, p.MySQL)
+	mc := cfg.MySQL(p.MySQL)
+	db, err := OpenDB(ctx, mc)
 	if err != nil {
 		return err
 	}
 	p.Lifecycle.Append(fx.StopHook(db.Close))
 	m := newMetrics(p.Registerer)
 	store := NewStore(db, cfg.Database)
-	if err := store.CheckGrants(ctx, cfg.Database, p.MySQL.User, p.MySQL.Addr); err != nil {
+	if err := store.CheckGrants(ctx, &cfg, mc.User, mc.Addr); err != nil {
 		return err
 	}
 	if _, err := retry(ctx, func() (struct{}, error) {

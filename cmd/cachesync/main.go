@@ -168,7 +168,7 @@ func validate(cfg *config.Config) int {
 			err = rules.CheckSchema(ctx, db)
 		}
 		if err == nil && cfg.Seckill.Enabled {
-			err = seckill.NewStore(db, cfg.Seckill.Database).CheckGrants(ctx, cfg.Seckill.Database, cfg.MySQL.User, cfg.MySQL.Addr)
+			err = checkSaleGrants(ctx, cfg)
 		}
 		if err == nil && cfg.Seckill.Enabled {
 			err = seckill.CheckKafka(cfg.Seckill.Kafka)
@@ -201,6 +201,18 @@ func validate(cfg *config.Config) int {
 	}
 	fmt.Printf("ok: %s %s, %d rules; %s\n", info.Flavor, info.Version, len(cfg.Sink.Rules), reached)
 	return 0
+}
+
+// checkSaleGrants checks the sale's account (seckill.mysql, else
+// mysql.user) on its own pool.
+func checkSaleGrants(ctx context.Context, cfg *config.Config) error {
+	mc := cfg.Seckill.MySQL(cfg.MySQL)
+	db, err := seckill.OpenDB(ctx, mc)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return seckill.NewStore(db, cfg.Seckill.Database).CheckGrants(ctx, &cfg.Seckill, mc.User, mc.Addr)
 }
 
 // describeRedis names the Redis that cfg configures, for messages.
