@@ -143,7 +143,7 @@ func (r cdcReport) markdown() string {
 				ratio(s.rate, floor, func(s summary) float64 { return s.rate }), ratio(s.rate, raw, func(s summary) float64 { return s.rate }),
 				s.self, s.redis, s.mariadb, s.total, ratio(s.total, floor, func(s summary) float64 { return s.total }), strings.Join(loads, ", "))
 		}
-		b.WriteString("\nRedis time inside commands, and calls, per row (INFO commandstats, all runs; a command a script runs counts on its own line and again inside evalsha):\n\n")
+		b.WriteString("\nRedis commands per row, all runs (INFO commandstats: µs is wall time inside the command, which on a loaded machine includes waiting for a CPU; a command a script runs counts on its own line and again inside evalsha):\n\n")
 		for pi, p := range r.pipes {
 			if line := cmdLine(r.runs[wi][pi]); line != "" {
 				fmt.Fprintf(&b, "- %s: %s\n", p.name, line)
@@ -159,7 +159,7 @@ func (r cdcReport) markdown() string {
 	return b.String()
 }
 
-// cmdLine lists the commands that took Redis time over rs, in µs and calls
+// cmdLine lists the commands that took Redis time over rs, in calls and µs
 // per row, most time first, leaving out those under 0.01 µs.
 func cmdLine(rs []runResult) string {
 	sum, rows := map[string]cmdStat{}, 0
@@ -179,7 +179,7 @@ func cmdLine(rs []runResult) string {
 	var parts []string
 	for _, c := range cs {
 		if per := float64(c.usec) / float64(rows); per >= 0.01 {
-			parts = append(parts, fmt.Sprintf("%s %.2f µs (%.3g calls)", c.name, per, float64(c.calls)/float64(rows)))
+			parts = append(parts, fmt.Sprintf("%s %.3g calls %.2f µs", c.name, float64(c.calls)/float64(rows), per))
 		}
 	}
 	return strings.Join(parts, ", ")
