@@ -32,7 +32,7 @@ stop:
 test: deps lint
 	CI=$${CI:-true} $(GO) test -race -count=1 -timeout 20m ./...
 
-## bench: CDC apply rate vs raw go-mysql parse rate and latency; the cache
+## bench: CDC apply rate and CPU per row vs raw go-mysql parse and a plain pipelined-SET floor, and latency; the cache
 ## consistency harness; GET /goods/{id} with L1 vs L2 vs DB; reservations vs
 ## redis-benchmark EVALSHA and SELECT … FOR UPDATE. Tables in .dev/.
 bench: build
