@@ -28,11 +28,11 @@ run: build
 stop:
 	scripts/dev-down.sh
 
-## test: install servers if missing, then run every test (race detector on).
-test: deps
+## test: install servers if missing, lint, then run every test (race detector on).
+test: deps lint
 	CI=$${CI:-true} $(GO) test -race -count=1 -timeout 20m ./...
 
-## bench: CDC apply rate vs raw go-mysql parse rate and latency; the cache
+## bench: CDC apply rate and CPU per row vs raw go-mysql parse and a plain pipelined-SET floor, and latency; the cache
 ## consistency harness; GET /goods/{id} with L1 vs L2 vs DB; reservations vs
 ## redis-benchmark EVALSHA and SELECT … FOR UPDATE. Tables in .dev/.
 bench: build
@@ -44,9 +44,11 @@ bench: build
 	$(GO) run ./cmd/cachesync-bench seckill -out .dev/bench-seckill.md
 	$(GO) run ./cmd/cachesync-bench memory -out .dev/bench-memory.md -timeline .dev/bench-memory-rss.csv
 
+## lint: gofmt, go vet and staticcheck (a tool dependency in go.mod).
 lint:
 	gofmt -l . | (! grep .) || (echo "gofmt needed"; exit 1)
 	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
 
 fmt:
 	gofmt -w .

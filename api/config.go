@@ -5,6 +5,8 @@ import (
 	"net"
 	"strconv"
 	"time"
+
+	"github.com/cachesync/cachesync/internal/tlsconf"
 )
 
 // Listener configures one HTTP listener: its address and the bounds that
@@ -34,6 +36,9 @@ type Listener struct {
 	// not accepted: they wait in the kernel's accept queue until one
 	// closes (or the client gives up).
 	MaxConns int `yaml:"max_conns"`
+	// TLS makes the listener serve HTTPS (absent: plain HTTP), requiring
+	// client certificates when it names a client CA.
+	TLS tlsconf.Server `yaml:"tls"`
 }
 
 // Config configures the public listener (`http:`): the sale's and the
@@ -115,7 +120,7 @@ func (l *Listener) validate(section string) error {
 	if l.MaxConns < 1 || l.MaxConns > 1_000_000 {
 		return fmt.Errorf("%s.max_conns %d: want 1..1000000", section, l.MaxConns)
 	}
-	return nil
+	return l.TLS.Validate(section + ".tls")
 }
 
 // SetDefaults fills unset fields.

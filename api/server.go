@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 	"go.uber.org/fx"
@@ -104,8 +105,14 @@ func (e errorLog) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// listen binds the address, bounded to max_conns open connections.
+// listen binds the address, bounded to max_conns open connections, and
+// loads the TLS files of an HTTPS listener.
 func (l *listener) listen() error {
+	tc, err := l.cfg.TLS.Config()
+	if err != nil {
+		return fmt.Errorf("%s.tls: %w", l.name, err)
+	}
+	l.srv.TLSConfig = tc
 	ln, err := net.Listen("tcp", l.srv.Addr)
 	if err != nil {
 		return fmt.Errorf("%s listen %s: %w", l.name, l.srv.Addr, err)
@@ -115,9 +122,15 @@ func (l *listener) listen() error {
 }
 
 func (l *listener) serve() {
-	l.log.Info().Str("addr", l.ln.Addr().String()).Int("max_conns", l.cfg.MaxConns).Msg(l.name + " listening")
+	l.log.Info().Str("addr", l.ln.Addr().String()).Int("max_conns", l.cfg.MaxConns).Bool("tls", l.srv.TLSConfig != nil).Msg(l.name + " listening")
 	go func() {
-		if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		var err error
+		if l.srv.TLSConfig != nil {
+			err = l.srv.ServeTLS(l.ln, "", "") // the certificate is in TLSConfig
+		} else {
+			err = l.srv.Serve(l.ln)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			l.log.Error().Err(err).Msg(l.name + " serve")
 		}
 	}()
@@ -159,7 +172,7 @@ var Module = fx.Module("api",
 		},
 		func() *prometheus.Registry {
 			reg := prometheus.NewRegistry()
-			reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 			return reg
 		},
 		func(r *prometheus.Registry) prometheus.Registerer { return r },

@@ -6,6 +6,8 @@ import (
 	"net"
 	"strconv"
 	"time"
+
+	"github.com/cachesync/cachesync/internal/tlsconf"
 )
 
 // Config configures the connection to the MySQL/MariaDB primary.
@@ -34,6 +36,9 @@ type Config struct {
 	ReadAheadBytes int64 `yaml:"read_ahead_bytes"`
 	// Start says where to begin when no checkpoint exists or From forces it.
 	Start StartConfig `yaml:"start"`
+	// TLS encrypts the SQL connections and the replication stream (absent:
+	// plaintext).
+	TLS tlsconf.Config `yaml:"tls"`
 }
 
 // StartConfig selects the first binlog position.
@@ -128,7 +133,7 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("mysql.start.from %q: want checkpoint, current, position or gtid", c.Start.From)
 	}
-	return nil
+	return c.TLS.Validate("mysql.tls")
 }
 
 func (c *Config) hostPort() (string, uint16) {

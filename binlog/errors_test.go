@@ -17,7 +17,7 @@ import (
 
 // runUntil runs a Source with cfg from start and returns what Run returned
 // within wait, or fails the test if it still runs then.
-func runUntil(t *testing.T, cfg Config, start Start, wait time.Duration) (error, *Source) {
+func runUntil(t *testing.T, cfg Config, start Start, wait time.Duration) (*Source, error) {
 	t.Helper()
 	cfg.SetDefaults()
 	src := NewSource(cfg, "mariadb", nil, zerolog.Nop(), prometheus.NewRegistry())
@@ -27,7 +27,7 @@ func runUntil(t *testing.T, cfg Config, start Start, wait time.Duration) (error,
 	go func() { done <- src.Run(ctx, start, make(chan *Txn, 100)) }()
 	select {
 	case err := <-done:
-		return err, src
+		return src, err
 	case <-time.After(wait):
 		cancel()
 		<-done
@@ -73,7 +73,7 @@ func TestRunFatalErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := cfg
 			c.User, c.Password = tc.user, tc.pw
-			err, src := runUntil(t, c, tc.start, 5*time.Second)
+			src, err := runUntil(t, c, tc.start, 5*time.Second)
 			t.Logf("Run = %v", err)
 			var me *mysql.MyError
 			switch {

@@ -80,6 +80,7 @@ func probeDump(ctx context.Context, cfg Config, flavor string, pos Position) err
 		Port:             port,
 		User:             cfg.User,
 		Password:         cfg.Password,
+		TLSConfig:        cfg.replicationTLS(host),
 		DisableRetrySync: true,
 		RawModeEnabled:   true,
 		Logger:           slog.New(slog.DiscardHandler),

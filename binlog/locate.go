@@ -137,6 +137,7 @@ func PositionOfGTID(ctx context.Context, cfg Config, flavor, gtid string, timeou
 		Port:                port,
 		User:                cfg.User,
 		Password:            cfg.Password,
+		TLSConfig:           cfg.replicationTLS(host),
 		HeartbeatPeriod:     200 * time.Millisecond,
 		EventCacheCount:     16,
 		DisableRetrySync:    true,

@@ -160,6 +160,7 @@ func (r *reader) stream(ctx context.Context, start Start) error {
 		User:            s.cfg.User,
 		Password:        s.cfg.Password,
 		HeartbeatPeriod: s.cfg.Heartbeat,
+		TLSConfig:       s.cfg.replicationTLS(host),
 		// Parsed events wait here for handle; the default (10240) would
 		// hold ~80 MB of 8 KiB row events beyond the read-ahead budget.
 		EventCacheCount: 64,

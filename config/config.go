@@ -16,10 +16,11 @@ import (
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/cache"
 	"github.com/cachesync/cachesync/goods"
+	"github.com/cachesync/cachesync/internal/tlsconf"
 	"github.com/cachesync/cachesync/leader"
 	"github.com/cachesync/cachesync/seckill"
 	"github.com/cachesync/cachesync/sink"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // Config is the whole configuration file.
@@ -61,6 +62,10 @@ type Redis struct {
 	SentinelAddrs    []string `yaml:"sentinel_addrs"`
 	SentinelUsername string   `yaml:"sentinel_username"`
 	SentinelPassword string   `yaml:"sentinel_password"`
+	// TLS encrypts every connection (absent: plaintext). In sentinel mode
+	// it applies to the Sentinels and to the master alike, as go-redis
+	// dials both with one configuration: the Sentinels must speak TLS too.
+	TLS tlsconf.Config `yaml:"tls"`
 }
 
 // Redis modes.
@@ -100,6 +105,8 @@ var envOverrides = []struct {
 	{"CACHESYNC_KAFKA_BROKERS", "seckill.kafka.brokers", func(c *Config, v string) { c.Seckill.Kafka.Brokers = strings.Split(v, ",") }},
 	{"CACHESYNC_KAFKA_USERNAME", "seckill.kafka.username", func(c *Config, v string) { c.Seckill.Kafka.Username = v }},
 	{"CACHESYNC_KAFKA_PASSWORD", "seckill.kafka.password", func(c *Config, v string) { c.Seckill.Kafka.Password = v }},
+	{"CACHESYNC_SECKILL_MYSQL_USER", "seckill.mysql.user", func(c *Config, v string) { c.Seckill.Account.User = v }},
+	{"CACHESYNC_SECKILL_MYSQL_PASSWORD", "seckill.mysql.password", func(c *Config, v string) { c.Seckill.Account.Password = v }},
 	{"CACHESYNC_ADMIN_TOKEN", "seckill.admin_token", func(c *Config, v string) { c.Seckill.AdminToken = v }},
 	{"CACHESYNC_JWT_SECRET", "seckill.auth.jwt.hs256_secret", func(c *Config, v string) { c.Seckill.Auth.JWT.HS256Secret = v }},
 	{"CACHESYNC_GATEWAY_SECRET", "seckill.auth.header.secret", func(c *Config, v string) { c.Seckill.Auth.Header.Secret = v }},
@@ -159,6 +166,12 @@ func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 			return nil, errors.New("empty file")
 		}
 		return nil, err
+	}
+	// A second document would be ignored: it is more likely a mistake
+	// (two files concatenated) than meant.
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, errors.New("more than one YAML document (a line '---' after the first): put the whole configuration in one")
 	}
 	fromEnv := map[string]string{} // field -> variable that set it
 	if lookup != nil {

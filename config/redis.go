@@ -68,7 +68,7 @@ func (r *Redis) Validate() error {
 	if r.DB < 0 || r.DB > 15 {
 		return fmt.Errorf("redis.db %d: want 0..15", r.DB)
 	}
-	return nil
+	return r.TLS.Validate("redis.tls")
 }
 
 // checkHostPort checks that addr is host:port with a port in 1..65535.

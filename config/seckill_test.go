@@ -39,6 +39,7 @@ func TestBadSeckillConfigs(t *testing.T) {
 		"header_secret_short.yaml":          {"seckill.auth.header.secret", "5 bytes", "at least 32"},
 		"header_name_bad.yaml":              {"seckill.auth.header.user_header", `"X User"`},
 		"trusted_proxies_bad.yaml":          {"seckill.trusted_proxies[1]", "proxy.example"},
+		"account_password_only.yaml":        {"seckill.mysql.password", "without seckill.mysql.user"},
 	}
 	files, err := filepath.Glob("testdata/seckill_bad/*.yaml")
 	if err != nil {

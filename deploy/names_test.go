@@ -16,6 +16,7 @@ import (
 	"github.com/cachesync/cachesync/internal/daemon"
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxevent"
 )
@@ -111,12 +112,25 @@ func describe(c prometheus.Collector) map[string][]string {
 	return out
 }
 
+// collectorType tells histograms from summaries: their interfaces have
+// the same methods, so a single one is told by what it writes.
 func collectorType(c prometheus.Collector) string {
 	switch c.(type) {
-	case prometheus.Histogram, *prometheus.HistogramVec:
+	case *prometheus.HistogramVec:
 		return "histogram"
-	case prometheus.Summary, *prometheus.SummaryVec:
+	case *prometheus.SummaryVec:
 		return "summary"
+	}
+	if m, ok := c.(prometheus.Metric); ok {
+		var pb dto.Metric
+		if m.Write(&pb) == nil {
+			switch {
+			case pb.Histogram != nil:
+				return "histogram"
+			case pb.Summary != nil:
+				return "summary"
+			}
+		}
 	}
 	return ""
 }

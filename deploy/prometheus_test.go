@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/cachesync/cachesync/internal/testenv"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 func TestMain(m *testing.M) {

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/cachesync/cachesync/internal/testenv"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // Files, relative to this package's directory.

@@ -105,7 +105,7 @@ func newEnv(t *testing.T, my *testenv.MariaDB, rs *testenv.Redis) *env {
 	}
 	e.db = openDB(t, my, e.schema)
 	e.pdb = openDB(t, my, "")
-	e.rdb = redis.NewClient(&redis.Options{Addr: rs.Addr()})
+	e.rdb = redis.NewClient(&redis.Options{Addr: rs.Addr(), ContextTimeoutEnabled: true}) // as the daemon's
 	t.Cleanup(func() { e.rdb.Close() })
 	// Keys left by an earlier run of the same test (go test -count=N).
 	ctx := context.Background()
@@ -242,7 +242,7 @@ func (e *env) start(rules []sink.RuleConfig, mod func(*binlog.Config, *sink.Conf
 			e.t.Fatal(err)
 		}
 	}
-	r.p = pipeline.New(bcfg, info.Flavor, e.pdb, r.a, e.lease(r.reg, log.With().Str("component", "leader").Logger()), scfg.BatchChanges, log.With().Str("component", "pipeline").Logger(), r.reg)
+	r.p = pipeline.New(bcfg, info.Flavor, e.pdb, r.a, e.lease(r.reg, log.With().Str("component", "leader").Logger()), scfg.BatchChanges, log, r.reg)
 	runCtx, runCancel := context.WithCancel(context.Background())
 	r.cancel = runCancel
 	go func() {

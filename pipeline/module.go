@@ -42,7 +42,7 @@ var Module = fx.Module("pipeline",
 			flavor = p.Server.Flavor
 		}
 		log := p.Log.With().Str("component", "pipeline").Logger()
-		pl := New(p.Config, flavor, p.DB, p.Applier, p.Elector.Lease(LeaseName), p.Sink.BatchChanges, log, p.Registerer)
+		pl := New(p.Config, flavor, p.DB, p.Applier, p.Elector.Lease(LeaseName), p.Sink.BatchChanges, p.Log, p.Registerer)
 		p.Health.Register("pipeline", func(context.Context) error { return pl.Ready() })
 		p.Health.Role(LeaseName, pl.Role)
 		ctx, cancel := context.WithCancel(context.Background())

@@ -61,7 +61,8 @@ type Pipeline struct {
 }
 
 // New builds a pipeline that leads under lease. db reaches the same server
-// as cfg (for checks, positions and snapshots).
+// as cfg (for checks, positions and snapshots). log is the daemon's: lines
+// are tagged component=pipeline, the binlog source's component=binlog.
 func New(cfg binlog.Config, flavor string, db *sql.DB, applier *sink.Applier, lease *leader.Lease, snapshotChunk int, log zerolog.Logger, reg prometheus.Registerer) *Pipeline {
 	p := &Pipeline{
 		cfg:     cfg,
@@ -70,7 +71,7 @@ func New(cfg binlog.Config, flavor string, db *sql.DB, applier *sink.Applier, le
 		applier: applier,
 		lease:   lease,
 		source:  binlog.NewSource(cfg, flavor, applier.Rules().Tables(), log.With().Str("component", "binlog").Logger(), reg),
-		log:     log,
+		log:     log.With().Str("component", "pipeline").Logger(),
 		resets: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "cachesync", Name: "redis_resets_total",
 			Help: "Times Redis was found to have lost its data and was rebuilt from a snapshot."}),
 		rewinds: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "cachesync", Name: "redis_rewinds_total",
@@ -267,11 +268,21 @@ func (p *Pipeline) lead(ctx context.Context, fence sink.Fence) error {
 	}
 }
 
-// checkRedis refuses a Redis whose eviction policy may drop cachesync's
+// checkRedis refuses a Redis user that may not run what the daemon sends
+// (sink.CheckACL) and a Redis whose eviction policy may drop cachesync's
 // keys (sink.CheckEvictionPolicy), retrying until Redis answers; nil when
 // ctx is done.
 func (p *Pipeline) checkRedis(ctx context.Context) error {
 	err := backoff.Retry(func() error {
+		switch err := p.applier.CheckACL(ctx); {
+		case errors.Is(err, sink.ErrACL):
+			return backoff.Permanent(err)
+		case errors.Is(err, sink.ErrACLUnchecked):
+			p.log.Warn().Err(err).Msg("the redis user's permissions are not checked")
+		case err != nil:
+			p.log.Warn().Err(err).Msg("checking redis; retrying")
+			return err
+		}
 		warning, err := sink.CheckEvictionPolicy(ctx, p.applier.Client())
 		switch {
 		case errors.Is(err, sink.ErrEvictionPolicy):

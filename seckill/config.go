@@ -1,11 +1,13 @@
 package seckill
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
 	"time"
 
+	"github.com/cachesync/cachesync/internal/tlsconf"
 	"github.com/cachesync/cachesync/seckill/auth"
 )
 
@@ -24,6 +26,8 @@ type Config struct {
 	// serves reservations leaves "consumer" and "jobs" to another.
 	Roles []string `yaml:"roles"`
 	Kafka Kafka    `yaml:"kafka"`
+	// Account is the sale's own MySQL account (optional; see Account).
+	Account Account `yaml:"mysql"`
 	// ProduceTimeout bounds the wait for Kafka to acknowledge an order;
 	// past it the reservation is released and the client gets 503.
 	ProduceTimeout time.Duration `yaml:"produce_timeout"`
@@ -69,8 +73,12 @@ type Kafka struct {
 	Username       string        `yaml:"username"`
 	Password       string        `yaml:"password"`
 	// Mechanism is the SASL mechanism when a username is set:
-	// SCRAM-SHA-256 (default), SCRAM-SHA-512 or PLAIN.
+	// SCRAM-SHA-256 (default), SCRAM-SHA-512 or PLAIN. PLAIN sends the
+	// password as it is, so it is refused without TLS; SCRAM never sends
+	// it and is allowed without TLS (the orders still travel in clear).
 	Mechanism string `yaml:"mechanism"`
+	// TLS encrypts the connections to the brokers (absent: plaintext).
+	TLS tlsconf.Config `yaml:"tls"`
 }
 
 // Retry is an exponential backoff with a bounded number of attempts.
@@ -170,6 +178,9 @@ func (c *Config) Validate() error {
 	if !c.Enabled {
 		return nil
 	}
+	if err := c.Account.validate(); err != nil {
+		return err
+	}
 	if !identRE.MatchString(c.Database) {
 		return fmt.Errorf("seckill.database %q: want letters, digits and _", c.Database)
 	}
@@ -203,6 +214,12 @@ func (c *Config) Validate() error {
 	case "", "SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN":
 	default:
 		return fmt.Errorf("seckill.kafka.mechanism %q: want SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN", c.Kafka.Mechanism)
+	}
+	if err := c.Kafka.TLS.Validate("seckill.kafka.tls"); err != nil {
+		return err
+	}
+	if c.Kafka.Username != "" && c.Kafka.Mechanism == "PLAIN" && !c.Kafka.TLS.On() {
+		return errors.New("seckill.kafka.mechanism PLAIN sends the password in clear: configure seckill.kafka.tls, or use SCRAM-SHA-256 or SCRAM-SHA-512")
 	}
 	for _, d := range []struct {
 		name string

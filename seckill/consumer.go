@@ -27,7 +27,10 @@ type Consumer struct {
 
 // NewConsumer joins the consumer group (it consumes once Run is called).
 func NewConsumer(cfg Config, store *Store, m *metrics, log zerolog.Logger) (*Consumer, error) {
-	c := saramaConfig(cfg.Kafka, "cachesync-consumer")
+	c, err := saramaConfig(cfg.Kafka, "cachesync-consumer")
+	if err != nil {
+		return nil, err
+	}
 	c.Consumer.Offsets.Initial = sarama.OffsetOldest
 	c.Consumer.Offsets.AutoCommit.Enable = true
 	c.Consumer.Offsets.AutoCommit.Interval = 200 * time.Millisecond
@@ -37,9 +40,12 @@ func NewConsumer(cfg Config, store *Store, m *metrics, log zerolog.Logger) (*Con
 	c.Consumer.Return.Errors = true
 	group, err := sarama.NewConsumerGroup(cfg.Kafka.Brokers, cfg.Kafka.Group, c)
 	if err != nil {
-		return nil, fmt.Errorf("kafka consumer group %s: %w", cfg.Kafka.Group, err)
+		return nil, fmt.Errorf("kafka consumer group %s at %v: %w", cfg.Kafka.Group, cfg.Kafka.Brokers, err)
 	}
-	pc := saramaConfig(cfg.Kafka, "cachesync-dlq")
+	pc, err := saramaConfig(cfg.Kafka, "cachesync-dlq")
+	if err != nil {
+		return nil, err
+	}
 	pc.Producer.RequiredAcks = sarama.WaitForAll
 	pc.Producer.Idempotent = true
 	pc.Net.MaxOpenRequests = 1
@@ -47,7 +53,7 @@ func NewConsumer(cfg Config, store *Store, m *metrics, log zerolog.Logger) (*Con
 	dlq, err := sarama.NewSyncProducer(cfg.Kafka.Brokers, pc)
 	if err != nil {
 		group.Close()
-		return nil, fmt.Errorf("kafka dead-letter producer: %w", err)
+		return nil, fmt.Errorf("kafka dead-letter producer %v: %w", cfg.Kafka.Brokers, err)
 	}
 	return &Consumer{cfg: cfg, store: store, group: group, dlq: dlq, m: m, log: log}, nil
 }

@@ -32,11 +32,13 @@ var grantProbes = []struct {
 }
 
 // CheckGrants probes, in a transaction it rolls back, each privilege the
-// sale needs on its tables and returns every missing one (wrapping
-// ErrGrants) with the GRANT that gives it; user and addr name the account
-// in the message. A missing table is an error of its own (load
-// seckill/schema.sql).
-func (s *Store) CheckGrants(ctx context.Context, database, user, addr string) error {
+// sale of cfg needs on its tables, and for the jobs role (rebuilds and the
+// drift check wait for CDC to pass the binlog position) reading the binlog
+// position; it returns every missing one (wrapping ErrGrants) with the
+// GRANT that gives it. user and addr name the account in the message. A
+// missing table is an error of its own (load seckill/schema.sql).
+func (s *Store) CheckGrants(ctx context.Context, cfg *Config, user, addr string) error {
+	database := cfg.Database
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -51,6 +53,14 @@ func (s *Store) CheckGrants(ctx context.Context, database, user, addr string) er
 			missing = append(missing, fmt.Sprintf("GRANT %s ON %s.%s", p.priv, database, p.table))
 		default:
 			return fmt.Errorf("seckill: probe %s on %s.%s: %w", p.priv, database, p.table, err)
+		}
+	}
+	if cfg.has(RoleJobs) {
+		switch _, err := binlog.CurrentPosition(ctx, s.db); {
+		case binlog.Refused(err) != "":
+			missing = append(missing, "GRANT BINLOG MONITOR ON *.* (REPLICATION CLIENT on MySQL: the jobs role reads the binlog position)")
+		case err != nil:
+			return fmt.Errorf("seckill: probe reading the binlog position: %w", err)
 		}
 	}
 	if len(missing) > 0 {

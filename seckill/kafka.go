@@ -15,8 +15,8 @@ import (
 )
 
 // saramaConfig is the client configuration shared by producer, consumer
-// and admin.
-func saramaConfig(k Kafka, clientID string) *sarama.Config {
+// and admin. The error is seckill.kafka.tls's files failing to load.
+func saramaConfig(k Kafka, clientID string) (*sarama.Config, error) {
 	c := sarama.NewConfig()
 	c.ClientID = clientID
 	c.Version = sarama.V3_6_0_0
@@ -37,7 +37,14 @@ func saramaConfig(k Kafka, clientID string) *sarama.Config {
 			c.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{hash: sha256.New} }
 		}
 	}
-	return c
+	// sarama fills in each broker's host as the server's name unless
+	// seckill.kafka.tls.server_name is set.
+	tc, err := k.TLS.Client("")
+	if err != nil {
+		return nil, fmt.Errorf("seckill.kafka.tls: %w", err)
+	}
+	c.Net.TLS.Enable, c.Net.TLS.Config = tc != nil, tc
+	return c, nil
 }
 
 type scramClient struct {
@@ -71,7 +78,10 @@ type pending struct{ ch chan error }
 
 // NewProducer connects to the brokers.
 func NewProducer(k Kafka, timeout time.Duration) (*Producer, error) {
-	c := saramaConfig(k, "cachesync-producer")
+	c, err := saramaConfig(k, "cachesync-producer")
+	if err != nil {
+		return nil, err
+	}
 	c.Producer.Idempotent = true
 	c.Producer.RequiredAcks = sarama.WaitForAll
 	c.Net.MaxOpenRequests = 1

@@ -35,7 +35,8 @@ func itemOfKey(prefix, key string) (int64, bool) {
 	return n, err == nil
 }
 
-// member is a pending entry: the order and the user who reserved it.
+// member is a pending entry: the order and the user who reserved it (as
+// reserve.lua writes it).
 func member(order string, user int64) string {
 	return order + ":" + strconv.FormatInt(user, 10)
 }

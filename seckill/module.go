@@ -3,12 +3,14 @@ package seckill
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/cachesync/cachesync/api"
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/cache"
+	"github.com/cachesync/cachesync/internal/tlsconf"
 	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/leader"
 	"github.com/cachesync/cachesync/seckill/auth"
@@ -29,10 +31,15 @@ func OpenDB(ctx context.Context, mc binlog.Config) (*sql.DB, error) {
 	dsn.ParseTime, dsn.Loc = true, time.UTC
 	dsn.InterpolateParams = true
 	dsn.Params = map[string]string{"time_zone": "'+00:00'"}
-	db, err := sql.Open("mysql", dsn.FormatDSN())
+	var err error
+	if dsn.TLS, err = mc.SQLTLS(); err != nil {
+		return nil, err
+	}
+	conn, err := mysql.NewConnector(dsn) // a DSN string would drop dsn.TLS
 	if err != nil {
 		return nil, err
 	}
+	db := sql.OpenDB(conn)
 	db.SetMaxOpenConns(32)
 	db.SetMaxIdleConns(32)
 	if err := db.PingContext(ctx); err != nil {
@@ -76,14 +83,24 @@ func start(p Params) error {
 	log := p.Log.With().Str("component", "seckill").Logger()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	db, err := OpenDB(ctx, p.MySQL)
+	mc := cfg.MySQL(p.MySQL)
+	db, err := OpenDB(ctx, mc)
 	if err != nil {
 		return err
 	}
 	p.Lifecycle.Append(fx.StopHook(db.Close))
 	m := newMetrics(p.Registerer)
 	store := NewStore(db, cfg.Database)
-	if err := store.CheckGrants(ctx, cfg.Database, p.MySQL.User, p.MySQL.Addr); err != nil {
+	if err := store.CheckGrants(ctx, &cfg, mc.User, mc.Addr); err != nil {
+		return err
+	}
+	if _, err := retry(ctx, func() (struct{}, error) {
+		err := CheckKafka(cfg.Kafka)
+		if errors.Is(err, ErrKafka) {
+			return struct{}{}, backoff.Permanent(err)
+		}
+		return struct{}{}, err
+	}); err != nil {
 		return err
 	}
 	ks := keyspace.Keyspace{Prefix: p.Sink.KeyPrefix}
@@ -163,7 +180,7 @@ func start(p Params) error {
 			if jobs != nil {
 				run(func(ctx context.Context) { jobsLease.Run(ctx, jobs.Run) })
 			}
-			log.Info().Strs("roles", cfg.Roles).Strs("brokers", cfg.Kafka.Brokers).Str("topic", cfg.Kafka.Topic).Msg("seckill started")
+			log.Info().Strs("roles", cfg.Roles).Strs("brokers", cfg.Kafka.Brokers).Str("topic", cfg.Kafka.Topic).Bool("kafka_tls", cfg.Kafka.TLS.On()).Msg("seckill started")
 			return nil
 		},
 		OnStop: func(stopCtx context.Context) error {
@@ -186,9 +203,16 @@ func start(p Params) error {
 }
 
 // retry builds a Kafka client, retrying while the brokers are unreachable
-// (the daemon may start before them) until ctx ends.
+// (the daemon may start before them) until ctx ends; a TLS failure no
+// retry cures (a certificate that does not verify) ends it at once.
 func retry[T any](ctx context.Context, mk func() (T, error)) (T, error) {
 	bo := backoff.NewExponentialBackOff()
 	bo.MaxInterval = 2 * time.Second
-	return backoff.RetryWithData(mk, backoff.WithContext(bo, ctx))
+	return backoff.RetryWithData(func() (T, error) {
+		v, err := mk()
+		if tlsconf.Permanent(err) {
+			return v, backoff.Permanent(err)
+		}
+		return v, err
+	}, backoff.WithContext(bo, ctx))
 }

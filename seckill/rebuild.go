@@ -197,7 +197,11 @@ type lagReader struct {
 }
 
 func newLagReader(k Kafka) (*lagReader, error) {
-	client, err := sarama.NewClient(k.Brokers, saramaConfig(k, "cachesync-admin"))
+	c, err := saramaConfig(k, "cachesync-admin")
+	if err != nil {
+		return nil, err
+	}
+	client, err := sarama.NewClient(k.Brokers, c)
 	if err != nil {
 		return nil, fmt.Errorf("kafka client %v: %w", k.Brokers, err)
 	}

@@ -198,13 +198,6 @@ func (s *soldOut) set(item int64, since uint64) {
 	}
 }
 
-// count is the number of items flagged.
-func (s *soldOut) count() int {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return len(s.flags)
-}
-
 // invalidated handles one invalidation message; flush drops everything.
 func (s *soldOut) invalidated(keys []string, flush bool) {
 	s.mu.Lock()

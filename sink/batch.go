@@ -51,8 +51,6 @@ func (b *batch) reset() {
 	b.rules = b.rules[:0]
 }
 
-func (b *batch) empty() bool { return len(b.txns) == 0 }
-
 func (b *batch) announce(k string) {
 	if _, ok := b.pub[k]; !ok {
 		b.pub[k] = struct{}{}

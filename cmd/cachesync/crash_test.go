@@ -1022,6 +1022,7 @@ func lastCommit(t *testing.T, db *sql.DB) (file, pos string) {
 // /metrics, and its public listener not to serve them.
 func checkHTTP(t *testing.T, r *testenv.ChildRun) {
 	t.Helper()
+	checkLogLines(t, r)
 	addr, public := listenAddr(r, "admin"), listenAddr(r, "http")
 	if addr == "" || public == "" {
 		t.Errorf("run %d: no \"admin listening\" or \"http listening\" log line with the address%s", r.N, r.Tail())
@@ -1079,6 +1080,32 @@ func catchUp(t *testing.T, db *sql.DB, rdb *redis.Client, r *testenv.ChildRun) {
 
 // listenAddr is the address the run's listener ("http" or "admin") logged
 // ("" before it did).
+// checkLogLines requires every complete line of the logs of r and of the
+// runs before it (killed ones too) to be one JSON object with at most one
+// "component" key: no plain-text lines from the drivers, no component
+// tagged twice.
+func checkLogLines(t *testing.T, r *testenv.ChildRun) {
+	t.Helper()
+	logs, err := filepath.Glob(filepath.Join(filepath.Dir(r.Log), "run-*.log"))
+	if err != nil || len(logs) == 0 {
+		t.Fatalf("run logs beside %s: %v", r.Log, err)
+	}
+	for _, name := range logs {
+		data, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(string(data), "\n")
+		for _, line := range lines[:len(lines)-1] { // the last is cut by a kill, or empty
+			if !json.Valid([]byte(line)) {
+				t.Errorf("%s: log line is not JSON: %q", name, line)
+			} else if n := strings.Count(line, `"component":`); n > 1 {
+				t.Errorf("%s: log line has %d component keys: %s", name, n, line)
+			}
+		}
+	}
+}
+
 func listenAddr(r *testenv.ChildRun, listener string) string {
 	var addr string
 	for _, line := range strings.Split(r.Grep(`"`+listener+` listening"`), "\n") {

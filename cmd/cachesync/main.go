@@ -24,10 +24,12 @@ import (
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/daemon"
+	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/seckill"
 	"github.com/cachesync/cachesync/sink"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
+	"go.uber.org/dig"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxevent"
 )
@@ -103,14 +105,15 @@ func runDaemon(cfg *config.Config) int {
 		daemon.Options(cfg),
 	)
 	log := daemon.NewLogger(cfg.Log)
+	daemon.RouteDriverLogs(log)
 	if err := app.Err(); err != nil {
-		log.Error().Err(err).Msg("start-up failed")
+		startupFailed(log, err)
 		return 1
 	}
 	startCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := app.Start(startCtx); err != nil {
-		log.Error().Err(err).Msg("start-up failed")
+		startupFailed(log, err)
 		return 1
 	}
 	sig := <-app.Wait()
@@ -122,6 +125,14 @@ func runDaemon(cfg *config.Config) int {
 	}
 	log.Info().Int("exit", sig.ExitCode).Msg("stopped")
 	return sig.ExitCode
+}
+
+// startupFailed logs why the daemon could not start: the root cause
+// first, fx's wiring path (which constructor failed, through which
+// dependencies) after it, at debug level.
+func startupFailed(log zerolog.Logger, err error) {
+	log.Error().AnErr("error", dig.RootCause(err)).Msg("start-up failed")
+	log.Debug().Str("wiring", err.Error()).Msg("start-up failed: wiring")
 }
 
 // requestSnapshot asks the leader to snapshot table again (see
@@ -148,9 +159,9 @@ func validate(cfg *config.Config) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	db, info, err := daemon.OpenMySQL(ctx, cfg.MySQL)
+	var rules *sink.Rules
 	if err == nil {
 		defer db.Close()
-		var rules *sink.Rules
 		if rules, err = sink.CompileRules(cfg.Sink.Rules); err == nil {
 			err = binlog.CheckGrants(ctx, cfg.MySQL, info.Flavor, db, rules.Tables())
 		}
@@ -158,7 +169,10 @@ func validate(cfg *config.Config) int {
 			err = rules.CheckSchema(ctx, db)
 		}
 		if err == nil && cfg.Seckill.Enabled {
-			err = seckill.NewStore(db, cfg.Seckill.Database).CheckGrants(ctx, cfg.Seckill.Database, cfg.MySQL.User, cfg.MySQL.Addr)
+			err = checkSaleGrants(ctx, cfg)
+		}
+		if err == nil && cfg.Seckill.Enabled {
+			err = seckill.CheckKafka(cfg.Seckill.Kafka)
 		}
 	}
 	var reached string
@@ -166,6 +180,13 @@ func validate(cfg *config.Config) int {
 		rdb := daemon.NewRedisClient(cfg.Redis)
 		defer rdb.Close()
 		if reached, err = redisReached(ctx, rdb, cfg.Redis); err == nil {
+			err = sink.CheckACL(ctx, rdb, rules.ACLProbes(keyspace.Keyspace{Prefix: cfg.Sink.KeyPrefix}, cfg.Sink.Channel))
+			if errors.Is(err, sink.ErrACLUnchecked) {
+				fmt.Fprintln(os.Stderr, "cachesync: warning:", err)
+				err = nil
+			}
+		}
+		if err == nil {
 			var warning string
 			if warning, err = sink.CheckEvictionPolicy(ctx, rdb); warning != "" {
 				fmt.Fprintln(os.Stderr, "cachesync: warning:", warning)
@@ -181,6 +202,18 @@ func validate(cfg *config.Config) int {
 	}
 	fmt.Printf("ok: %s %s, %d rules; %s\n", info.Flavor, info.Version, len(cfg.Sink.Rules), reached)
 	return 0
+}
+
+// checkSaleGrants checks the sale's account (seckill.mysql, else
+// mysql.user) on its own pool.
+func checkSaleGrants(ctx context.Context, cfg *config.Config) error {
+	mc := cfg.Seckill.MySQL(cfg.MySQL)
+	db, err := seckill.OpenDB(ctx, mc)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return seckill.NewStore(db, cfg.Seckill.Database).CheckGrants(ctx, &cfg.Seckill, mc.User, mc.Addr)
 }
 
 // describeRedis names the Redis that cfg configures, for messages.

@@ -75,13 +75,13 @@ func TestPositionSet(t *testing.T) {
 	// While d1 leads: show names it; set is refused and changes nothing.
 	c0 := storedCheckpoint(t, e.rdb)
 	c0Pos := c0["file"] + ":" + c0["pos"]
-	code, out, errOut := cli(t, e.bin, "position", "show", "-config", d.Config)
+	code, out, _ := cli(t, e.bin, "position", "show", "-config", d.Config)
 	for _, w := range []string{"checkpoint:   " + c0Pos + " (version " + c0["version"] + ")", "snapshot:     none pending", `cdc lease:    held by "d1" (token `, "left unless renewed"} {
 		if code != 0 || !strings.Contains(out, w) {
 			t.Errorf("position show while d1 leads: exit %d, want 0 and %q", code, w)
 		}
 	}
-	code, _, errOut = cli(t, e.bin, "position", "set", "-config", d.Config, c0["file"]+":4")
+	code, _, errOut := cli(t, e.bin, "position", "set", "-config", d.Config, c0["file"]+":4")
 	for _, w := range []string{"refused", `held by "d1"`, "left unless renewed", "-force"} {
 		if code != 1 || !strings.Contains(errOut, w) {
 			t.Errorf("position set while d1 leads: exit %d, want 1 and %q in stderr", code, w)

@@ -92,7 +92,7 @@ func saleDeps(ctx context.Context, cfg *config.Config) (*seckill.Store, redis.Un
 	if !cfg.Seckill.Enabled {
 		return nil, nil, nil, fmt.Errorf("seckill.enabled is false in the configuration")
 	}
-	db, err := seckill.OpenDB(ctx, cfg.MySQL)
+	db, err := seckill.OpenDB(ctx, cfg.Seckill.MySQL(cfg.MySQL))
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -4,8 +4,11 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"database/sql"
+	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -15,6 +18,7 @@ import (
 	"github.com/cachesync/cachesync/cache"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/goods"
+	"github.com/cachesync/cachesync/internal/tlsconf"
 	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/leader"
 	"github.com/cachesync/cachesync/pipeline"
@@ -33,12 +37,32 @@ func Options(cfg *config.Config) fx.Option {
 	return fx.Options(
 		fx.Supply(cfg.MySQL, cfg.Sink, cfg.HTTP, cfg.Admin, cfg.Redis, cfg.Log, cfg.Cache, cfg.Goods, cfg.Seckill, cfg.HA),
 		fx.Provide(NewLogger, newRedis, newMySQL, newApplier, newElector),
+		fx.Invoke(func(log zerolog.Logger) { warnInsecureTLS(cfg, log) }),
 		api.Module,
 		pipeline.Module,
 		cache.Module,
 		goods.Module,
 		seckill.Module,
 	)
+}
+
+// warnInsecureTLS logs a warning for each connection whose TLS block
+// turns certificate verification off (allowed, for tests).
+func warnInsecureTLS(cfg *config.Config, log zerolog.Logger) {
+	for _, c := range []struct {
+		field string
+		tls   tlsconf.Config
+		used  bool
+	}{
+		{"mysql.tls", cfg.MySQL.TLS, true},
+		{"redis.tls", cfg.Redis.TLS, true},
+		{"seckill.kafka.tls", cfg.Seckill.Kafka.TLS, cfg.Seckill.Enabled},
+	} {
+		if c.used && c.tls.On() && c.tls.InsecureSkipVerify {
+			log.Warn().Str("component", "tls").Str("field", c.field+".insecure_skip_verify").
+				Msg("server certificates are not verified: the connection is encrypted but open to a man in the middle")
+		}
+	}
 }
 
 // NewLogger builds the logger the configuration asks for.
@@ -67,19 +91,64 @@ func NewLogger(cfg config.Log) zerolog.Logger {
 // closes its idle connections to the old master, so later commands go to
 // the new one. Commands sent to the old master between its replica's
 // promotion and that message are not redirected.
+//
+// A command's context deadline bounds its socket reads and writes
+// (ContextTimeoutEnabled): a script call applying 64 MiB values may take
+// its 30 s, a readiness ping only its second; without a deadline go-redis'
+// 3 s applies.
+//
+// With redis.tls every connection, to the Sentinels as to the data node,
+// is TLS. A dial error names the address ("redis HOST:PORT: …"); if the
+// TLS files cannot be read (they were checked at load), every dial fails
+// with that error.
 func NewRedisClient(cfg config.Redis) redis.UniversalClient {
+	tc, tlsErr := cfg.TLS.Client("")
+	dial := redisDialer(tc, tlsErr)
 	if cfg.Mode == config.RedisSentinel {
 		return redis.NewFailoverClient(&redis.FailoverOptions{
-			MasterName:       cfg.MasterName,
-			SentinelAddrs:    cfg.SentinelAddrs,
-			SentinelUsername: cfg.SentinelUsername,
-			SentinelPassword: cfg.SentinelPassword,
-			Username:         cfg.Username,
-			Password:         cfg.Password,
-			DB:               cfg.DB,
+			MasterName:            cfg.MasterName,
+			SentinelAddrs:         cfg.SentinelAddrs,
+			SentinelUsername:      cfg.SentinelUsername,
+			SentinelPassword:      cfg.SentinelPassword,
+			Username:              cfg.Username,
+			Password:              cfg.Password,
+			DB:                    cfg.DB,
+			TLSConfig:             tc,
+			Dialer:                dial,
+			ContextTimeoutEnabled: true,
 		})
 	}
-	return redis.NewClient(&redis.Options{Addr: cfg.Addr, Username: cfg.Username, Password: cfg.Password, DB: cfg.DB})
+	return redis.NewClient(&redis.Options{Addr: cfg.Addr, Username: cfg.Username, Password: cfg.Password, DB: cfg.DB,
+		TLSConfig: tc, Dialer: dial, ContextTimeoutEnabled: true})
+}
+
+// redisDialer dials like go-redis's own dialer (5 s timeout, TCP
+// keep-alive), over TLS when tc is set, and names the address in errors,
+// which go-redis's does not. TLS takes the server's name from the address
+// unless redis.tls.server_name is set.
+func redisDialer(tc *tls.Config, tlsErr error) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := &net.Dialer{
+		Timeout:         5 * time.Second,
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 5 * time.Second, Count: 3},
+	}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if tlsErr != nil {
+			return nil, fmt.Errorf("redis %s: redis.tls: %w", addr, tlsErr)
+		}
+		var (
+			c   net.Conn
+			err error
+		)
+		if tc != nil {
+			c, err = (&tls.Dialer{NetDialer: d, Config: tc}).DialContext(ctx, network, addr)
+		} else {
+			c, err = d.DialContext(ctx, network, addr)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("redis %s: %w", addr, err)
+		}
+		return c, nil
+	}
 }
 
 func newRedis(cfg config.Redis, health *api.Health, lc fx.Lifecycle) redis.UniversalClient {
@@ -89,29 +158,45 @@ func newRedis(cfg config.Redis, health *api.Health, lc fx.Lifecycle) redis.Unive
 	return rdb
 }
 
-// OpenMySQL connects (retrying for up to the ctx deadline) and checks that
+// OpenMySQL connects (retrying for up to the ctx deadline, except after a
+// refused login or a TLS failure, which no retry cures) and checks that
 // the server writes a binlog cachesync can read.
 func OpenMySQL(ctx context.Context, cfg binlog.Config) (*sql.DB, binlog.ServerInfo, error) {
 	dsn := mysql.NewConfig()
 	dsn.User, dsn.Passwd, dsn.Net, dsn.Addr = cfg.User, cfg.Password, "tcp", cfg.Addr
 	dsn.InterpolateParams = true
-	db, err := sql.Open("mysql", dsn.FormatDSN())
+	var err error
+	if dsn.TLS, err = cfg.SQLTLS(); err != nil {
+		return nil, binlog.ServerInfo{}, err
+	}
+	conn, err := mysql.NewConnector(dsn) // a DSN string would drop dsn.TLS
 	if err != nil {
 		return nil, binlog.ServerInfo{}, err
 	}
+	db := sql.OpenDB(conn)
 	db.SetMaxOpenConns(4)
 	bo := backoff.NewExponentialBackOff()
 	bo.MaxInterval = 2 * time.Second
+	var last error // the server's answer, which ctx's error would hide
 	ping := func() error {
 		err := db.PingContext(ctx)
+		if err != nil && ctx.Err() == nil {
+			last = err
+		}
 		if why := binlog.Refused(err); why != "" {
 			// A wrong password or a locked account: no retry cures it.
 			return backoff.Permanent(fmt.Errorf("%s: %w", why, err))
+		}
+		if tlsconf.Permanent(err) {
+			return backoff.Permanent(err)
 		}
 		return err
 	}
 	if err := backoff.Retry(ping, backoff.WithContext(bo, ctx)); err != nil {
 		db.Close()
+		if last != nil && !errors.Is(err, last) {
+			err = fmt.Errorf("%w; last attempt: %w", err, last)
+		}
 		return nil, binlog.ServerInfo{}, fmt.Errorf("connect to mysql %s as %q: %w", cfg.Addr, cfg.User, err)
 	}
 	info, err := binlog.CheckServer(ctx, db)
@@ -140,7 +225,7 @@ func newMySQL(cfg binlog.Config, sc sink.Config, log zerolog.Logger, lc fx.Lifec
 	if err != nil {
 		return nil, info, err
 	}
-	log.Info().Str("component", "mysql").Str("flavor", info.Flavor).Str("version", info.Version).Msg("connected")
+	log.Info().Str("component", "mysql").Str("flavor", info.Flavor).Str("version", info.Version).Bool("tls", cfg.TLS.On()).Msg("connected")
 	return db, info, nil
 }
 

@@ -41,6 +41,7 @@ package testenv
 //     registry); a goleak check has to ignore that function.
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
@@ -84,6 +85,7 @@ type kafkaConfig struct {
 	syncWrites        bool
 	autoCreateTopics  bool
 	minSessionTimeout time.Duration
+	tls               *tls.Config
 }
 
 // KafkaTopic creates topic with the given number of partitions (at least 1)
@@ -125,6 +127,12 @@ func KafkaBrokers(n int) KafkaOption {
 // topic fails instead of silently creating a new one.
 func KafkaAutoCreateTopics() KafkaOption {
 	return func(c *kafkaConfig) { c.autoCreateTopics = true }
+}
+
+// KafkaTLS makes every broker speak TLS only, with the server side c
+// (TLSFiles.ServerConfig): plaintext clients get no answer.
+func KafkaTLS(c *tls.Config) KafkaOption {
+	return func(cfg *kafkaConfig) { cfg.tls = c }
 }
 
 // KafkaGroupMinSessionTimeout sets the smallest consumer group session
@@ -272,6 +280,9 @@ func (k *Kafka) start() error {
 	}
 	if k.cfg.autoCreateTopics {
 		opts = append(opts, kfake.AllowAutoTopicCreation())
+	}
+	if k.cfg.tls != nil {
+		opts = append(opts, kfake.TLS(k.cfg.tls))
 	}
 	c, err := kfake.NewCluster(opts...)
 	if err != nil {

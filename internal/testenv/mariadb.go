@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,19 +32,35 @@ type MariaDB struct {
 	Password string
 	DataDir  string
 	Socket   string
+	// TLS is the PKI of a server started with MariaDBTLS, nil otherwise.
+	TLS *TLSFiles
 
 	mu     sync.Mutex
+	tlsKey string // the DSN's tls= name, registered with the driver
 	bin    string
 	tmpDir string   // --tmpdir: the shared /tmp made concurrent installs collide
 	proc   *process // nil while stopped
 	closed bool
 }
 
+// MariaDBOption configures NewMariaDB and StartMariaDB.
+type MariaDBOption func(*MariaDB)
+
+// MariaDBTLS starts the server with f's server certificate and CA
+// (--ssl-cert, --ssl-key, --ssl-ca) and --require-secure-transport=ON:
+// plaintext TCP connections are refused (MariaDB answers them with error
+// 1045, access denied, where MySQL has 3159). Client certificates
+// are verified against the CA when presented. DSN, DB and the readiness
+// check connect over TLS, trusting the CA.
+func MariaDBTLS(f *TLSFiles) MariaDBOption {
+	return func(m *MariaDB) { m.TLS = f }
+}
+
 // NewMariaDB initializes a new data directory in a temporary directory with
 // mariadb-install-db, starts mariadbd on a free port and waits (at most 60 s)
 // until it accepts connections. If the port turns out to be taken, it tries
 // again on another one. The caller must Close the server.
-func NewMariaDB() (*MariaDB, error) {
+func NewMariaDB(opts ...MariaDBOption) (*MariaDB, error) {
 	bin, err := LookBinary("mariadbd", "mariadb-server")
 	if err != nil {
 		return nil, err
@@ -69,6 +86,14 @@ func NewMariaDB() (*MariaDB, error) {
 		bin:     bin,
 		tmpDir:  tmp,
 	}
+	for _, o := range opts {
+		o(m)
+	}
+	if err := m.registerTLS(); err != nil {
+		os.RemoveAll(dir)
+		os.RemoveAll(tmp)
+		return nil, err
+	}
 	if err := m.installDB(installDB); err != nil {
 		os.RemoveAll(dir)
 		os.RemoveAll(tmp)
@@ -84,9 +109,9 @@ func NewMariaDB() (*MariaDB, error) {
 
 // StartMariaDB is NewMariaDB for tests: it registers Close with tb.Cleanup
 // and fails the test with tb.Fatal if the server cannot be started.
-func StartMariaDB(tb testing.TB) *MariaDB {
+func StartMariaDB(tb testing.TB, opts ...MariaDBOption) *MariaDB {
 	tb.Helper()
-	m, err := NewMariaDB()
+	m, err := NewMariaDB(opts...)
 	if err != nil {
 		tb.Fatalf("testenv: start MariaDB: %v", err)
 	}
@@ -100,13 +125,38 @@ func (m *MariaDB) Addr() string {
 }
 
 // DSN returns a go-sql-driver/mysql DSN for database db (empty for none):
-// user@tcp(127.0.0.1:PORT)/db?multiStatements=true&parseTime=true&interpolateParams=true.
+// user@tcp(127.0.0.1:PORT)/db?multiStatements=true&parseTime=true&interpolateParams=true,
+// with &tls=NAME (a configuration registered with the driver that trusts
+// the CA and presents the client certificate) for a MariaDBTLS server.
 func (m *MariaDB) DSN(db string) string {
 	user := m.User
 	if m.Password != "" {
 		user += ":" + m.Password
 	}
-	return fmt.Sprintf("%s@tcp(%s)/%s?multiStatements=true&parseTime=true&interpolateParams=true", user, m.Addr(), db)
+	dsn := fmt.Sprintf("%s@tcp(%s)/%s?multiStatements=true&parseTime=true&interpolateParams=true", user, m.Addr(), db)
+	if m.tlsKey != "" {
+		dsn += "&tls=" + m.tlsKey
+	}
+	return dsn
+}
+
+// tlsKeys numbers the TLS configurations registered with the driver.
+var tlsKeys atomic.Int64
+
+// registerTLS registers the client side of m.TLS with the driver, for DSN.
+func (m *MariaDB) registerTLS() error {
+	if m.TLS == nil {
+		return nil
+	}
+	tc, err := m.TLS.ClientConfig()
+	if err != nil {
+		return err
+	}
+	m.tlsKey = fmt.Sprintf("testenv-mariadb-%d", tlsKeys.Add(1))
+	if err := mysql.RegisterTLSConfig(m.tlsKey, tc); err != nil {
+		return fmt.Errorf("testenv: %w", err)
+	}
+	return nil
 }
 
 // DB creates database db if it does not exist (unless db is empty) and
@@ -203,6 +253,9 @@ func (m *MariaDB) Close() {
 	}
 	os.RemoveAll(m.DataDir)
 	os.RemoveAll(m.tmpDir)
+	if m.tlsKey != "" {
+		mysql.DeregisterTLSConfig(m.tlsKey)
+	}
 }
 
 // installDB creates the system tables in m.DataDir.
@@ -237,6 +290,14 @@ func (m *MariaDB) args() []string {
 		args = append(args, "--user=root")
 	}
 	d := m.DataDir
+	if m.TLS != nil {
+		args = append(args,
+			"--ssl-ca="+m.TLS.CA,
+			"--ssl-cert="+m.TLS.ServerCert,
+			"--ssl-key="+m.TLS.ServerKey,
+			"--require-secure-transport=ON",
+		)
+	}
 	return append(args,
 		"--datadir="+d,
 		"--tmpdir="+m.tmpDir,
@@ -279,6 +340,12 @@ func (m *MariaDB) start() error {
 	cfg.Net = "tcp"
 	cfg.Addr = m.Addr()
 	cfg.Timeout = time.Second
+	if m.TLS != nil {
+		if cfg.TLS, err = m.TLS.ClientConfig(); err != nil {
+			p.kill()
+			return err
+		}
+	}
 	conn, err := mysql.NewConnector(cfg)
 	if err != nil {
 		p.kill()

@@ -3,6 +3,7 @@ package testenv
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -25,6 +26,8 @@ type Redis struct {
 	Host string
 	Port int
 	Dir  string
+	// TLS is the PKI of a server started with NewRedisTLS, nil otherwise.
+	TLS *TLSFiles
 
 	mu     sync.Mutex
 	bin    string
@@ -47,6 +50,20 @@ func NewRedis() (*Redis, error) {
 // passes them again. Readiness is still PING: a replica may not have
 // synchronized yet when NewRedisWith returns.
 func NewRedisWith(args ...string) (*Redis, error) {
+	return newRedis(nil, args)
+}
+
+// NewRedisTLS is NewRedisWith for a server that speaks only TLS, with f's
+// server certificate: Port is its --tls-port and --port is 0, so plaintext
+// connections are refused. Client certificates are verified against f's CA
+// when presented (--tls-auth-clients optional; pass "--tls-auth-clients",
+// "yes" to require them), and a replica replicates over TLS
+// (--tls-replication yes). The readiness PING goes over TLS too.
+func NewRedisTLS(f *TLSFiles, args ...string) (*Redis, error) {
+	return newRedis(f, args)
+}
+
+func newRedis(f *TLSFiles, args []string) (*Redis, error) {
 	bin, err := LookBinary("redis-server", "redis-server")
 	if err != nil {
 		return nil, err
@@ -55,7 +72,7 @@ func NewRedisWith(args ...string) (*Redis, error) {
 	if err != nil {
 		return nil, fmt.Errorf("testenv: %w", err)
 	}
-	r := &Redis{Host: "127.0.0.1", Dir: dir, bin: bin, args: slices.Clone(args)}
+	r := &Redis{Host: "127.0.0.1", Dir: dir, TLS: f, bin: bin, args: slices.Clone(args)}
 	if err := onFreePorts(1, func(p []int) error { r.Port = p[0]; return r.start() }); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -79,6 +96,17 @@ func StartRedis(tb testing.TB) *Redis {
 func StartRedisWith(tb testing.TB, args ...string) *Redis {
 	tb.Helper()
 	r, err := NewRedisWith(args...)
+	if err != nil {
+		tb.Fatalf("testenv: start Redis: %v", err)
+	}
+	tb.Cleanup(r.Close)
+	return r
+}
+
+// StartRedisTLS is NewRedisTLS for tests, like StartRedis.
+func StartRedisTLS(tb testing.TB, f *TLSFiles, args ...string) *Redis {
+	tb.Helper()
+	r, err := NewRedisTLS(f, args...)
 	if err != nil {
 		tb.Fatalf("testenv: start Redis: %v", err)
 	}
@@ -174,14 +202,28 @@ func (r *Redis) logPath() string { return filepath.Join(r.Dir, "redis.log") }
 func (r *Redis) start() error {
 	log := r.logPath()
 	offset := fileSize(log)
+	port := strconv.Itoa(r.Port)
+	if r.TLS != nil {
+		port = "0" // no plaintext listener; Port is the --tls-port
+	}
 	args := []string{
 		"--bind", r.Host,
-		"--port", strconv.Itoa(r.Port),
+		"--port", port,
 		"--dir", r.Dir,
 		"--save", "",
 		"--appendonly", "no",
 		"--daemonize", "no",
 		"--logfile", "", // stdout, which goes to redis.log
+	}
+	if r.TLS != nil {
+		args = append(args,
+			"--tls-port", strconv.Itoa(r.Port),
+			"--tls-cert-file", r.TLS.ServerCert,
+			"--tls-key-file", r.TLS.ServerKey,
+			"--tls-ca-cert-file", r.TLS.CA,
+			"--tls-auth-clients", "optional",
+			"--tls-replication", "yes",
+		)
 	}
 	args = append(args, r.args...)
 	p, err := startProcess(r.bin, args, nil, log)
@@ -199,10 +241,22 @@ func (r *Redis) start() error {
 	return nil
 }
 
-// ping sends PING and expects +PONG.
+// ping sends PING and expects +PONG (over TLS to a NewRedisTLS server).
 func (r *Redis) ping(ctx context.Context) error {
-	d := net.Dialer{Timeout: time.Second}
-	c, err := d.DialContext(ctx, "tcp", r.Addr())
+	d := &net.Dialer{Timeout: time.Second}
+	var (
+		c   net.Conn
+		err error
+	)
+	if r.TLS != nil {
+		tc, terr := r.TLS.ClientConfig()
+		if terr != nil {
+			return terr
+		}
+		c, err = (&tls.Dialer{NetDialer: d, Config: tc}).DialContext(ctx, "tcp", r.Addr())
+	} else {
+		c, err = d.DialContext(ctx, "tcp", r.Addr())
+	}
 	if err != nil {
 		return err
 	}

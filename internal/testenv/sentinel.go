@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -42,8 +43,11 @@ const (
 // The methods are safe for concurrent use.
 type Sentinel struct {
 	Dir string
+	// TLS is the PKI of a topology started with SentinelTLS, nil otherwise.
+	TLS *TLSFiles
 
-	nodes     []*Redis // in start order: nodes[0] started as the master
+	tls       *tls.Config // the client side of TLS, for the helpers' connections
+	nodes     []*Redis    // in start order: nodes[0] started as the master
 	sentinels []*sentinelProc
 	clients   []*redis.SentinelClient // one per Sentinel
 
@@ -63,6 +67,18 @@ func (s *sentinelProc) logPath() string {
 	return filepath.Join(s.dir, "sentinel.log")
 }
 
+// SentinelOption configures NewSentinel and StartSentinel.
+type SentinelOption func(*Sentinel)
+
+// SentinelTLS makes every process of the topology speak only TLS with f's
+// server certificate (the nodes as NewRedisTLS starts them; the Sentinels
+// with tls-port and port 0): the Sentinels reach the nodes and one another
+// over TLS (tls-replication), the replica its master too, and clients
+// must trust f's CA. Client certificates are optional.
+func SentinelTLS(f *TLSFiles) SentinelOption {
+	return func(s *Sentinel) { s.TLS = f }
+}
+
 // NewSentinel starts the topology and blocks until it is ready: the replica
 // replicates the master (INFO replication says master_link_status:up), and
 // each Sentinel reports the master at its address with no down or failover
@@ -72,12 +88,21 @@ func (s *sentinelProc) logPath() string {
 // redis-server (its --sentinel mode): missing, it is an error, never a
 // reason to skip. On error nothing is left running. The caller must Close
 // the topology.
-func NewSentinel() (*Sentinel, error) {
+func NewSentinel(opts ...SentinelOption) (*Sentinel, error) {
 	dir, err := os.MkdirTemp("", "testenv-sentinel-")
 	if err != nil {
 		return nil, fmt.Errorf("testenv: %w", err)
 	}
 	s := &Sentinel{Dir: dir}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.TLS != nil {
+		if s.tls, err = s.TLS.ClientConfig(); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+	}
 	if err := s.start(); err != nil {
 		s.Close()
 		return nil, err
@@ -87,9 +112,9 @@ func NewSentinel() (*Sentinel, error) {
 
 // StartSentinel is NewSentinel for tests: it registers Close with tb.Cleanup
 // and fails the test with tb.Fatal if the topology cannot be started.
-func StartSentinel(tb testing.TB) *Sentinel {
+func StartSentinel(tb testing.TB, opts ...SentinelOption) *Sentinel {
 	tb.Helper()
-	s, err := NewSentinel()
+	s, err := NewSentinel(opts...)
 	if err != nil {
 		tb.Fatalf("testenv: start Sentinel: %v", err)
 	}
@@ -106,12 +131,12 @@ func (s *Sentinel) start() error {
 	// No delay before a full synchronization: either node may become the
 	// master, and a replica (re)joining should sync at once.
 	fast := []string{"--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"}
-	master, err := NewRedisWith(fast...)
+	master, err := newRedis(s.TLS, fast)
 	if err != nil {
 		return err
 	}
 	s.nodes = append(s.nodes, master)
-	replica, err := NewRedisWith(append(fast, "--replicaof", master.Host, strconv.Itoa(master.Port))...)
+	replica, err := newRedis(s.TLS, append(fast, "--replicaof", master.Host, strconv.Itoa(master.Port)))
 	if err != nil {
 		return err
 	}
@@ -122,7 +147,7 @@ func (s *Sentinel) start() error {
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	if err := WaitFor(ctx, 50*time.Millisecond, func(ctx context.Context) error {
-		return replicating(ctx, replica.Addr(), master.Addr())
+		return replicating(ctx, s.tls, replica.Addr(), master.Addr())
 	}); err != nil {
 		return fmt.Errorf("testenv: replica %s does not replicate %s: %w%s", replica.Addr(), master.Addr(), err, logTails(replica.logPath(), master.logPath()))
 	}
@@ -131,12 +156,13 @@ func (s *Sentinel) start() error {
 		if err := os.Mkdir(sp.dir, 0o755); err != nil {
 			return fmt.Errorf("testenv: %w", err)
 		}
-		if err := onFreePorts(1, func(p []int) error { sp.port = p[0]; return sp.start(bin, master) }); err != nil {
+		if err := onFreePorts(1, func(p []int) error { sp.port = p[0]; return sp.start(bin, master, s.TLS) }); err != nil {
 			return err
 		}
 		s.sentinels = append(s.sentinels, sp)
 		s.clients = append(s.clients, redis.NewSentinelClient(&redis.Options{
 			Addr: sp.addr(), DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
+			TLSConfig: s.tls,
 		}))
 	}
 	if err := s.WaitSettled(ctx); err != nil {
@@ -146,19 +172,24 @@ func (s *Sentinel) start() error {
 }
 
 // start writes the Sentinel's configuration, starts it and waits until it
-// answers PING. It wraps errAddrInUse if the port was taken.
-func (sp *sentinelProc) start(bin string, master *Redis) error {
+// answers PING (over TLS with f's certificate unless f is nil). It wraps
+// errAddrInUse if the port was taken.
+func (sp *sentinelProc) start(bin string, master *Redis, f *TLSFiles) error {
 	conf := filepath.Join(sp.dir, "sentinel.conf")
-	text := fmt.Sprintf(`port %d
-bind 127.0.0.1
-dir %s
+	listen := fmt.Sprintf("port %d\n", sp.port)
+	if f != nil {
+		listen = fmt.Sprintf("port 0\ntls-port %d\ntls-cert-file %s\ntls-key-file %s\ntls-ca-cert-file %s\ntls-auth-clients optional\ntls-replication yes\n",
+			sp.port, f.ServerCert, f.ServerKey, f.CA)
+	}
+	text := listen + fmt.Sprintf(`bind 127.0.0.1
+dir %[1]s
 daemonize no
 logfile ""
-sentinel monitor %s %s %d 2
-sentinel down-after-milliseconds %[3]s %[6]d
-sentinel failover-timeout %[3]s %[7]d
-sentinel parallel-syncs %[3]s 1
-`, sp.port, sp.dir, SentinelMasterName, master.Host, master.Port, sentinelDownAfter.Milliseconds(), sentinelFailoverTimeout.Milliseconds())
+sentinel monitor %[2]s %[3]s %[4]d 2
+sentinel down-after-milliseconds %[2]s %[5]d
+sentinel failover-timeout %[2]s %[6]d
+sentinel parallel-syncs %[2]s 1
+`, sp.dir, SentinelMasterName, master.Host, master.Port, sentinelDownAfter.Milliseconds(), sentinelFailoverTimeout.Milliseconds())
 	// A failed start leaves a rewritten file behind: start from scratch.
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		return fmt.Errorf("testenv: %w", err)
@@ -169,7 +200,7 @@ sentinel parallel-syncs %[3]s 1
 	if err != nil {
 		return fmt.Errorf("testenv: %w", err)
 	}
-	r := &Redis{Host: "127.0.0.1", Port: sp.port}
+	r := &Redis{Host: "127.0.0.1", Port: sp.port, TLS: f}
 	if err := p.waitReady(r.ping); err != nil {
 		p.kill()
 		if addrInUse(log, offset) {
@@ -260,7 +291,7 @@ func (s *Sentinel) settled(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := replicating(ctx, replica.Addr(), master.Addr()); err != nil {
+	if err := replicating(ctx, s.tls, replica.Addr(), master.Addr()); err != nil {
 		return err
 	}
 	for i, c := range s.clients {
@@ -346,21 +377,21 @@ func (s *Sentinel) FailoverPaused(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("testenv: failover: %w", err)
 	}
-	if err := nodeDo(ctx, old.Addr(), "CLIENT", "PAUSE", 30_000, "WRITE").Err(); err != nil {
+	if err := nodeDo(ctx, s.tls, old.Addr(), "CLIENT", "PAUSE", 30_000, "WRITE").Err(); err != nil {
 		return fmt.Errorf("testenv: failover: CLIENT PAUSE on %s: %w", old.Addr(), err)
 	}
 	unpaused := false
 	defer func() {
 		if !unpaused {
-			_ = nodeDo(context.WithoutCancel(ctx), old.Addr(), "CLIENT", "UNPAUSE").Err()
+			_ = nodeDo(context.WithoutCancel(ctx), s.tls, old.Addr(), "CLIENT", "UNPAUSE").Err()
 		}
 	}()
 	if err := WaitFor(ctx, 10*time.Millisecond, func(ctx context.Context) error {
-		m, err := replicationInfo(ctx, old.Addr())
+		m, err := replicationInfo(ctx, s.tls, old.Addr())
 		if err != nil {
 			return err
 		}
-		r, err := replicationInfo(ctx, next.Addr())
+		r, err := replicationInfo(ctx, s.tls, next.Addr())
 		if err != nil {
 			return err
 		}
@@ -374,10 +405,10 @@ func (s *Sentinel) FailoverPaused(ctx context.Context) error {
 	if err := s.failover(ctx, old, next); err != nil {
 		return err
 	}
-	if err := nodeDo(ctx, old.Addr(), "REPLICAOF", next.Host, next.Port).Err(); err != nil {
+	if err := nodeDo(ctx, s.tls, old.Addr(), "REPLICAOF", next.Host, next.Port).Err(); err != nil {
 		return fmt.Errorf("testenv: failover: REPLICAOF on the old master %s: %w", old.Addr(), err)
 	}
-	if err := nodeDo(ctx, old.Addr(), "CLIENT", "UNPAUSE").Err(); err != nil {
+	if err := nodeDo(ctx, s.tls, old.Addr(), "CLIENT", "UNPAUSE").Err(); err != nil {
 		return fmt.Errorf("testenv: failover: CLIENT UNPAUSE on %s: %w", old.Addr(), err)
 	}
 	unpaused = true
@@ -411,7 +442,7 @@ func (s *Sentinel) failover(ctx context.Context, old, next *Redis) error {
 				return fmt.Errorf("sentinel %s still names %s as master", s.sentinels[i].addr(), got)
 			}
 		}
-		role, err := nodeRole(ctx, next.Addr())
+		role, err := nodeRole(ctx, s.tls, next.Addr())
 		if err != nil {
 			return err
 		}
@@ -460,19 +491,20 @@ func (s *Sentinel) logTails() string {
 	return logTails(paths...)
 }
 
-// nodeDo runs one command on the server at addr over a new connection.
-func nodeDo(ctx context.Context, addr string, args ...any) *redis.Cmd {
+// nodeDo runs one command on the server at addr over a new connection
+// (TLS with tc unless it is nil).
+func nodeDo(ctx context.Context, tc *tls.Config, addr string, args ...any) *redis.Cmd {
 	c := redis.NewClient(&redis.Options{
 		Addr: addr, DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
-		MaxRetries: -1, PoolSize: 1, DialerRetries: 1,
+		MaxRetries: -1, PoolSize: 1, DialerRetries: 1, TLSConfig: tc,
 	})
 	defer c.Close()
 	return c.Do(ctx, args...)
 }
 
 // nodeRole is the first element of ROLE: master, slave or sentinel.
-func nodeRole(ctx context.Context, addr string) (string, error) {
-	v, err := nodeDo(ctx, addr, "ROLE").Slice()
+func nodeRole(ctx context.Context, tc *tls.Config, addr string) (string, error) {
+	v, err := nodeDo(ctx, tc, addr, "ROLE").Slice()
 	if err != nil {
 		return "", fmt.Errorf("%s: ROLE: %w", addr, err)
 	}
@@ -484,8 +516,8 @@ func nodeRole(ctx context.Context, addr string) (string, error) {
 }
 
 // replicationInfo returns the fields of INFO replication of the node at addr.
-func replicationInfo(ctx context.Context, addr string) (map[string]string, error) {
-	info, err := nodeDo(ctx, addr, "INFO", "replication").Text()
+func replicationInfo(ctx context.Context, tc *tls.Config, addr string) (map[string]string, error) {
+	info, err := nodeDo(ctx, tc, addr, "INFO", "replication").Text()
 	if err != nil {
 		return nil, fmt.Errorf("%s: INFO replication: %w", addr, err)
 	}
@@ -500,8 +532,8 @@ func replicationInfo(ctx context.Context, addr string) (map[string]string, error
 
 // replicating checks that the node at addr is a replica of master with
 // master_link_status:up.
-func replicating(ctx context.Context, addr, master string) error {
-	f, err := replicationInfo(ctx, addr)
+func replicating(ctx context.Context, tc *tls.Config, addr, master string) error {
+	f, err := replicationInfo(ctx, tc, addr)
 	if err != nil {
 		return err
 	}

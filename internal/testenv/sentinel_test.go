@@ -55,7 +55,7 @@ func TestSentinel(t *testing.T) {
 	if acked < 100 {
 		t.Errorf("only %d INCRs answered around the failover", acked)
 	}
-	got, err := nodeDo(ctx, n1.Addr(), "GET", "n").Int64()
+	got, err := nodeDo(ctx, nil, n1.Addr(), "GET", "n").Int64()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +104,7 @@ func TestSentinel(t *testing.T) {
 	// Sentinel lets the old master take writes until the client switches:
 	// how many answered INCRs that loses is logged, not checked (it is
 	// Redis's behaviour, not this package's).
-	before, err := nodeDo(ctx, n0.Addr(), "GET", "n").Int64()
+	before, err := nodeDo(ctx, nil, n0.Addr(), "GET", "n").Int64()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +123,7 @@ func TestSentinel(t *testing.T) {
 	}
 	time.Sleep(300 * time.Millisecond)
 	acked, failed = w.stop()
-	if got, err = nodeDo(ctx, n1.Addr(), "GET", "n").Int64(); err != nil {
+	if got, err = nodeDo(ctx, nil, n1.Addr(), "GET", "n").Int64(); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("Failover: %d INCRs answered, %d failed; counter on the new master %d: %d answered INCRs lost", acked, failed, got-before, max(0, acked-(got-before)))
@@ -134,7 +134,7 @@ func TestSentinel(t *testing.T) {
 		t.Errorf("directory %s still there after Close: %v", s.Dir, err)
 	}
 	for _, addr := range append(s.SentinelAddrs(), n0.Addr(), n1.Addr()) {
-		if err := nodeDo(ctx, addr, "PING").Err(); err == nil {
+		if err := nodeDo(ctx, nil, addr, "PING").Err(); err == nil {
 			t.Errorf("%s answers PING after Close", addr)
 		}
 	}
@@ -185,7 +185,7 @@ func checkRoles(ctx context.Context, t *testing.T, s *Sentinel, master, replica 
 	if r, err := s.Replica(ctx); err != nil || r != replica {
 		t.Errorf("Replica = %v, %v; want %s", r, err, replica.Addr())
 	}
-	if err := replicating(ctx, replica.Addr(), master.Addr()); err != nil {
+	if err := replicating(ctx, nil, replica.Addr(), master.Addr()); err != nil {
 		t.Error(err)
 	}
 }
@@ -194,7 +194,7 @@ func checkRoles(ctx context.Context, t *testing.T, s *Sentinel, master, replica 
 func waitValue(ctx context.Context, t *testing.T, addr, key, want string) {
 	t.Helper()
 	if err := WaitFor(ctx, 20*time.Millisecond, func(ctx context.Context) error {
-		if got, err := nodeDo(ctx, addr, "GET", key).Text(); err != nil || got != want {
+		if got, err := nodeDo(ctx, nil, addr, "GET", key).Text(); err != nil || got != want {
 			return fmt.Errorf("GET %s on %s = %q, %v", key, addr, got, err)
 		}
 		return nil

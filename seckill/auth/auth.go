@@ -93,7 +93,7 @@ func (a *Authenticator) User(r *http.Request) (int64, error) {
 	}
 	scheme, tok, ok := strings.Cut(h, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
-		return fail("malformed", errors.New("Authorization is not a Bearer token"))
+		return fail("malformed", errors.New("the Authorization header is not a Bearer token"))
 	}
 	if len(tok) > maxToken {
 		return fail("malformed", fmt.Errorf("token of %d bytes, at most %d", len(tok), maxToken))
