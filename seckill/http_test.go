@@ -6,10 +6,15 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cachesync/cachesync/seckill/auth"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 )
+
+// testAuth is a valid seckill.auth for tests that build a Config by hand
+// (the api role needs one).
+var testAuth = auth.Config{Mode: auth.ModeJWT, JWT: auth.JWT{HS256Secret: "unit-test-jwt-secret-0123456789abcdef"}}
 
 // TestAdminAuthRateLimited: failed admin authentications from one address
 // get 401 up to the burst, then 429 (with Retry-After) without the token

@@ -32,7 +32,7 @@ func TestKafkaTLS(t *testing.T) {
 	t.Cleanup(cluster.Close)
 	brokers := cluster.ListenAddrs()
 	kafka := func(tc tlsconf.Config) Kafka {
-		c := Config{Enabled: true, Kafka: Kafka{Brokers: brokers, Topic: "orders", Username: "shop", Password: "secret", Mechanism: "PLAIN", TLS: tc}}
+		c := Config{Enabled: true, Auth: testAuth, Kafka: Kafka{Brokers: brokers, Topic: "orders", Username: "shop", Password: "secret", Mechanism: "PLAIN", TLS: tc}}
 		c.SetDefaults()
 		if err := c.Validate(); err != nil {
 			t.Fatal(err)

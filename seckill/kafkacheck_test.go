@@ -25,7 +25,7 @@ func TestCheckKafka(t *testing.T) {
 	}
 	t.Cleanup(cluster.Close)
 	kafka := func(pw, dlq string) Kafka {
-		c := Config{Enabled: true, Kafka: Kafka{Brokers: cluster.ListenAddrs(), Topic: "orders", DeadLetterTopic: dlq,
+		c := Config{Enabled: true, Auth: testAuth, Kafka: Kafka{Brokers: cluster.ListenAddrs(), Topic: "orders", DeadLetterTopic: dlq,
 			Username: "shop", Password: pw, Mechanism: "SCRAM-SHA-256"}}
 		c.SetDefaults()
 		if err := c.Validate(); err != nil {
