@@ -43,7 +43,8 @@ func newDecoder(options func(*replication.BinlogParser)) *decoder {
 
 // decode parses ev, as the syncer delivered it in raw mode, and calls emit
 // with the parsed event, or with each event of a transaction payload in
-// turn. Positions are those go-mysql gives payload events: the payload's
+// turn. The RawData of an emitted event (but a format description) holds
+// no checksum, so that equal events have equal bytes past the header. Positions are those go-mysql gives payload events: the payload's
 // start for every inner event but the last, its end for the last (the
 // commit), so that a transaction resumes whole.
 func (d *decoder) decode(ev *replication.BinlogEvent, emit func(*replication.BinlogEvent) error) error {
@@ -60,6 +61,8 @@ func (d *decoder) decode(ev *replication.BinlogEvent, emit func(*replication.Bin
 		if err := d.formatChanged(fde, ev.RawData); err != nil {
 			return err
 		}
+	} else if d.checksum && len(p.RawData) >= replication.EventHeaderSize+replication.BinlogChecksumLength {
+		p.RawData = p.RawData[:len(p.RawData)-replication.BinlogChecksumLength]
 	}
 	return emit(p)
 }

@@ -61,7 +61,7 @@ func TestConsumerLagMetric(t *testing.T) {
 // labels ("{partition=\"3\"}", or "" for none).
 func series(t *testing.T, d *node, name string) map[string]float64 {
 	t.Helper()
-	r, err := call("GET", d.base+"/metrics", "")
+	r, err := call("GET", d.admin+"/metrics", "")
 	if err != nil {
 		t.Fatal(err)
 	}

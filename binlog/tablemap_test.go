@@ -1,0 +1,67 @@
+package binlog
+
+import (
+	"context"
+	"encoding/binary"
+	"testing"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+	"github.com/rs/zerolog"
+)
+
+// A table map event that repeats (before every row event of its table)
+// is not read again when its body is the same, whatever its header says;
+// one whose body changed (a renamed column) is.
+func TestTableMapReadOnce(t *testing.T) {
+	db := freshDB(t, "tablemap")
+	e := startSource(t, mariadb, db, 100)
+	e.exec("CREATE TABLE t (id INT PRIMARY KEY)")
+	fde := captureTxn(t, e, "INSERT INTO t VALUES (1)").fde
+
+	src := NewSource(Config{MaxTxnChanges: 100, MaxTxnBytes: 1 << 20}, "mariadb", []string{"shop.items"}, zerolog.Nop(), nil)
+	r := &reader{src: src, out: make(chan *Txn, 1), file: "binlog.000001", tables: map[uint64]*Table{}}
+	dec := newDecoder(src.parserOptions)
+	emit := func(ev *replication.BinlogEvent) error { return r.handle(context.Background(), ev) }
+	if err := dec.decode(fde, emit); err != nil {
+		t.Fatal(err)
+	}
+	tableMap := func(col string, logPos uint32) *replication.BinlogEvent {
+		tm := binary.LittleEndian.AppendUint32(nil, 5)
+		tm = append(tm, 0, 0, 0, 0)
+		tm = append(tm, 4, 's', 'h', 'o', 'p', 0, 5, 'i', 't', 'e', 'm', 's', 0)
+		tm = append(tm, 1, mysql.MYSQL_TYPE_LONG, 0, 0x00)
+		tm = append(tm, 4, byte(1+len(col)), byte(len(col)))
+		return event(replication.TABLE_MAP_EVENT, logPos, append(tm, col...))
+	}
+	if err := dec.decode(tableMap("id", 100), emit); err != nil {
+		t.Fatal(err)
+	}
+	first := r.tables[5]
+	if first == nil || first.Columns[0] != "id" {
+		t.Fatalf("table after the first map: %+v", first)
+	}
+	// The same map at another position: kept as read, without the work
+	// of reading it (which allocates the column names, conversions…).
+	// Each repeat is a new event, as off the wire.
+	var again []*replication.BinlogEvent
+	for i := range 101 {
+		if err := dec.decode(tableMap("id", uint32(200+i)), func(ev *replication.BinlogEvent) error { again = append(again, ev); return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := 0
+	if allocs := testing.AllocsPerRun(100, func() { _ = r.handle(context.Background(), again[n]); n++ }); allocs != 0 {
+		t.Errorf("an unchanged table map was read again: %.0f allocations", allocs)
+	}
+	if r.tables[5] != first {
+		t.Error("an unchanged table map replaced its table")
+	}
+	// The column renamed: read again.
+	if err := dec.decode(tableMap("ix", 300), emit); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.tables[5]; got == first || got.Columns[0] != "ix" {
+		t.Errorf("after a rename the table is %+v, want column ix", got)
+	}
+}
