@@ -29,7 +29,8 @@ type Server struct {
 	// Public serves the endpoints clients call (goods, the sale).
 	Public *http.ServeMux
 	// Admin serves operators: /metrics, /livez (and its alias /healthz),
-	// /readyz, /debug/pprof/ and the components' /admin/ endpoints.
+	// /readyz, /openapi.json, /debug/pprof/ and the components' /admin/
+	// endpoints.
 	Admin *http.ServeMux
 
 	public, admin *listener
@@ -46,8 +47,8 @@ type listener struct {
 }
 
 // NewServer builds both listeners; the admin one already serves /metrics
-// (from gatherer), /livez, /healthz, /readyz (from health) and
-// /debug/pprof/. Open connections are counted on reg.
+// (from gatherer), /livez, /healthz, /readyz (from health), /openapi.json
+// and /debug/pprof/. Open connections are counted on reg.
 func NewServer(cfg Config, admin AdminConfig, health *Health, gatherer prometheus.Gatherer, reg prometheus.Registerer, log zerolog.Logger) (*Server, error) {
 	open := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "cachesync", Subsystem: "http", Name: "open_connections",
@@ -62,6 +63,7 @@ func NewServer(cfg Config, admin AdminConfig, health *Health, gatherer prometheu
 	s.Admin.HandleFunc("GET /livez", live)
 	s.Admin.HandleFunc("GET /healthz", live) // the name before /livez, kept for existing probes
 	s.Admin.HandleFunc("GET /readyz", health.serveReady)
+	s.Admin.HandleFunc("GET /openapi.json", serveOpenAPI)
 	// pprof's profile and trace extend their own write deadline by their
 	// ?seconds, so admin.write_timeout does not cut them short.
 	s.Admin.HandleFunc("/debug/pprof/", pprof.Index)
