@@ -48,26 +48,34 @@ func (h *Handler) order(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	o, err := h.store.Get(r.Context(), id)
-	switch {
-	case err == nil && o.User == user:
-		writeJSON(w, http.StatusOK, o)
-		return
-	case err == nil:
-		h.fail(w, r, http.StatusNotFound, "no such order")
-		return
-	case !errors.Is(err, ErrNotFound):
-		h.unavailable(w, r, "order read failed", err)
-		return
-	}
-	at, ok, err := h.queued(r.Context(), item, id, user)
-	switch {
-	case err != nil:
-		h.unavailable(w, r, "order read failed", err)
-	case ok:
-		writeJSON(w, http.StatusOK, Order{ID: id, User: user, Item: item, Status: StatusQueued, ReservedAt: at})
-	default:
-		h.fail(w, r, http.StatusNotFound, "no such order")
+	// MySQL, then the pending set, then MySQL again: an order stored and
+	// taken out of the pending set between the first two reads is in
+	// neither, and would read as unknown.
+	for second := false; ; second = true {
+		o, err := h.store.Get(r.Context(), id)
+		switch {
+		case err == nil && o.User == user:
+			writeJSON(w, http.StatusOK, o)
+			return
+		case err == nil:
+			h.fail(w, r, http.StatusNotFound, "no such order")
+			return
+		case !errors.Is(err, ErrNotFound):
+			h.unavailable(w, r, "order read failed", err)
+			return
+		case second:
+			h.fail(w, r, http.StatusNotFound, "no such order")
+			return
+		}
+		at, ok, err := h.queued(r.Context(), item, id, user)
+		switch {
+		case err != nil:
+			h.unavailable(w, r, "order read failed", err)
+			return
+		case ok:
+			writeJSON(w, http.StatusOK, Order{ID: id, User: user, Item: item, Status: StatusQueued, ReservedAt: at})
+			return
+		}
 	}
 }
 
