@@ -76,11 +76,11 @@ func NewServer(cfg Config, admin AdminConfig, health *Health, gatherer prometheu
 	return s, nil
 }
 
-func newListener(name string, cfg Listener, h http.Handler, open prometheus.Gauge, log zerolog.Logger) *listener {
+func newListener(name string, cfg Listener, mux *http.ServeMux, open prometheus.Gauge, log zerolog.Logger) *listener {
 	log = log.With().Str("listener", name).Logger()
 	return &listener{name: name, cfg: cfg, log: log, srv: &http.Server{
 		Addr:              cfg.Addr,
-		Handler:           WithRequestID(h),
+		Handler:           WithRequestID(jsonUnrouted(mux)),
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		ReadTimeout:       cfg.ReadTimeout,
 		WriteTimeout:      cfg.WriteTimeout,
