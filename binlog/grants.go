@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strings"
 	"time"
 
@@ -72,19 +71,9 @@ func CheckGrants(ctx context.Context, cfg Config, flavor string, db *sql.DB, tab
 // probeDump starts a binlog dump at pos and returns at its first event
 // (nil) or error.
 func probeDump(ctx context.Context, cfg Config, flavor string, pos Position) error {
-	host, port := cfg.hostPort()
-	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
-		ServerID:         probeServerID(cfg.ServerID),
-		Flavor:           flavor,
-		Host:             host,
-		Port:             port,
-		User:             cfg.User,
-		Password:         cfg.Password,
-		TLSConfig:        cfg.replicationTLS(host),
-		DisableRetrySync: true,
-		RawModeEnabled:   true,
-		Logger:           slog.New(slog.DiscardHandler),
-	})
+	sc := cfg.syncerConfig(flavor, probeServerID(cfg.ServerID))
+	sc.RawModeEnabled = true
+	syncer := replication.NewBinlogSyncer(sc)
 	defer syncer.Close()
 	st, err := syncer.StartSync(mysql.Position{Name: pos.File, Pos: pos.Pos})
 	if err != nil {
@@ -108,35 +97,19 @@ func probeServerID(id uint32) uint32 {
 
 // isRefusal reports whether err is the server refusing a privilege or
 // the login (by number, from either driver).
-func isRefusal(err error) bool {
-	if err == nil {
-		return false
-	}
-	var me *mysql.MyError
-	if errors.As(err, &me) {
-		_, ok := refused[me.Code]
-		return ok
-	}
-	var se *sqldriver.MySQLError
-	if errors.As(err, &se) {
-		_, ok := refused[se.Number]
-		return ok
-	}
-	return false
-}
+func isRefusal(err error) bool { return Refused(err) != "" }
 
 // Refused reports why the server refused err's login or privilege (the
 // error number's meaning), or "" when err is not such a refusal: an error
 // no retry cures.
 func Refused(err error) string {
-	if !isRefusal(err) {
-		return ""
-	}
 	var me *mysql.MyError
 	if errors.As(err, &me) {
 		return refused[me.Code]
 	}
 	var se *sqldriver.MySQLError
-	errors.As(err, &se)
-	return refused[se.Number]
+	if errors.As(err, &se) {
+		return refused[se.Number]
+	}
+	return ""
 }

@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"strings"
 	"time"
@@ -129,21 +128,11 @@ func PositionOfGTID(ctx context.Context, cfg Config, flavor, gtid string, timeou
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	host, port := cfg.hostPort()
-	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
-		ServerID:            1<<31 + rand.Uint32N(1<<31-1),
-		Flavor:              flavor,
-		Host:                host,
-		Port:                port,
-		User:                cfg.User,
-		Password:            cfg.Password,
-		TLSConfig:           cfg.replicationTLS(host),
-		HeartbeatPeriod:     200 * time.Millisecond,
-		EventCacheCount:     16,
-		DisableRetrySync:    true,
-		Logger:              slog.New(slog.DiscardHandler),
-		RowsEventDecodeFunc: func(*replication.RowsEvent, []byte) error { return nil }, // headers suffice
-	})
+	sc := cfg.syncerConfig(flavor, 1<<31+rand.Uint32N(1<<31-1))
+	sc.HeartbeatPeriod = 200 * time.Millisecond
+	sc.EventCacheCount = 16
+	sc.RowsEventDecodeFunc = func(*replication.RowsEvent, []byte) error { return nil } // headers suffice
+	syncer := replication.NewBinlogSyncer(sc)
 	defer syncer.Close()
 	st, err := syncer.StartSyncGTID(set)
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -148,39 +147,29 @@ type reader struct {
 
 func (r *reader) stream(ctx context.Context, start Start) error {
 	s := r.src
-	host, port := s.cfg.hostPort()
 	// Watchdog clock: the last time bytes came off the socket, or handle
 	// returned (time blocked handing transactions on, while Redis is slow,
 	// stops the syncer reading too, and is not silence).
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
-	cfg := replication.BinlogSyncerConfig{
-		ServerID:        s.cfg.ServerID,
-		Flavor:          s.flavor,
-		Host:            host,
-		Port:            port,
-		User:            s.cfg.User,
-		Password:        s.cfg.Password,
-		HeartbeatPeriod: s.cfg.Heartbeat,
-		TLSConfig:       s.cfg.replicationTLS(host),
-		// Parsed events wait here for handle; the default (10240) would
-		// hold ~80 MB of 8 KiB row events beyond the read-ahead budget.
-		EventCacheCount: 64,
-		Dialer: func(ctx context.Context, network, address string) (net.Conn, error) {
-			c, err := (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(ctx, network, address)
-			if err != nil {
-				return nil, err
-			}
-			return &touchConn{Conn: c, last: &last}, nil
-		},
-		// No ReadTimeout: go-mysql would set a socket deadline per packet
-		// (~10% of CPU at full speed); the watchdog below does its job.
-		DisableRetrySync: true, // we reconnect ourselves, at a transaction boundary
-		Logger:           slog.New(slog.DiscardHandler),
-		// Events are parsed by decoder (see there), on a goroutine of
-		// their own ahead of handle, as the syncer would.
-		RawModeEnabled: true,
+	// go-mysql does not reconnect: Run does, at a transaction boundary.
+	// No ReadTimeout: go-mysql would set a socket deadline per packet
+	// (~10% of CPU at full speed); the watchdog below does its job.
+	cfg := s.cfg.syncerConfig(s.flavor, s.cfg.ServerID)
+	cfg.HeartbeatPeriod = s.cfg.Heartbeat
+	// Parsed events wait here for handle; the default (10240) would hold
+	// ~80 MB of 8 KiB row events beyond the read-ahead budget.
+	cfg.EventCacheCount = 64
+	cfg.Dialer = func(ctx context.Context, network, address string) (net.Conn, error) {
+		c, err := (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(ctx, network, address)
+		if err != nil {
+			return nil, err
+		}
+		return &touchConn{Conn: c, last: &last}, nil
 	}
+	// Events are parsed by decoder (see there), on a goroutine of their
+	// own ahead of handle, as the syncer would.
+	cfg.RawModeEnabled = true
 	syncer := replication.NewBinlogSyncer(cfg)
 	defer syncer.Close()
 	var (

@@ -3,7 +3,29 @@ package binlog
 import (
 	"crypto/tls"
 	"fmt"
+	"log/slog"
+
+	"github.com/go-mysql-org/go-mysql/replication"
 )
+
+// syncerConfig is what every go-mysql connection of c shares (the
+// stream, the grant probe's dump, PositionOfGTID's): the server, the
+// account, TLS, no reconnects of go-mysql's own, no go-mysql log. Callers
+// set what differs.
+func (c *Config) syncerConfig(flavor string, serverID uint32) replication.BinlogSyncerConfig {
+	host, port := c.hostPort()
+	return replication.BinlogSyncerConfig{
+		ServerID:         serverID,
+		Flavor:           flavor,
+		Host:             host,
+		Port:             port,
+		User:             c.User,
+		Password:         c.Password,
+		TLSConfig:        c.replicationTLS(host),
+		DisableRetrySync: true,
+		Logger:           slog.New(slog.DiscardHandler),
+	}
+}
 
 // replicationTLS is the TLS configuration of go-mysql's connections (the
 // replication stream, the grant probe's dump, PositionOfGTID's), nil
