@@ -1,12 +1,11 @@
 package binlog
 
 import (
-	"bytes"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/rs/zerolog"
 )
 
@@ -31,24 +30,6 @@ func TestDescribeStatement(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink read while the source writes to it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestStatementsNotLogged: passwords in DDL (CREATE USER … IDENTIFIED BY,
 // in the binlog in clear) and statement-format DML (customer data) never
 // reach the log; DDL of a ruled schema is logged as kind and table.
@@ -58,7 +39,7 @@ func TestStatementsNotLogged(t *testing.T) {
 	if _, err := db.Exec("CREATE TABLE t (id INT PRIMARY KEY, name VARCHAR(40))"); err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testenv.LogBuffer{}
 	e := startSourceLog(t, mariadb, db, 1000, zerolog.New(logs), "leak.t")
 	conn, err := db.Conn(t.Context())
 	if err != nil {

@@ -2,7 +2,6 @@ package seckill_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
@@ -13,10 +12,10 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/seckill/auth"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/rs/zerolog"
@@ -366,31 +365,13 @@ func monitor(t *testing.T, addr string) func() []string {
 	}
 }
 
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestErrorBodiesGeneric: an internal error (MySQL's "table doesn't
 // exist") answers 503 with a generic message and the request id; the
 // error text is only in the log, on a line with the same request id. A
 // client's safe X-Request-Id is kept, an unsafe one replaced.
 func TestErrorBodiesGeneric(t *testing.T) {
 	s := newStack(t)
-	var logs syncBuffer
+	var logs testenv.LogBuffer
 	d := s.startWith("", fx.Decorate(func(l zerolog.Logger) zerolog.Logger { return zerolog.New(&logs).Level(zerolog.WarnLevel) }))
 	s.addItem(12, 10)
 	r, err := d.reserve(12, 1)
