@@ -133,42 +133,8 @@ func TestBadConfigs(t *testing.T) {
 		"empty.yaml":                             {"empty file"},
 		"comments_only.yaml":                     {"empty file"},
 	}
-	files, err := filepath.Glob("testdata/bad/*.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen := map[string]bool{}
-	for _, f := range files {
-		name := filepath.Base(f)
-		seen[name] = true
-		t.Run(name, func(t *testing.T) {
-			subs, ok := want[name]
-			if !ok {
-				t.Fatalf("no expected error for %s: add it to the table", name)
-			}
-			c, err := Load(f, noEnv)
-			if err == nil {
-				t.Fatalf("Load succeeded, want an error containing %q; got %+v", subs, c)
-			}
-			msg := err.Error()
-			t.Log(msg)
-			if !strings.Contains(msg, f) {
-				t.Errorf("error %q does not name the file %s", msg, f)
-			}
-			for _, s := range subs {
-				if !strings.Contains(msg, s) {
-					t.Errorf("error %q does not contain %q", msg, s)
-				}
-			}
-		})
-	}
-	for name := range want {
-		if !seen[name] {
-			t.Errorf("table names %s, which is not in testdata/bad", name)
-		}
-	}
-	if len(files) < 20 {
-		t.Errorf("only %d bad files", len(files))
+	if n := checkBadFiles(t, "testdata/bad", want); n < 20 {
+		t.Errorf("only %d bad files", n)
 	}
 }
 
@@ -510,4 +476,47 @@ func TestRepoDemoConfig(t *testing.T) {
 	if c.MySQL.Addr != "127.0.0.1:1" || c.Redis.Addr != "127.0.0.1:2" {
 		t.Errorf("overrides not applied to the demo config: %q %q", c.MySQL.Addr, c.Redis.Addr)
 	}
+}
+
+// checkBadFiles loads every file of dir, each of which must fail to load
+// with an error naming the file and containing every string want lists
+// for it; every file must be in want and every name in want a file. It
+// returns the number of files.
+func checkBadFiles(t *testing.T, dir string, want map[string][]string) int {
+	t.Helper()
+	files, err := filepath.Glob(dir + "/*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, f := range files {
+		name := filepath.Base(f)
+		seen[name] = true
+		t.Run(name, func(t *testing.T) {
+			subs, ok := want[name]
+			if !ok {
+				t.Fatalf("no expected error for %s: add it to the table", name)
+			}
+			c, err := Load(f, noEnv)
+			if err == nil {
+				t.Fatalf("Load succeeded, want an error containing %q; got %+v", subs, c)
+			}
+			msg := err.Error()
+			t.Log(msg)
+			if !strings.Contains(msg, f) {
+				t.Errorf("error %q does not name the file %s", msg, f)
+			}
+			for _, s := range subs {
+				if !strings.Contains(msg, s) {
+					t.Errorf("error %q does not contain %q", msg, s)
+				}
+			}
+		})
+	}
+	for name := range want {
+		if !seen[name] {
+			t.Errorf("table names %s, which is not in %s", name, dir)
+		}
+	}
+	return len(files)
 }

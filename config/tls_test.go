@@ -2,7 +2,6 @@ package config
 
 import (
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -28,31 +27,7 @@ func TestBadTLSConfigs(t *testing.T) {
 		"admin_client_ca_alone.yaml":           {"admin.tls.client_ca", "needs admin.tls.cert"},
 		"admin_unknown_field.yaml":             {"field ca not found"},
 	}
-	files, err := filepath.Glob("testdata/tls_bad/*.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(files) != len(want) {
-		t.Errorf("%d files in testdata/tls_bad, %d in the table", len(files), len(want))
-	}
-	for _, f := range files {
-		name := filepath.Base(f)
-		t.Run(name, func(t *testing.T) {
-			subs, ok := want[name]
-			if !ok {
-				t.Fatalf("no expectation for %s", name)
-			}
-			_, err := Load(f, noEnv)
-			if err == nil {
-				t.Fatalf("Load succeeded, want an error containing %q", subs)
-			}
-			for _, s := range subs {
-				if !strings.Contains(err.Error(), s) {
-					t.Errorf("error %q does not contain %q", err, s)
-				}
-			}
-		})
-	}
+	checkBadFiles(t, "testdata/tls_bad", want)
 }
 
 // TLS blocks with real files load; a key that belongs to another
