@@ -26,21 +26,20 @@ func CheckKafka(k Kafka) error {
 	if k.Username != "" {
 		who += fmt.Sprintf(" as %q", k.Username)
 	}
+	failed := func(what string, err error) error {
+		if refusedLogin(err) {
+			return fmt.Errorf("%w: %s: login refused (%s): %w", ErrKafka, who, k.Mechanism, err)
+		}
+		return fmt.Errorf("%s: %s%w", who, what, err)
+	}
 	admin, err := sarama.NewClusterAdmin(k.Brokers, c)
 	if err != nil {
-		if refusedLogin(err) {
-			return fmt.Errorf("%w: %s: login refused (%s): %w", ErrKafka, who, k.Mechanism, err)
-		}
-		return fmt.Errorf("%s: %w", who, err)
+		return failed("", err)
 	}
 	defer admin.Close()
-	topics := []string{k.Topic, k.DeadLetterTopic}
-	meta, err := admin.DescribeTopics(topics)
+	meta, err := admin.DescribeTopics([]string{k.Topic, k.DeadLetterTopic})
 	if err != nil {
-		if refusedLogin(err) {
-			return fmt.Errorf("%w: %s: login refused (%s): %w", ErrKafka, who, k.Mechanism, err)
-		}
-		return fmt.Errorf("%s: describe topics: %w", who, err)
+		return failed("describe topics: ", err)
 	}
 	var problems []string
 	for _, t := range meta {

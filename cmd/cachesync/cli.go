@@ -148,6 +148,21 @@ func noArgs(c *command, o *stdio, fn func() int) func([]string) int {
 	}
 }
 
+// configOnly is the setup of a command that takes -config and no
+// arguments: it loads the file (exit 2 when it does not load) and runs fn.
+func configOnly(fn func(c *command, o *stdio, cfg *config.Config) int) func(*command, *flag.FlagSet, *stdio) func([]string) int {
+	return func(c *command, fs *flag.FlagSet, o *stdio) func([]string) int {
+		path := configFlag(fs)
+		return noArgs(c, o, func() int {
+			cfg, ok := loadConfig(c, o, *path)
+			if !ok {
+				return 2
+			}
+			return fn(c, o, cfg)
+		})
+	}
+}
+
 // configFlag defines -config, which every command that reaches a server has.
 func configFlag(fs *flag.FlagSet) *string {
 	return fs.String("config", "configs/cachesync.yaml", "the configuration `FILE`")

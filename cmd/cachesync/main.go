@@ -45,16 +45,7 @@ var runCommand = &command{
 (stands by otherwise), serves the HTTP endpoints and, with seckill.enabled,
 the flash sale. It runs until SIGTERM or SIGINT (exit 0, the lease released)
 or a fatal error (exit 1).`,
-	setup: func(c *command, fs *flag.FlagSet, o *stdio) func([]string) int {
-		path := configFlag(fs)
-		return noArgs(c, o, func() int {
-			cfg, ok := loadConfig(c, o, *path)
-			if !ok {
-				return 2
-			}
-			return runDaemon(cfg)
-		})
-	},
+	setup: configOnly(func(_ *command, _ *stdio, cfg *config.Config) int { return runDaemon(cfg) }),
 }
 
 var validateCommand = &command{
@@ -63,16 +54,7 @@ var validateCommand = &command{
 	help: `Loads the configuration, connects to MySQL (binlog settings, every rule's
 table and columns) and to Redis (eviction policy; in sentinel mode, the master
 the Sentinels name), and prints what it reached. Exit 1 when a check fails.`,
-	setup: func(c *command, fs *flag.FlagSet, o *stdio) func([]string) int {
-		path := configFlag(fs)
-		return noArgs(c, o, func() int {
-			cfg, ok := loadConfig(c, o, *path)
-			if !ok {
-				return 2
-			}
-			return validate(cfg)
-		})
-	},
+	setup: configOnly(func(_ *command, _ *stdio, cfg *config.Config) int { return validate(cfg) }),
 }
 
 var snapshotCommand = &command{

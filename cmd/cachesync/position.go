@@ -31,16 +31,7 @@ applied up to: file:pos, its version, the GTID and commit time of the last
 transaction applied), the snapshot progress of tables not yet done, a pending
 resync, and who holds the CDC lease (and the jobs lease, when held) with how
 long the lease has left. Needs Redis only. Exit 1 when Redis cannot be read.`,
-	setup: func(c *command, fs *flag.FlagSet, o *stdio) func([]string) int {
-		path := configFlag(fs)
-		return noArgs(c, o, func() int {
-			cfg, ok := loadConfig(c, o, *path)
-			if !ok {
-				return 2
-			}
-			return positionShow(c, o, cfg)
-		})
-	},
+	setup: configOnly(positionShow),
 }
 
 var positionSetCommand = &command{
