@@ -18,35 +18,29 @@ mysql=(mariadb -h127.0.0.1 -P"$mysql_port" -uroot)
 # /admin), as configs/cachesync.yaml sets them.
 api=http://127.0.0.1:9090
 admin=http://127.0.0.1:9091
-# The admin token: never a fixed one (anyone who read this script would
-# know it). Kept in .dev/admin-token (mode 600) so restarts keep it.
 mkdir -p .dev
-if [[ -n ${CACHESYNC_ADMIN_TOKEN:-} ]]; then
-	token_from="CACHESYNC_ADMIN_TOKEN"
-	token_expr='$CACHESYNC_ADMIN_TOKEN'
-else
-	if [[ ! -s .dev/admin-token ]]; then
-		(umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >.dev/admin-token)
+# secret VAR FILE FROM EXPR: $VAR from the environment, else from FILE,
+# made once (32 random bytes, mode 600) so restarts keep it; sets FROM and
+# EXPR to where it came from and how a shell reads it, for the
+# instructions below. Never a fixed value: anyone who read this script
+# would know it.
+secret() {
+	local var=$1 file=$2
+	if [[ -n ${!var:-} ]]; then
+		printf -v "$3" '%s' "$var"
+		printf -v "$4" '$%s' "$var"
+	else
+		[[ -s $file ]] || (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$file")
+		printf -v "$var" '%s' "$(<"$file")"
+		printf -v "$3" '%s' "$file"
+		printf -v "$4" '$(<%s)' "$file"
 	fi
-	CACHESYNC_ADMIN_TOKEN=$(<.dev/admin-token)
-	token_from=".dev/admin-token"
-	token_expr='$(<.dev/admin-token)'
-fi
-export CACHESYNC_ADMIN_TOKEN
-# The HMAC secret that signs the buyers' tokens (seckill.auth.jwt): random,
-# kept in .dev/jwt-secret (mode 600) so tokens survive restarts.
-if [[ -n ${CACHESYNC_JWT_SECRET:-} ]]; then
-	jwt_from="CACHESYNC_JWT_SECRET"
-	jwt_expr='$CACHESYNC_JWT_SECRET'
-else
-	if [[ ! -s .dev/jwt-secret ]]; then
-		(umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >.dev/jwt-secret)
-	fi
-	CACHESYNC_JWT_SECRET=$(<.dev/jwt-secret)
-	jwt_from=".dev/jwt-secret"
-	jwt_expr='$(<.dev/jwt-secret)'
-fi
-export CACHESYNC_JWT_SECRET
+	export "${var?}"
+}
+# The admin token, and the HMAC secret that signs the buyers' tokens
+# (seckill.auth.jwt).
+secret CACHESYNC_ADMIN_TOKEN .dev/admin-token token_from token_expr
+secret CACHESYNC_JWT_SECRET .dev/jwt-secret jwt_from jwt_expr
 if [[ -s .dev/cachesync.pid ]] && kill -0 "$(<.dev/cachesync.pid)" 2>/dev/null; then
 	echo "cachesync already running (pid $(<.dev/cachesync.pid)); restarting it"
 	kill "$(<.dev/cachesync.pid)" || true
