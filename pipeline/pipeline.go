@@ -269,28 +269,19 @@ func (p *Pipeline) lead(ctx context.Context, fence sink.Fence) error {
 }
 
 // checkRedis refuses a Redis user that may not run what the daemon sends
-// (sink.CheckACL) and a Redis whose eviction policy may drop cachesync's
-// keys (sink.CheckEvictionPolicy), retrying until Redis answers; nil when
-// ctx is done.
+// and a Redis whose eviction policy may drop cachesync's keys
+// (sink.CheckRedis), retrying until Redis answers; nil when ctx is done.
 func (p *Pipeline) checkRedis(ctx context.Context) error {
 	err := backoff.Retry(func() error {
-		switch err := p.applier.CheckACL(ctx); {
-		case errors.Is(err, sink.ErrACL):
-			return backoff.Permanent(err)
-		case errors.Is(err, sink.ErrACLUnchecked):
-			p.log.Warn().Err(err).Msg("the redis user's permissions are not checked")
-		case err != nil:
-			p.log.Warn().Err(err).Msg("checking redis; retrying")
-			return err
+		warnings, err := p.applier.CheckRedis(ctx)
+		for _, w := range warnings {
+			p.log.Warn().Msg(w)
 		}
-		warning, err := sink.CheckEvictionPolicy(ctx, p.applier.Client())
 		switch {
-		case errors.Is(err, sink.ErrEvictionPolicy):
+		case errors.Is(err, sink.ErrACL), errors.Is(err, sink.ErrEvictionPolicy):
 			return backoff.Permanent(err)
 		case err != nil:
 			p.log.Warn().Err(err).Msg("checking redis; retrying")
-		case warning != "":
-			p.log.Warn().Msg(warning)
 		}
 		return err
 	}, backoff.WithContext(retryForever(), ctx))

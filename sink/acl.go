@@ -124,10 +124,29 @@ func (rs *Rules) ACLProbes(ks keyspace.Keyspace, channel string) [][]string {
 	}...)
 }
 
-// CheckACL checks, with the package's CheckACL, that the Redis user may
-// run what this applier, the read path and the leases send.
-func (a *Applier) CheckACL(ctx context.Context) error {
-	return CheckACL(ctx, a.rdb, a.rules.ACLProbes(a.ks, a.cfg.Channel))
+// CheckRedis runs the start-up checks of Redis for the rules: CheckACL
+// (what the daemon sends, on the keys of ks and the rules, and on
+// channel), then CheckEvictionPolicy. Refusals wrap ErrACL or
+// ErrEvictionPolicy; what is only worth a warning (the ACL cannot be
+// checked, a volatile-* policy) is returned in warnings.
+func CheckRedis(ctx context.Context, rdb redis.UniversalClient, rules *Rules, ks keyspace.Keyspace, channel string) (warnings []string, err error) {
+	switch err := CheckACL(ctx, rdb, rules.ACLProbes(ks, channel)); {
+	case errors.Is(err, ErrACLUnchecked):
+		warnings = append(warnings, err.Error())
+	case err != nil:
+		return warnings, err
+	}
+	w, err := CheckEvictionPolicy(ctx, rdb)
+	if w != "" {
+		warnings = append(warnings, w)
+	}
+	return warnings, err
+}
+
+// CheckRedis runs CheckRedis on this applier's client, rules, keys and
+// channel.
+func (a *Applier) CheckRedis(ctx context.Context) (warnings []string, err error) {
+	return CheckRedis(ctx, a.rdb, a.rules, a.ks, a.cfg.Channel)
 }
 
 // Example renders t with "0" for every column: a key of the form it

@@ -140,9 +140,6 @@ func NewApplier(cfg Config, rdb redis.UniversalClient, log zerolog.Logger, reg p
 	return a, nil
 }
 
-// Client returns the Redis client the applier writes with.
-func (a *Applier) Client() redis.UniversalClient { return a.rdb }
-
 // Rules returns the compiled rules.
 func (a *Applier) Rules() *Rules { return a.rules }
 

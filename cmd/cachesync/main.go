@@ -162,16 +162,10 @@ func validate(cfg *config.Config) int {
 		rdb := daemon.NewRedisClient(cfg.Redis)
 		defer rdb.Close()
 		if reached, err = redisReached(ctx, rdb, cfg.Redis); err == nil {
-			err = sink.CheckACL(ctx, rdb, rules.ACLProbes(keyspace.Keyspace{Prefix: cfg.Sink.KeyPrefix}, cfg.Sink.Channel))
-			if errors.Is(err, sink.ErrACLUnchecked) {
-				fmt.Fprintln(os.Stderr, "cachesync: warning:", err)
-				err = nil
-			}
-		}
-		if err == nil {
-			var warning string
-			if warning, err = sink.CheckEvictionPolicy(ctx, rdb); warning != "" {
-				fmt.Fprintln(os.Stderr, "cachesync: warning:", warning)
+			var warnings []string
+			warnings, err = sink.CheckRedis(ctx, rdb, rules, keyspace.Keyspace{Prefix: cfg.Sink.KeyPrefix}, cfg.Sink.Channel)
+			for _, w := range warnings {
+				fmt.Fprintln(os.Stderr, "cachesync: warning:", w)
 			}
 		}
 		if err != nil {
