@@ -212,6 +212,9 @@ func (c *Config) SetDefaults() {
 	c.Cache.SetDefaults()
 	c.Goods.SetDefaults()
 	c.Seckill.SetDefaults()
+	if c.Seckill.Enabled {
+		c.Seckill.VersionStock(c.Sink.Rules)
+	}
 	c.Redis.SetDefaults()
 	if c.Log.Level == "" {
 		c.Log.Level = "info"

@@ -9,6 +9,7 @@ import (
 
 	"github.com/cachesync/cachesync/internal/tlsconf"
 	"github.com/cachesync/cachesync/seckill/auth"
+	"github.com/cachesync/cachesync/sink"
 )
 
 // Config configures the flash sale: reservations over HTTP, the Kafka
@@ -270,4 +271,21 @@ func (c *Config) has(role string) bool {
 		}
 	}
 	return false
+}
+
+// VersionStock marks versioned the mirror rules that keep the items'
+// stock key: the rebuild writes that key outside the binlog's order, and
+// its version keeps a CDC write older than the rebuild's read from undoing
+// it (see sink.RuleConfig.Versioned).
+func (c *Config) VersionStock(rules []sink.RuleConfig) {
+	probe := KeysFor(c.KeyPrefix, 1).Stock
+	for i := range rules {
+		r := &rules[i]
+		if r.Kind != sink.KindMirror || !strings.EqualFold(r.Table, c.Database+".sk_items") {
+			continue
+		}
+		if t, err := sink.ParseTemplate(r.Key); err == nil && t.Match(probe) {
+			r.Versioned = true
+		}
+	}
 }

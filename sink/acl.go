@@ -115,7 +115,7 @@ func (rs *Rules) ACLProbes(ks keyspace.Keyspace, channel string) [][]string {
 	}
 	k := keys[0]
 	return append(probes, [][]string{
-		{"SET", k, "v"}, {"EXISTS", k}, {"TYPE", k}, {"PTTL", k}, {"INCR", k},
+		{"SET", k, "v"}, {"MSET", k, "v"}, {"EXISTS", k}, {"TYPE", k}, {"PTTL", k}, {"INCR", k},
 		{"HGET", k, "f"}, {"HSET", k, "f", "v"}, {"HDEL", k, "f"}, {"HGETALL", k},
 		{"SADD", k, "m"}, {"SREM", k, "m"}, {"SSCAN", k, "0"}, {"ZREM", k, "m"},
 		{"EVALSHA", "0000000000000000000000000000000000000000", "0"}, {"EVAL", "return 1", "0"},

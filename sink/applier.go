@@ -285,7 +285,11 @@ func (a *Applier) add(b *batch, t *binlog.Txn, stored string) error {
 			if br.applied == 0 {
 				b.rules = append(b.rules, br)
 			}
-			if n := b.add(br, ch, vs); n > 0 {
+			v := vs
+			if !br.versioned {
+				v = nil
+			}
+			if n := b.add(br, ch, v); n > 0 {
 				a.m.nullKeys.Add(float64(n))
 			}
 		}

@@ -3,6 +3,8 @@ package sink
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -112,8 +114,8 @@ func TestApplierVersionGuard(t *testing.T) {
 	defer rdb.Close()
 	p := "vg:"
 	e := startApplier(t, rdb, Resume{},
-		RuleConfig{Table: "shop.goods", Kind: KindRewrite, Key: p + "j:{id}", Columns: []string{"id", "stock"}},
-		RuleConfig{Table: "shop.goods", Kind: KindMirror, Key: p + "m:{id}", Column: "stock"},
+		RuleConfig{Table: "shop.goods", Kind: KindRewrite, Key: p + "j:{id}", Columns: []string{"id", "stock"}, Versioned: true},
+		RuleConfig{Table: "shop.goods", Kind: KindMirror, Key: p + "m:{id}", Column: "stock", Versioned: true},
 	)
 	e.apply(txn(pos("binlog.000001", 500), ins(int32(1), "a", int32(10), "on")))
 	if v, _ := e.get(p + "j:1"); v != `{"id":1,"stock":10}` {
@@ -161,6 +163,85 @@ func TestApplierVersionGuard(t *testing.T) {
 	// The checkpoint is that of the last batch applied, even a replay.
 	if cp.Pos != pos("binlog.000002", 100) {
 		t.Errorf("checkpoint %s, want binlog.000002:100", cp.Pos)
+	}
+}
+
+// TestApplierUnversioned: rules without versions (the default) apply in
+// binlog order with no version keys and no per-row Redis calls: a run of
+// consecutive writes is one MSET, of deletes one DEL, however the rows of
+// a transaction interleave their keys.
+func TestApplierUnversioned(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: testenv.StartRedis(t).Addr()})
+	defer rdb.Close()
+	ctx := context.Background()
+	e := startApplier(t, rdb, Resume{},
+		RuleConfig{Table: "shop.goods", Kind: KindRewrite, Key: "j:{id}", Columns: []string{"id", "stock"}},
+		RuleConfig{Table: "shop.goods", Kind: KindRewrite, Key: "h:{id}", Columns: []string{"id", "stock"}, Format: "hash"},
+		RuleConfig{Table: "shop.goods", Kind: KindMirror, Key: "m:{id}", Column: "stock"},
+	)
+	if err := rdb.ConfigResetStat(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// 2,500 rows in one transaction: more than one run's cap.
+	const n = 2500
+	var big []binlog.Change
+	for i := range n {
+		big = append(big, ins(int32(i), "x", int32(i), "on"))
+	}
+	e.apply(txn(pos("binlog.000001", 100), big...))
+	// The same keys changed over and over within one transaction: the
+	// last change wins, as in MySQL.
+	row := func(stock int32) []any { return []any{int32(7), "x", stock, "on"} }
+	e.apply(txn(pos("binlog.000001", 200),
+		upd(row(7), row(70)), del(row(70)...), ins(row(71)...), upd(row(71), row(72)),
+		upd([]any{int32(8), "x", int32(8), "on"}, []any{int32(8), "x", int32(80), "on"}),
+		del(int32(9), "x", int32(9), "on"),
+	))
+	stats, err := rdb.Info(ctx, "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		want := map[int]string{7: "72", 8: "80", 9: ""}[i]
+		if _, ok := map[int]bool{7: true, 8: true, 9: true}[i]; !ok {
+			want = fmt.Sprint(i)
+		}
+		got, _ := e.get(fmt.Sprintf("m:%d", i))
+		if got != want {
+			t.Fatalf("m:%d = %q, want %q", i, got, want)
+		}
+		j, _ := e.get(fmt.Sprintf("j:%d", i))
+		h, err := rdb.HGet(ctx, fmt.Sprintf("h:%d", i), "stock").Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			t.Fatal(err)
+		}
+		if want == "" && (j != "" || h != "") || want != "" && (j != fmt.Sprintf(`{"id":%d,"stock":%s}`, i, want) || h != want) {
+			t.Fatalf("row %d: j = %q, h stock = %q, want stock %q", i, j, h, want)
+		}
+	}
+	vkeys, err := rdb.Keys(ctx, e.ks.Version("*")).Result()
+	if err != nil || len(vkeys) > 0 {
+		t.Errorf("version keys %v (%v), want none", vkeys, err)
+	}
+	calls := func(cmd string) int {
+		_, rest, ok := strings.Cut(stats, "cmdstat_"+cmd+":calls=")
+		if !ok {
+			return 0
+		}
+		c, _, _ := strings.Cut(rest, ",")
+		v, _ := strconv.Atoi(c)
+		return v
+	}
+	// 2,500 rows × 2 keys: five runs of 1,000 keys at most; then one for
+	// the keys of rows 7 and 8 (9's are deleted).
+	if m := calls("mset"); m != 6 {
+		t.Errorf("MSET calls = %d, want a few runs for %d rows", m, n)
+	}
+	if g := calls("get"); g > 2 { // the seq counter, once a batch
+		t.Errorf("GET calls = %d, want at most 2 (one per batch): no row reads a version", g)
+	}
+	if s := calls("set"); s > 0 {
+		t.Errorf("SET calls = %d, want none: writes go in runs", s)
 	}
 }
 

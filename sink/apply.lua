@@ -7,7 +7,7 @@
 -- ARGV[1]  what must exist, else Redis lost its data: "1" the checkpoint,
 --          at version ARGV[11]; "J" the snapshot journal (no checkpoint
 --          yet); "0" nothing (the first batch without a checkpoint). Unless
---          "1", the key of every S, H, X, A and HA op is added to the
+--          "1", the key of every M, Y, h, S, H, X, A and HA op is added to the
 --          journal, which the first batch creates and writing the
 --          checkpoint deletes: a snapshot cut short can be undone (see
 --          Applier.DiscardUnfinishedSnapshot). R and HR are not journaled:
@@ -32,7 +32,11 @@
 --          below it went back with a rewound Redis and jumps past it when
 --          the next message is published, so that subscribers see a gap.
 -- ARGV[14..] ops, with the keys they take from KEYS:
---   D                  keys k, l: DEL data key k and its lease l
+--   D n                keys k1, l1 .. kn, ln: DEL data keys and their leases
+--   M n v1 .. vn       keys k1 .. kn: MSET k1 v1 .. kn vn (no versions: the
+--                      stream applies in binlog order under one writer)
+--   Y n                keys k1 .. kn: DEL them (no tombstones, as M)
+--   h n f1 x1 ..       key k: DEL k, then HSET its n fields (as M)
 --   S ver val          keys k, v: if ver >= version(v): SET k val, SET v ver
 --   H ver n f1 x1 ..   keys k, v: same, as a hash of n fields
 --   X ver              keys k, v: if ver >= version(v): DEL k, SET v ver PX ttl
@@ -88,7 +92,10 @@ end
 local i, k = 14, 5
 while i <= n do
   local op = ARGV[i]
-  if op == 'D' then i, k = i + 1, k + 2
+  if op == 'D' then i, k = i + 2, k + 2 * tonumber(ARGV[i + 1])
+  elseif op == 'M' then i, k = i + 2 + tonumber(ARGV[i + 1]), k + tonumber(ARGV[i + 1])
+  elseif op == 'Y' then i, k = i + 2, k + tonumber(ARGV[i + 1])
+  elseif op == 'h' then i, k = i + 2 + 2 * tonumber(ARGV[i + 1]), k + 1
   elseif op == 'S' then i, k = i + 3, k + 2
   elseif op == 'X' then i, k = i + 2, k + 2
   elseif op == 'H' then i, k = i + 3 + 2 * tonumber(ARGV[i + 2]), k + 2
@@ -129,6 +136,11 @@ local function note(k)
     redis.call('SADD', KEYS[3], k)
   end
 end
+local function noteRun(k, nk)
+  if journal then
+    redis.call('SADD', KEYS[3], unpack(KEYS, k, k + nk - 1))
+  end
+end
 local function newer(vk, ver)
   local cur = redis.call('GET', vk)
   return (not cur) or tonumber(ver) >= tonumber(cur)
@@ -137,8 +149,32 @@ i, k = 14, 5
 while i <= n do
   local op = ARGV[i]
   if op == 'D' then
-    redis.call('DEL', KEYS[k], KEYS[k + 1])
-    i, k = i + 1, k + 2
+    local nk = 2 * tonumber(ARGV[i + 1])
+    redis.call('DEL', unpack(KEYS, k, k + nk - 1))
+    i, k = i + 2, k + nk
+  elseif op == 'M' then
+    local nk = tonumber(ARGV[i + 1])
+    local kv = {}
+    for j = 0, nk - 1 do
+      kv[2 * j + 1] = KEYS[k + j]
+      kv[2 * j + 2] = ARGV[i + 2 + j]
+    end
+    redis.call('MSET', unpack(kv))
+    noteRun(k, nk)
+    i, k = i + 2 + nk, k + nk
+  elseif op == 'Y' then
+    local nk = tonumber(ARGV[i + 1])
+    redis.call('DEL', unpack(KEYS, k, k + nk - 1))
+    noteRun(k, nk)
+    i, k = i + 2, k + nk
+  elseif op == 'h' then
+    local nf = tonumber(ARGV[i + 1])
+    redis.call('DEL', KEYS[k])
+    if nf > 0 then
+      redis.call('HSET', KEYS[k], unpack(ARGV, i + 2, i + 1 + 2 * nf))
+    end
+    note(KEYS[k])
+    i, k = i + 2 + 2 * nf, k + 1
   elseif op == 'S' then
     local ver = ARGV[i + 1]
     if newer(KEYS[k + 1], ver) then

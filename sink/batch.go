@@ -27,13 +27,33 @@ type batch struct {
 	buf     []byte // scratch for rendering
 	buf2    []byte
 	rules   []*boundRule // rules that counted changes in this batch
+	// run is the open run op: the last op appended, if it is a D, M or Y
+	// that may take more keys (see runOp); runN its count's index in args.
+	run  string
+	runN int
+	// last holds each key's last unversioned write of the batch, emitted
+	// by finish (see write).
+	last      map[string]write
+	lastOrder []string
 }
+
+// write is an unversioned write: each replaces its key whole, so of a
+// run of them on one key only the last matters.
+type write struct {
+	kind   byte   // 'M' SET, 'Y' DEL, 'h' DEL and HSET
+	val    string // 'M'
+	fields []any  // 'h'
+}
+
+// maxRun caps the keys of one run op: Lua's unpack takes at most 8000
+// values, and an MSET of n keys unpacks 2n.
+const maxRun = 1000
 
 func newBatch(ks keyspace.Keyspace, fence Fence) *batch {
 	if fence.Key == "" { // unfenced: KEYS[4] is never read
 		fence.Key = ks.Checkpoint()
 	}
-	b := &batch{ks: ks, fence: fence, pub: make(map[string]struct{})}
+	b := &batch{ks: ks, fence: fence, pub: make(map[string]struct{}), last: make(map[string]write)}
 	b.reset()
 	return b
 }
@@ -49,6 +69,9 @@ func (b *batch) reset() {
 		br.applied = 0
 	}
 	b.rules = b.rules[:0]
+	b.run = ""
+	clear(b.last)
+	b.lastOrder = b.lastOrder[:0]
 }
 
 func (b *batch) announce(k string) {
@@ -58,43 +81,133 @@ func (b *batch) announce(k string) {
 	}
 }
 
+// runOp appends n keys to the run op kind ("D", "M" or "Y"), with val
+// (M's values): to the trailing op when it is one of that kind with room,
+// else to a new one. A run is one command in the script for many rows.
+func (b *batch) runOp(kind string, n int, val ...any) {
+	if b.run != kind || b.args[b.runN].(int)+n > maxRun {
+		b.args = append(b.args, kind, 0)
+		b.run, b.runN = kind, len(b.args)-1
+	}
+	b.args[b.runN] = b.args[b.runN].(int) + n
+	b.args = append(b.args, val...)
+}
+
+// op ends the open run: ops that follow are not part of it.
+func (b *batch) op(args ...any) {
+	b.args = append(b.args, args...)
+	b.run = ""
+}
+
+// put records w as k's last unversioned write. Its place in the script is
+// at the end of the batch (see finish), after every other op: the script
+// runs whole, so only the order of the ops on one key matters, and an op
+// of another kind on k first takes k's pending write out (settle).
+func (b *batch) put(k string, w write) {
+	if _, ok := b.last[k]; !ok {
+		b.lastOrder = append(b.lastOrder, k)
+	}
+	b.last[k] = w
+	b.announce(k)
+}
+
+// settle emits k's pending unversioned write, if any, before an op of
+// another kind on k.
+func (b *batch) settle(k string) {
+	w, ok := b.last[k]
+	if !ok {
+		return
+	}
+	delete(b.last, k) // its lastOrder entry is skipped by flushWrites
+	b.emit(k, w)
+}
+
+func (b *batch) emit(k string, w write) {
+	b.keys = append(b.keys, k)
+	switch w.kind {
+	case 'M':
+		b.runOp("M", 1, w.val)
+	case 'Y':
+		b.runOp("Y", 1)
+	default:
+		b.op("h", len(w.fields)/2)
+		b.args = append(b.args, w.fields...)
+	}
+}
+
+// flushWrites emits the pending unversioned writes: SETs in MSET runs,
+// DELs in DEL runs, which cost Redis one command per thousand rows.
+func (b *batch) flushWrites() {
+	for _, kind := range []byte{'M', 'Y', 'h'} {
+		for _, k := range b.lastOrder {
+			if w, ok := b.last[k]; ok && w.kind == kind {
+				b.emit(k, w)
+				delete(b.last, k) // k may be listed twice (see settle)
+			}
+		}
+	}
+	clear(b.last)
+	b.lastOrder = b.lastOrder[:0]
+}
+
 func (b *batch) invalidate(k string) {
-	b.args = append(b.args, "D")
+	b.settle(k)
+	b.runOp("D", 1)
 	b.keys = append(b.keys, k, b.ks.Lease(k))
 	b.announce(k)
 }
 
+// set stores val at k; a nil ver stores it unversioned (see
+// RuleConfig.Versioned).
 func (b *batch) set(k string, ver any, val string) {
-	b.args = append(b.args, "S", ver, val)
+	if ver == nil {
+		b.put(k, write{kind: 'M', val: val})
+		return
+	}
+	b.settle(k)
+	b.op("S", ver, val)
 	b.keys = append(b.keys, k, b.ks.Version(k))
 	b.announce(k)
 }
 
+// del deletes k; a nil ver leaves no tombstone.
 func (b *batch) del(k string, ver any) {
-	b.args = append(b.args, "X", ver)
+	if ver == nil {
+		b.put(k, write{kind: 'Y'})
+		return
+	}
+	b.settle(k)
+	b.op("X", ver)
 	b.keys = append(b.keys, k, b.ks.Version(k))
 	b.announce(k)
 }
 
+// hset stores the hash fields at k; a nil ver stores it unversioned.
 func (b *batch) hset(k string, ver any, fields []any) {
-	b.args = append(b.args, "H", ver, strconv.Itoa(len(fields)/2))
-	b.keys = append(b.keys, k, b.ks.Version(k))
+	if ver == nil {
+		b.put(k, write{kind: 'h', fields: fields})
+		return
+	}
+	b.settle(k)
+	b.op("H", ver, strconv.Itoa(len(fields)/2))
 	b.args = append(b.args, fields...)
+	b.keys = append(b.keys, k, b.ks.Version(k))
 	b.announce(k)
 }
 
 // member adds or removes e: "A"/"R" on a set (or sorted set, for "R"),
 // "HA"/"HR" on a hash.
 func (b *batch) member(add bool, e entry) {
+	b.settle(e.key)
 	switch {
 	case e.hash && add:
-		b.args = append(b.args, "HA", e.m, e.v)
+		b.op("HA", e.m, e.v)
 	case e.hash:
-		b.args = append(b.args, "HR", e.m, e.v)
+		b.op("HR", e.m, e.v)
 	case add:
-		b.args = append(b.args, "A", e.m)
+		b.op("A", e.m)
 	default:
-		b.args = append(b.args, "R", e.m)
+		b.op("R", e.m)
 	}
 	b.keys = append(b.keys, e.key)
 	b.announce(e.key)
@@ -104,6 +217,7 @@ func (b *batch) member(add bool, e entry) {
 // checkpoint version that must be stored (with guard "1"), lastSeq the last
 // seq this writer published (0: none); see apply.lua.
 func (b *batch) finish(guard, expect string, lastSeq int64, channel string, tombstoneMS int64) {
+	b.flushWrites()
 	// The checkpoint is that of the last complete transaction: a piece of
 	// a split one is never a resume point.
 	b.cp = nil

@@ -8,7 +8,8 @@ import (
 	"github.com/cachesync/cachesync/binlog"
 )
 
-// add turns one row change into ops for rule br at version ver. It returns
+// add turns one row change into ops for rule br at version ver (nil for a
+// rule without versions). It returns
 // how many keys could not be named because a key column was NULL.
 func (b *batch) add(br *boundRule, ch *binlog.Change, ver any) (skipped int) {
 	br.applied++

@@ -53,14 +53,14 @@ func (a *Applier) SnapshotTablesDone() int64 { return a.snapDone.Load() }
 // overwrite a request made meanwhile (op P).
 func (b *batch) progress(s *binlog.SnapshotStep) {
 	set := func(op, table, v string) {
-		b.args = append(b.args, op, table, v)
+		b.op(op, table, v)
 		b.keys = append(b.keys, b.ks.SnapshotProgress())
 	}
 	for _, table := range s.Start {
 		set("HA", table, "at:")
 	}
 	if len(s.Start) > 0 { // a resync is over once its snapshot begins
-		b.args = append(b.args, "D")
+		b.runOp("D", 1)
 		b.keys = append(b.keys, b.ks.Resync(), b.ks.Resync())
 	}
 	switch {

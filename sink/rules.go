@@ -57,6 +57,12 @@ type RuleConfig struct {
 	// still holds the row's value, so an older row never removes the entry
 	// a newer one wrote.
 	Value string `yaml:"value"`
+	// Versioned keeps, for a rewrite or mirror rule, the binlog version of
+	// each key's value beside it (keyspace.Version) and writes only what is
+	// not older: needed when something besides this stream writes the key
+	// (seckill's rebuild of the stock). The stream alone applies in binlog
+	// order under one fenced writer, so by default a key is just SET.
+	Versioned bool `yaml:"versioned"`
 }
 
 // Condition matches a row whose column's text equals one of the values.
@@ -78,10 +84,12 @@ type rule struct {
 	value  *Template // member rule: the key is a hash member -> value
 	remove bool      // member rule: op remove
 	hash   bool
-	cols   []string
-	column string
-	when   *Condition
-	values map[string]bool // condition values
+	// versioned: rewrite or mirror rule that keeps per-key versions.
+	versioned bool
+	cols      []string
+	column    string
+	when      *Condition
+	values    map[string]bool // condition values
 }
 
 // Rules is the compiled rule set, grouped by table.
@@ -112,7 +120,7 @@ func compileRule(c RuleConfig) (*rule, error) {
 	if len(parts) != 2 || parts[0] == "" || parts[1] == "" {
 		return nil, fmt.Errorf("table %q: want schema.table", c.Table)
 	}
-	r := &rule{kind: c.Kind, table: strings.ToLower(c.Table)}
+	r := &rule{kind: c.Kind, table: strings.ToLower(c.Table), versioned: c.Versioned}
 	var err error
 	tmpl := func(field, s string) *Template {
 		if err != nil {
@@ -149,6 +157,7 @@ func compileRule(c RuleConfig) (*rule, error) {
 		forbid("when", c.When != nil)
 		forbid("op", c.Op != "")
 		forbid("value", c.Value != "")
+		forbid("versioned", c.Versioned)
 		r.name = c.Table + "/invalidate:" + strings.Join(c.Keys, ",")
 	case KindRewrite:
 		r.key = tmpl("key", c.Key)
@@ -216,6 +225,7 @@ func compileRule(c RuleConfig) (*rule, error) {
 		forbid("format", c.Format != "")
 		forbid("columns", len(c.Columns) > 0)
 		forbid("column", c.Column != "")
+		forbid("versioned", c.Versioned)
 		r.name = c.Table + "/member:" + c.Key
 		if r.remove {
 			r.name = c.Table + "/member-remove:" + c.Key
