@@ -95,7 +95,7 @@ func start(p Params) error {
 		return err
 	}
 	if _, err := retry(ctx, func() (struct{}, error) {
-		err := CheckKafka(cfg.Kafka)
+		err := CheckKafka(&cfg)
 		if errors.Is(err, ErrKafka) {
 			return struct{}{}, backoff.Permanent(err)
 		}

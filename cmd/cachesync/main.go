@@ -154,7 +154,7 @@ func validate(cfg *config.Config) int {
 			err = checkSaleGrants(ctx, cfg)
 		}
 		if err == nil && cfg.Seckill.Enabled {
-			err = seckill.CheckKafka(cfg.Seckill.Kafka)
+			err = seckill.CheckKafka(&cfg.Seckill)
 		}
 	}
 	var reached string
