@@ -394,7 +394,7 @@ func (a *Applier) apply(ctx context.Context, b *batch, guard, expect, stored str
 		// waits for it rather than leave its outcome unknown.
 		callCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		start := time.Now()
-		seq, err := a.script.Run(callCtx, a.rdb, b.keys, b.args...).Int64()
+		seq, err := a.call(callCtx, b)
 		cancel()
 		if err == nil {
 			a.done(b, seq, time.Since(start))
@@ -479,6 +479,100 @@ func (a *Applier) DiscardUnfinishedSnapshot(ctx context.Context) (int, error) {
 		return n, fmt.Errorf("delete snapshot journal: %w", err)
 	}
 	return n, nil
+}
+
+// call runs the batch once: its script, and with b.direct the writes
+// beside it (applyDirect). It returns the seq the script published.
+func (a *Applier) call(ctx context.Context, b *batch) (int64, error) {
+	if !b.direct {
+		return a.script.Run(ctx, a.rdb, b.keys, b.args...).Int64()
+	}
+	return a.applyDirect(ctx, b)
+}
+
+// applyDirect sends the batch's last writes as plain MSET, DEL and HSET
+// commands with the script in one MULTI/EXEC, which Redis runs whole as
+// it runs a script, so readers still never see part of a batch. Inside
+// it the script's refusals would come too late (a refused script does
+// not undo the commands beside it), so the checks are made first, on the
+// checkpoint and the lease read under WATCH: if either changes before
+// EXEC (another writer, a restart, a renewal of the lease), nothing runs
+// and the next try reads them again. The script is sent whole (EVAL): an
+// EVALSHA answered NOSCRIPT would not stop the commands beside it.
+func (a *Applier) applyDirect(ctx context.Context, b *batch) (int64, error) {
+	cp := a.ks.Checkpoint()
+	for {
+		var seq int64
+		err := a.rdb.Watch(ctx, func(tx *redis.Tx) error {
+			if err := checkDirect(ctx, tx, cp, b); err != nil {
+				return err
+			}
+			cmds, err := tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+				// The script first: a key's earlier ops in it (see
+				// batch.settle) come before its last write. No reader
+				// sees the message before the writes: EXEC runs whole.
+				p.Eval(ctx, applyLua, b.keys, b.args...)
+				if len(b.mset) > 0 {
+					p.MSet(ctx, b.mset...)
+				}
+				if len(b.dels) > 0 {
+					p.Del(ctx, b.dels...)
+				}
+				for _, h := range b.hsets {
+					p.Del(ctx, h.key)
+					if len(h.fields) > 0 {
+						p.HSet(ctx, h.key, h.fields...)
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			seq, err = cmds[0].(*redis.Cmd).Int64()
+			return err
+		}, cp, b.fence.Key)
+		if !errors.Is(err, redis.TxFailedErr) {
+			return seq, err
+		}
+	}
+}
+
+// checkDirect makes apply.lua's checks for a batch with a checkpoint
+// (guard "1"), answering as the script would.
+func checkDirect(ctx context.Context, tx *redis.Tx, cp string, b *batch) error {
+	expect, fence := b.args[10].(string), b.args[11].(string)
+	var stored, holder *redis.StringCmd
+	_, err := tx.Pipelined(ctx, func(p redis.Pipeliner) error {
+		stored = p.HGet(ctx, cp, "version")
+		if fence != "" {
+			holder = p.Get(ctx, b.fence.Key)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return err
+	}
+	v, err := stored.Result()
+	if errors.Is(err, redis.Nil) {
+		return errors.New("CSRESET checkpoint missing: Redis lost its data")
+	}
+	if v != expect {
+		s, _ := strconv.ParseUint(v, 10, 64)
+		e, _ := strconv.ParseUint(expect, 10, 64)
+		if s < e {
+			return fmt.Errorf("CSREWIND checkpoint %s is older than %s, which this writer applied", v, expect)
+		}
+	}
+	if holder != nil {
+		if h := holder.Val(); h != fence {
+			return fmt.Errorf("CSFENCED lease %s is held by %q, not %q", b.fence.Key, h, fence)
+		}
+	}
+	if v != expect {
+		return fmt.Errorf("CSCONFLICT checkpoint %s is newer than %s: another writer moved it", v, expect)
+	}
+	return nil
 }
 
 func (a *Applier) done(b *batch, seq int64, took time.Duration) {

@@ -197,13 +197,25 @@ func TestApplierUnversioned(t *testing.T) {
 		upd([]any{int32(8), "x", int32(8), "on"}, []any{int32(8), "x", int32(80), "on"}),
 		del(int32(9), "x", int32(9), "on"),
 	))
+	// With a checkpoint, a batch this large sends its writes beside the
+	// script (MULTI/EXEC).
+	var third []binlog.Change
+	for i := int32(100); i < 200; i++ {
+		third = append(third, upd([]any{i, "x", i, "on"}, []any{i, "x", i + 1000, "on"}))
+	}
+	third = append(third, del(int32(300), "x", int32(300), "on"))
+	e.apply(txn(pos("binlog.000001", 300), third...))
 	stats, err := rdb.Info(ctx, "commandstats").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i := range n {
 		want := map[int]string{7: "72", 8: "80", 9: ""}[i]
-		if _, ok := map[int]bool{7: true, 8: true, 9: true}[i]; !ok {
+		switch {
+		case i >= 100 && i < 200:
+			want = fmt.Sprint(i + 1000)
+		case i == 300:
+		case i < 7 || i > 9:
 			want = fmt.Sprint(i)
 		}
 		got, _ := e.get(fmt.Sprintf("m:%d", i))
@@ -233,8 +245,12 @@ func TestApplierUnversioned(t *testing.T) {
 		return v
 	}
 	// 2,500 rows × 2 keys: five runs of 1,000 keys at most; then one for
-	// the keys of rows 7 and 8 (9's are deleted).
-	if m := calls("mset"); m != 6 {
+	// the keys of rows 7 and 8 (9's are deleted); then one beside the
+	// script.
+	if x := calls("exec"); x != 1 {
+		t.Errorf("EXEC calls = %d, want 1 (the third batch)", x)
+	}
+	if m := calls("mset"); m != 7 {
 		t.Errorf("MSET calls = %d, want a few runs for %d rows", m, n)
 	}
 	if g := calls("get"); g > 2 { // the seq counter, once a batch
@@ -242,6 +258,39 @@ func TestApplierUnversioned(t *testing.T) {
 	}
 	if s := calls("set"); s > 0 {
 		t.Errorf("SET calls = %d, want none: writes go in runs", s)
+	}
+}
+
+// TestApplierDirectKeepsKeyOrder: a key both invalidated and mirrored by
+// two rules, changed twice in one large batch: its first write and the
+// invalidation run in the script, its last write beside it, and the key
+// ends with the last value (it would be deleted if the plain writes ran
+// before the script).
+func TestApplierDirectKeepsKeyOrder(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: testenv.StartRedis(t).Addr()})
+	defer rdb.Close()
+	e := startApplier(t, rdb, Resume{},
+		RuleConfig{Table: "shop.goods", Kind: KindInvalidate, Keys: []string{"k:{id}"}},
+		RuleConfig{Table: "shop.goods", Kind: KindMirror, Key: "k:{id}", Column: "stock"},
+	)
+	e.apply(txn(pos("binlog.000001", 100), ins(int32(1), "x", int32(1), "on")))
+	row := func(id, stock int32) []any { return []any{id, "x", stock, "on"} }
+	changes := []binlog.Change{upd(row(1, 1), row(1, 2)), upd(row(1, 2), row(1, 3))}
+	for i := int32(10); i < 10+directMin; i++ {
+		changes = append(changes, ins(row(i, i)...))
+	}
+	if err := rdb.ConfigResetStat(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	e.apply(txn(pos("binlog.000001", 200), changes...))
+	if x := rdb.Info(context.Background(), "commandstats").Val(); !strings.Contains(x, "cmdstat_exec:") {
+		t.Fatal("the batch did not take the direct path")
+	}
+	if v, _ := e.get("k:1"); v != "3" {
+		t.Errorf("k:1 = %q, want 3", v)
+	}
+	if v, _ := e.get("k:10"); v != "10" {
+		t.Errorf("k:10 = %q, want 10", v)
 	}
 }
 

@@ -35,7 +35,26 @@ type batch struct {
 	// by finish (see write).
 	last      map[string]write
 	lastOrder []string
+	// direct: set by finish when the batch's last writes go to Redis as
+	// plain commands beside the script (see Applier.applyDirect): mset
+	// holds MSET's arguments, dels the keys to delete, hsets the hashes.
+	direct bool
+	mset   []any
+	dels   []string
+	hsets  []hashWrite
 }
+
+// hashWrite is an unversioned hash write sent beside the script.
+type hashWrite struct {
+	key    string
+	fields []any
+}
+
+// directMin is the fewest last writes for which a batch sends them beside
+// the script: a script copies every argument twice more than a plain
+// command (into Lua, and back), which costs Redis about as much as the
+// write itself, while the direct path costs a round trip (the WATCH).
+const directMin = 64
 
 // write is an unversioned write: each replaces its key whole, so of a
 // run of them on one key only the last matters.
@@ -72,6 +91,8 @@ func (b *batch) reset() {
 	b.run = ""
 	clear(b.last)
 	b.lastOrder = b.lastOrder[:0]
+	b.direct = false
+	b.mset, b.dels, b.hsets = b.mset[:0], b.dels[:0], b.hsets[:0]
 }
 
 func (b *batch) announce(k string) {
@@ -136,17 +157,29 @@ func (b *batch) emit(k string, w write) {
 }
 
 // flushWrites emits the pending unversioned writes: SETs in MSET runs,
-// DELs in DEL runs, which cost Redis one command per thousand rows.
-func (b *batch) flushWrites() {
+// DELs in DEL runs, which cost Redis one command per thousand rows; with
+// direct, into mset, dels and hsets instead of the script's ops.
+func (b *batch) flushWrites(direct bool) {
+	b.direct = direct
 	for _, kind := range []byte{'M', 'Y', 'h'} {
 		for _, k := range b.lastOrder {
-			if w, ok := b.last[k]; ok && w.kind == kind {
+			w, ok := b.last[k]
+			if !ok || w.kind != kind {
+				continue
+			}
+			delete(b.last, k) // k may be listed twice (see settle)
+			switch {
+			case !direct:
 				b.emit(k, w)
-				delete(b.last, k) // k may be listed twice (see settle)
+			case kind == 'M':
+				b.mset = append(b.mset, k, w.val)
+			case kind == 'Y':
+				b.dels = append(b.dels, k)
+			default:
+				b.hsets = append(b.hsets, hashWrite{k, w.fields})
 			}
 		}
 	}
-	clear(b.last)
 	b.lastOrder = b.lastOrder[:0]
 }
 
@@ -217,7 +250,8 @@ func (b *batch) member(add bool, e entry) {
 // checkpoint version that must be stored (with guard "1"), lastSeq the last
 // seq this writer published (0: none); see apply.lua.
 func (b *batch) finish(guard, expect string, lastSeq int64, channel string, tombstoneMS int64) {
-	b.flushWrites()
+	// Only with a checkpoint: before one, the script journals every key.
+	b.flushWrites(guard == guardCheckpoint && len(b.last) >= directMin)
 	// The checkpoint is that of the last complete transaction: a piece of
 	// a split one is never a resume point.
 	b.cp = nil

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,6 +26,9 @@ type fenceEnv struct {
 	a   *Applier
 	ks  keyspace.Keyspace
 	ch  string
+	// bulk: rows each stock transaction adds to its own (other ids), so
+	// that batches take the direct path (see Applier.applyDirect).
+	bulk int
 }
 
 func newFenceEnv(t *testing.T) *fenceEnv {
@@ -75,19 +80,45 @@ func (e *fenceEnv) exists(key string) bool {
 	return n == 1
 }
 
-func stock(id, n int32) *binlog.Txn {
-	return txn(pos("binlog.000001", uint32(1000+100*id)), ins(id, "x", n, "on"))
+// stock is a transaction setting m:id to n, with e.bulk more rows (ids
+// 1000·id + j).
+func (e *fenceEnv) stock(id, n int32) *binlog.Txn {
+	t := txn(pos("binlog.000001", uint32(1000+100*id)), ins(id, "x", n, "on"))
+	for j := range int32(e.bulk) {
+		t.Changes = append(t.Changes, ins(1000*id+j, "x", n, "on"))
+	}
+	return t
 }
 
-func TestApplierFencing(t *testing.T) {
-	e := newFenceEnv(t)
+// bothPaths runs test with single-row batches (the script alone) and with
+// batches that take the direct path, which must refuse and apply the same.
+func bothPaths(t *testing.T, test func(t *testing.T, e *fenceEnv)) {
+	for _, bulk := range []int{0, directMin} {
+		t.Run(fmt.Sprintf("rows=%d", bulk+1), func(t *testing.T) {
+			e := newFenceEnv(t)
+			e.bulk = bulk
+			if err := e.rdb.ConfigResetStat(context.Background()).Err(); err != nil {
+				t.Fatal(err)
+			}
+			test(t, e)
+			stats := e.rdb.Info(context.Background(), "commandstats").Val()
+			if direct := strings.Contains(stats, "cmdstat_watch:"); direct != (bulk > 0) {
+				t.Errorf("direct path (WATCH) taken: %v, want %v", direct, bulk > 0)
+			}
+		})
+	}
+}
+
+func TestApplierFencing(t *testing.T) { bothPaths(t, testApplierFencing) }
+
+func testApplierFencing(t *testing.T, e *fenceEnv) {
 	ctx := context.Background()
 	lease := e.ks.Leader("cdc")
 	if err := e.rdb.Set(ctx, lease, "5 a", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	term5 := Fence{Key: lease, Value: "5 a"}
-	if err := e.run(Resume{Fence: term5}, stock(1, 1)); err != nil {
+	if err := e.run(Resume{Fence: term5}, e.stock(1, 1)); err != nil {
 		t.Fatalf("batch of the lease holder: %v", err)
 	}
 	cp := e.stored()
@@ -112,12 +143,12 @@ func TestApplierFencing(t *testing.T) {
 			if _, err := sub.Receive(ctx); err != nil {
 				t.Fatal(err)
 			}
-			err := e.run(Resume{Expect: &cp, Fence: term5}, stock(2, 2))
+			err := e.run(Resume{Expect: &cp, Fence: term5}, e.stock(2, 2))
 			if !errors.Is(err, ErrFenced) {
 				t.Fatalf("Run = %v, want ErrFenced", err)
 			}
-			if e.exists("m:2") {
-				t.Error("a fenced batch wrote its key")
+			if e.exists("m:2") || e.bulk > 0 && e.exists("m:2000") {
+				t.Error("a fenced batch wrote its keys")
 			}
 			if got := e.stored(); got.Version != cp.Version {
 				t.Errorf("a fenced batch moved the checkpoint to %s", got.Pos)
@@ -133,13 +164,16 @@ func TestApplierFencing(t *testing.T) {
 }
 
 func TestApplierCompareAndSetCheckpoint(t *testing.T) {
-	e := newFenceEnv(t)
+	bothPaths(t, testApplierCompareAndSetCheckpoint)
+}
+
+func testApplierCompareAndSetCheckpoint(t *testing.T, e *fenceEnv) {
 	ctx := context.Background()
-	if err := e.run(Resume{}, stock(1, 1), stock(2, 2)); err != nil {
+	if err := e.run(Resume{}, e.stock(1, 1), e.stock(2, 2)); err != nil {
 		t.Fatal(err)
 	}
 	cp2 := e.stored() // at stock(2)
-	if err := e.run(Resume{Expect: &cp2}, stock(3, 3)); err != nil {
+	if err := e.run(Resume{Expect: &cp2}, e.stock(3, 3)); err != nil {
 		t.Fatalf("batch following the stored checkpoint: %v", err)
 	}
 	cp3 := e.stored()
@@ -158,12 +192,12 @@ func TestApplierCompareAndSetCheckpoint(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			setVersion(t, tc.stored)
-			err := e.run(Resume{Expect: &cp3}, stock(4, 4))
+			err := e.run(Resume{Expect: &cp3}, e.stock(4, 4))
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("Run = %v, want %v", err, tc.want)
 			}
-			if e.exists("m:4") {
-				t.Error("a refused batch wrote its key")
+			if e.exists("m:4") || e.bulk > 0 && e.exists("m:4000") {
+				t.Error("a refused batch wrote its keys")
 			}
 			if got := e.rdb.HGet(ctx, e.ks.Checkpoint(), "version").Val(); got != strconv.FormatUint(tc.stored, 10) {
 				t.Errorf("a refused batch changed the checkpoint version to %s", got)
@@ -189,21 +223,22 @@ func TestApplierCompareAndSetCheckpoint(t *testing.T) {
 
 // After a rewind the seq counter is older too; the writer's next message
 // must not continue a sequence a subscriber has already seen.
-func TestApplierSeqGapAfterRewind(t *testing.T) {
-	e := newFenceEnv(t)
+func TestApplierSeqGapAfterRewind(t *testing.T) { bothPaths(t, testApplierSeqGapAfterRewind) }
+
+func testApplierSeqGapAfterRewind(t *testing.T, e *fenceEnv) {
 	ctx := context.Background()
-	if err := e.run(Resume{}, stock(1, 1)); err != nil {
+	if err := e.run(Resume{}, e.stock(1, 1)); err != nil {
 		t.Fatal(err)
 	}
 	cp1 := e.stored()
-	if err := e.run(Resume{Expect: &cp1}, stock(2, 2), stock(3, 3)); err != nil {
+	if err := e.run(Resume{Expect: &cp1}, e.stock(2, 2), e.stock(3, 3)); err != nil {
 		t.Fatal(err)
 	}
 	last, _ := e.rdb.Get(ctx, e.ks.Seq()).Int64()
 	// Redis comes back from a file written after the first batch.
 	e.rdb.HSet(ctx, e.ks.Checkpoint(), "file", cp1.Pos.File, "pos", cp1.Pos.Pos, "version", cp1.Version)
 	e.rdb.Set(ctx, e.ks.Seq(), 1, 0)
-	if err := e.run(Resume{Expect: &Checkpoint{Version: e.a.Applied().Version}}, stock(4, 4)); !errors.Is(err, ErrRewind) {
+	if err := e.run(Resume{Expect: &Checkpoint{Version: e.a.Applied().Version}}, e.stock(4, 4)); !errors.Is(err, ErrRewind) {
 		t.Fatalf("Run = %v, want ErrRewind", err)
 	}
 
@@ -213,7 +248,7 @@ func TestApplierSeqGapAfterRewind(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Replay from the stored checkpoint.
-	if err := e.run(Resume{Expect: &cp1}, stock(2, 2)); err != nil {
+	if err := e.run(Resume{Expect: &cp1}, e.stock(2, 2)); err != nil {
 		t.Fatalf("replay: %v", err)
 	}
 	m, err := sub.ReceiveMessage(ctx)
