@@ -33,7 +33,7 @@ import (
 
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/keyspace"
-	"github.com/cenkalti/backoff/v4"
+	"github.com/cenkalti/backoff/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
@@ -132,7 +132,6 @@ func NewApplier(cfg Config, rdb redis.UniversalClient, log zerolog.Logger, reg p
 			bo := backoff.NewExponentialBackOff()
 			bo.InitialInterval = 50 * time.Millisecond
 			bo.MaxInterval = 5 * time.Second
-			bo.MaxElapsedTime = 0
 			return bo
 		},
 	}
