@@ -58,23 +58,30 @@ func NewConsumer(cfg Config, store *Store, m *metrics, log zerolog.Logger) (*Con
 	return &Consumer{cfg: cfg, store: store, group: group, dlq: dlq, m: m, log: log}, nil
 }
 
-// Run consumes until ctx is done, rejoining after every rebalance.
+// Run consumes until ctx is done or the group is closed, rejoining at once
+// after a rebalance and, after an error, with back-off (from about 1 s to
+// 10 s, starting over after a rebalance).
 func (c *Consumer) Run(ctx context.Context) error {
 	go func() {
 		for err := range c.group.Errors() {
 			c.log.Warn().Err(err).Msg("consumer group")
 		}
 	}()
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval = time.Second, 10*time.Second
 	for ctx.Err() == nil {
-		if err := c.group.Consume(ctx, []string{c.cfg.Kafka.Topic}, c); err != nil {
+		// One session: Consume returns nil at a rebalance.
+		_, err := backoff.Retry(ctx, func() (struct{}, error) {
+			err := c.group.Consume(ctx, []string{c.cfg.Kafka.Topic}, c)
 			if errors.Is(err, sarama.ErrClosedConsumerGroup) {
-				return nil
+				return struct{}{}, backoff.Permanent(err)
 			}
-			c.log.Warn().Err(err).Msg("consume; rejoining")
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
+			return struct{}{}, err
+		}, backoff.WithBackOff(bo), backoff.WithMaxElapsedTime(0), backoff.WithNotify(func(err error, wait time.Duration) {
+			c.log.Warn().Err(err).Dur("retry_in", wait).Msg("consume; rejoining")
+		}))
+		if errors.Is(err, sarama.ErrClosedConsumerGroup) {
+			return nil
 		}
 	}
 	return nil
