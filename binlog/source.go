@@ -10,7 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
+	"github.com/cenkalti/backoff/v5"
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
 	"github.com/prometheus/client_golang/prometheus"
@@ -97,36 +97,35 @@ func (s *Source) Run(ctx context.Context, start Start, out chan<- *Txn) error {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = 100 * time.Millisecond
 	bo.MaxInterval = 5 * time.Second
-	bo.MaxElapsedTime = 0
 	s.reached.Store(0) // a new stream may start before the last one got
-	for {
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
 		r := &reader{src: s, out: out, file: start.Pos.File}
 		err := classify(r.stream(ctx, start), start)
 		s.up.Store(false)
 		if ctx.Err() != nil {
-			return nil
+			return struct{}{}, nil
 		}
 		if err != nil {
 			s.lastErr.Store(&err)
 		}
 		if errors.Is(err, ErrFatal) {
-			return err
+			return struct{}{}, backoff.Permanent(err)
 		}
 		if !r.resume.IsZero() {
 			start = Start{Pos: r.resume}
 		}
 		if r.progressed {
-			bo.Reset()
+			bo.Reset() // the next wait is the shortest again
 		}
-		wait := bo.NextBackOff()
+		return struct{}{}, err
+	}, backoff.WithBackOff(bo), backoff.WithMaxElapsedTime(0), backoff.WithNotify(func(err error, wait time.Duration) {
 		s.metrics.reconnects.Inc()
 		s.log.Warn().Err(err).Stringer("resume", start.Pos).Dur("retry_in", wait).Msg("binlog stream lost; reconnecting")
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(wait):
-		}
+	}))
+	if ctx.Err() != nil {
+		return nil
 	}
+	return err
 }
 
 // reader holds the state of one connection's stream.

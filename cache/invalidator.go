@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
+	"github.com/cenkalti/backoff/v5"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -26,8 +26,8 @@ func (c *Cache) Run(ctx context.Context) error {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = 50 * time.Millisecond
 	bo.MaxInterval = 2 * time.Second
-	bo.MaxElapsedTime = 0
-	for ctx.Err() == nil {
+	// Retry returns only when ctx is done: subscribe returns nil then.
+	_, _ = backoff.Retry(ctx, func() (struct{}, error) {
 		err := c.subscribe(ctx)
 		c.live.Store(false)
 		if errors.Is(err, errDetached) {
@@ -35,16 +35,10 @@ func (c *Cache) Run(ctx context.Context) error {
 		} else {
 			c.flush("disconnected")
 		}
-		if ctx.Err() != nil {
-			break
-		}
-		wait := bo.NextBackOff()
+		return struct{}{}, err
+	}, backoff.WithBackOff(bo), backoff.WithMaxElapsedTime(0), backoff.WithNotify(func(err error, wait time.Duration) {
 		c.log.Warn().Err(err).Dur("retry_in", wait).Msg("invalidation subscription lost; L1 disabled until resubscribed")
-		select {
-		case <-ctx.Done():
-		case <-time.After(wait):
-		}
-	}
+	}))
 	return nil
 }
 

@@ -18,7 +18,7 @@ import (
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/leader"
 	"github.com/cachesync/cachesync/sink"
-	"github.com/cenkalti/backoff/v4"
+	"github.com/cenkalti/backoff/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
@@ -272,7 +272,7 @@ func (p *Pipeline) lead(ctx context.Context, fence sink.Fence) error {
 // and a Redis whose eviction policy may drop cachesync's keys
 // (sink.CheckRedis), retrying until Redis answers; nil when ctx is done.
 func (p *Pipeline) checkRedis(ctx context.Context) error {
-	err := backoff.Retry(func() error {
+	err := retry(ctx, func() error {
 		warnings, err := p.applier.CheckRedis(ctx)
 		for _, w := range warnings {
 			p.log.Warn().Msg(w)
@@ -284,7 +284,7 @@ func (p *Pipeline) checkRedis(ctx context.Context) error {
 			p.log.Warn().Err(err).Msg("checking redis; retrying")
 		}
 		return err
-	}, backoff.WithContext(retryForever(), ctx))
+	})
 	if ctx.Err() != nil {
 		return nil
 	}
@@ -293,13 +293,13 @@ func (p *Pipeline) checkRedis(ctx context.Context) error {
 
 // resyncPending reads the resync marker until Redis answers or ctx is done.
 func (p *Pipeline) resyncPending(ctx context.Context) (pending bool, err error) {
-	err = backoff.Retry(func() error {
+	err = retry(ctx, func() error {
 		pending, err = p.applier.ResyncPending(ctx)
 		if err != nil {
 			p.log.Warn().Err(err).Msg("reading the resync marker; retrying")
 		}
 		return err
-	}, backoff.WithContext(retryForever(), ctx))
+	})
 	if pending && err == nil {
 		p.log.Warn().Msg("a resync was begun and not finished: finishing it")
 	}
@@ -311,7 +311,7 @@ func (p *Pipeline) resyncPending(ctx context.Context) (pending bool, err error) 
 // ctx is done.
 func (p *Pipeline) resync(ctx context.Context, fence sink.Fence) error {
 	p.phase.Store("resync")
-	return backoff.Retry(func() error {
+	return retry(ctx, func() error {
 		t0 := time.Now()
 		err := p.applier.BeginResync(ctx, fence)
 		n := 0
@@ -335,14 +335,17 @@ func (p *Pipeline) resync(ctx context.Context, fence sink.Fence) error {
 		p.sawCheckpoint.Store(false) // deleted on purpose: not a loss
 		p.log.Info().Int("keys", n).Dur("took", time.Since(t0)).Msg("resync: deleted the keys the rules own")
 		return nil
-	}, backoff.WithContext(retryForever(), ctx))
+	})
 }
 
-func retryForever() backoff.BackOff {
+// retry calls op with back-off until it returns nil or an error wrapped in
+// backoff.Permanent (returned unwrapped), or ctx is done (ctx's cause).
+func retry(ctx context.Context, op func() error) error {
 	bo := backoff.NewExponentialBackOff()
 	bo.MaxInterval = 5 * time.Second
-	bo.MaxElapsedTime = 0
-	return bo
+	_, err := backoff.Retry(ctx, func() (struct{}, error) { return struct{}{}, op() },
+		backoff.WithBackOff(bo), backoff.WithMaxElapsedTime(0)) // not Retry's default of 15 minutes
+	return err
 }
 
 func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.Fence) error {
@@ -372,13 +375,13 @@ func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.
 		p.log.Info().Strs("tables", tables).Stringer("pos", start.Pos).Msg("snapshot: beginning, beside the stream")
 	} else if expect != nil {
 		var requested []string
-		err := backoff.Retry(func() (err error) {
+		err := retry(ctx, func() (err error) {
 			pending, requested, err = p.applier.SnapshotProgress(ctx)
 			if err != nil {
 				p.log.Warn().Err(err).Msg("reading snapshot progress; retrying")
 			}
 			return err
-		}, backoff.WithContext(retryForever(), ctx))
+		})
 		if err != nil {
 			return nil // ctx is done
 		}
@@ -448,7 +451,7 @@ func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.
 // Redis and MySQL being unreachable is retried until ctx is done.
 // rewound says the caller already knows the stored checkpoint went back.
 func (p *Pipeline) startPoint(ctx context.Context, reset, rewound bool) (start binlog.Start, snapshot bool, expect *sink.Checkpoint, err error) {
-	err = backoff.Retry(func() error {
+	err = retry(ctx, func() error {
 		cp, ok, err := p.applier.ReadCheckpoint(ctx)
 		if err != nil {
 			p.log.Warn().Err(err).Msg("reading checkpoint; retrying")
@@ -509,6 +512,6 @@ func (p *Pipeline) startPoint(ctx context.Context, reset, rewound bool) (start b
 		}
 		start = binlog.Start{Pos: pos}
 		return nil
-	}, backoff.WithContext(retryForever(), ctx))
+	})
 	return start, snapshot, expect, err
 }

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/cachesync/cachesync/binlog"
-	"github.com/cenkalti/backoff/v4"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -30,13 +29,13 @@ import (
 func (p *Pipeline) snapshotKeys(ctx context.Context, pending map[string]string) map[string][]string {
 	keys := make(map[string][]string, len(pending))
 	for table := range pending {
-		err := backoff.Retry(func() (err error) {
+		err := retry(ctx, func() (err error) {
 			keys[table], err = binlog.KeyColumns(ctx, p.db, table)
 			if err != nil && ctx.Err() == nil {
 				p.log.Warn().Err(err).Str("table", table).Msg("snapshot: reading the table's key; retrying")
 			}
 			return err
-		}, backoff.WithContext(retryForever(), ctx))
+		})
 		if err != nil {
 			return nil
 		}
@@ -60,13 +59,13 @@ func (p *Pipeline) snapshot(ctx context.Context, pending map[string]string, keys
 		t0, rows, after := time.Now(), 0, pending[table]
 		for {
 			var c *binlog.Txn
-			err := backoff.Retry(func() (err error) {
+			err := retry(ctx, func() (err error) {
 				c, err = binlog.ReadChunk(ctx, p.db, table, keys[table], after, p.chunk)
 				if err != nil && ctx.Err() == nil {
 					p.log.Warn().Err(err).Str("table", table).Msg("snapshot: reading a chunk; retrying")
 				}
 				return err
-			}, backoff.WithContext(retryForever(), ctx))
+			})
 			if err != nil {
 				return // ctx is done
 			}

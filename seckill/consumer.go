@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
-	"github.com/cenkalti/backoff/v4"
+	"github.com/cenkalti/backoff/v5"
 	"github.com/rs/zerolog"
 )
 
@@ -58,23 +58,30 @@ func NewConsumer(cfg Config, store *Store, m *metrics, log zerolog.Logger) (*Con
 	return &Consumer{cfg: cfg, store: store, group: group, dlq: dlq, m: m, log: log}, nil
 }
 
-// Run consumes until ctx is done, rejoining after every rebalance.
+// Run consumes until ctx is done or the group is closed, rejoining at once
+// after a rebalance and, after an error, with back-off (from about 1 s to
+// 10 s, starting over after a rebalance).
 func (c *Consumer) Run(ctx context.Context) error {
 	go func() {
 		for err := range c.group.Errors() {
 			c.log.Warn().Err(err).Msg("consumer group")
 		}
 	}()
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval = time.Second, 10*time.Second
 	for ctx.Err() == nil {
-		if err := c.group.Consume(ctx, []string{c.cfg.Kafka.Topic}, c); err != nil {
+		// One session: Consume returns nil at a rebalance.
+		_, err := backoff.Retry(ctx, func() (struct{}, error) {
+			err := c.group.Consume(ctx, []string{c.cfg.Kafka.Topic}, c)
 			if errors.Is(err, sarama.ErrClosedConsumerGroup) {
-				return nil
+				return struct{}{}, backoff.Permanent(err)
 			}
-			c.log.Warn().Err(err).Msg("consume; rejoining")
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
+			return struct{}{}, err
+		}, backoff.WithBackOff(bo), backoff.WithMaxElapsedTime(0), backoff.WithNotify(func(err error, wait time.Duration) {
+			c.log.Warn().Err(err).Dur("retry_in", wait).Msg("consume; rejoining")
+		}))
+		if errors.Is(err, sarama.ErrClosedConsumerGroup) {
+			return nil
 		}
 	}
 	return nil
@@ -122,25 +129,23 @@ func (c *Consumer) handle(ctx context.Context, msg *sarama.ConsumerMessage) erro
 		return c.deadLetter(ctx, msg, m, 0, err)
 	}
 	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = c.cfg.Retry.Initial, c.cfg.Retry.Max, 0
+	bo.InitialInterval, bo.MaxInterval = c.cfg.Retry.Initial, c.cfg.Retry.Max
 	attempts := 0
-	var out Outcome
-	err = backoff.Retry(func() error {
+	out, err := backoff.Retry(ctx, func() (Outcome, error) {
 		attempts++
-		var err error
-		out, err = c.store.PlaceOrder(ctx, m.order())
+		out, err := c.store.PlaceOrder(ctx, m.order())
 		if ctx.Err() != nil {
-			return backoff.Permanent(ctx.Err()) // shutting down: redelivered later
+			return out, backoff.Permanent(ctx.Err()) // shutting down: redelivered later
 		}
 		if err != nil && !transient(err) {
-			return backoff.Permanent(err)
+			return out, backoff.Permanent(err)
 		}
-		if err != nil && attempts < c.cfg.Retry.Attempts { // else given up on below
+		return out, err
+	}, backoff.WithBackOff(bo), backoff.WithMaxTries(uint(c.cfg.Retry.Attempts)), backoff.WithMaxElapsedTime(0),
+		backoff.WithNotify(func(err error, wait time.Duration) { // not after the last attempt: given up on below
 			c.m.retries.Inc()
-			c.log.Warn().Err(err).Str("order", m.Order).Int("attempt", attempts).Msg("store order; retrying")
-		}
-		return err
-	}, backoff.WithContext(backoff.WithMaxRetries(bo, uint64(c.cfg.Retry.Attempts-1)), ctx))
+			c.log.Warn().Err(err).Str("order", m.Order).Int("attempt", attempts).Dur("retry_in", wait).Msg("store order; retrying")
+		}))
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}

@@ -15,7 +15,7 @@ import (
 	"github.com/cachesync/cachesync/leader"
 	"github.com/cachesync/cachesync/seckill/auth"
 	"github.com/cachesync/cachesync/sink"
-	"github.com/cenkalti/backoff/v4"
+	"github.com/cenkalti/backoff/v5"
 	"github.com/go-sql-driver/mysql"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
@@ -208,11 +208,11 @@ func start(p Params) error {
 func retry[T any](ctx context.Context, mk func() (T, error)) (T, error) {
 	bo := backoff.NewExponentialBackOff()
 	bo.MaxInterval = 2 * time.Second
-	return backoff.RetryWithData(func() (T, error) {
+	return backoff.Retry(ctx, func() (T, error) {
 		v, err := mk()
 		if tlsconf.Permanent(err) {
 			return v, backoff.Permanent(err)
 		}
 		return v, err
-	}, backoff.WithContext(bo, ctx))
+	}, backoff.WithBackOff(bo))
 }

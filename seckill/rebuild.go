@@ -11,6 +11,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cenkalti/backoff/v5"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 )
@@ -87,24 +88,30 @@ func (r *Rebuilder) Rebuild(ctx context.Context, item int64) error {
 	if err := WaitApplied(ctx, r.db, r.rdb, r.ks); err != nil {
 		return fmt.Errorf("rebuild item %d: %w", item, err)
 	}
-	for attempt := 1; ; attempt++ {
+	// An attempt that CDC overtook is tried again, after a jittered wait
+	// growing from 5 ms to 250 ms (about 23 s over 100 attempts).
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval = 5*time.Millisecond, 250*time.Millisecond
+	attempts := 0
+	_, err = backoff.Retry(ctx, func() (struct{}, error) {
+		attempts++
 		done, err := r.rebuildOnce(ctx, item, k)
-		if err != nil {
-			return fmt.Errorf("rebuild item %d: %w", item, err)
+		switch {
+		case err != nil:
+			return struct{}{}, backoff.Permanent(err)
+		case !done:
+			return struct{}{}, fmt.Errorf("CDC applied newer changes during each of %d attempts", attempts)
 		}
-		if done {
-			r.log.Info().Int64("item", item).Int("attempts", attempt).Msg("rebuild: keys rewritten from MySQL; reservations resumed")
-			return nil
-		}
-		if attempt == 100 {
-			return fmt.Errorf("rebuild item %d: CDC applied newer changes during each of %d attempts", item, attempt)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Duration(attempt) * 5 * time.Millisecond):
-		}
+		return struct{}{}, nil
+	}, backoff.WithBackOff(bo), backoff.WithMaxTries(100), backoff.WithMaxElapsedTime(0))
+	switch {
+	case err == nil:
+		r.log.Info().Int64("item", item).Int("attempts", attempts).Msg("rebuild: keys rewritten from MySQL; reservations resumed")
+		return nil
+	case ctx.Err() != nil && errors.Is(err, context.Cause(ctx)):
+		return ctx.Err() // not its cause: Jobs tell a cancelled rebuild by context.Canceled
 	}
+	return fmt.Errorf("rebuild item %d: %w", item, err)
 }
 
 // rebuildOnce reads MySQL in one consistent snapshot and writes the keys,

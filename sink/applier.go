@@ -33,7 +33,7 @@ import (
 
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/keyspace"
-	"github.com/cenkalti/backoff/v4"
+	"github.com/cenkalti/backoff/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
@@ -132,7 +132,6 @@ func NewApplier(cfg Config, rdb redis.UniversalClient, log zerolog.Logger, reg p
 			bo := backoff.NewExponentialBackOff()
 			bo.InitialInterval = 50 * time.Millisecond
 			bo.MaxInterval = 5 * time.Second
-			bo.MaxElapsedTime = 0
 			return bo
 		},
 	}
@@ -388,8 +387,8 @@ const (
 // is the checkpoint before it, for errors.
 func (a *Applier) apply(ctx context.Context, b *batch, guard, expect, stored string) error {
 	b.finish(guard, expect, a.lastSeq.Load(), a.cfg.Channel, a.cfg.TombstoneTTL.Milliseconds())
-	bo := a.newBackOff()
-	for {
+	fields := func(e *zerolog.Event) *zerolog.Event { return e.Int("txns", len(b.txns)).Int("rows", b.rows) }
+	return a.retry(ctx, "apply to redis failed; retrying", fields, func() error {
 		// A call in flight is finished even when ctx is cancelled: shutdown
 		// waits for it rather than leave its outcome unknown.
 		callCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -403,40 +402,40 @@ func (a *Applier) apply(ctx context.Context, b *batch, guard, expect, stored str
 		for _, r := range refusals {
 			if msg, ok := strings.CutPrefix(err.Error(), r.prefix); ok {
 				a.healthy.Store(true) // Redis answers; the caller decides
-				return a.refused(r.err, msg)
+				return backoff.Permanent(a.refused(r.err, msg))
 			}
 		}
-		fatal, retry := a.failure(ctx, bo, err, "apply to redis failed; retrying", func(e *zerolog.Event) *zerolog.Event {
-			return e.Int("txns", len(b.txns)).Int("rows", b.rows)
-		})
-		switch {
-		case fatal:
-			return fmt.Errorf("%w: %v%s; nothing after the stored checkpoint %s counts as applied: fix the cause and restart, the daemon replays from there", ErrScript, err, a.culprit(b, err), stored)
-		case !retry:
-			return nil // not applied; replayed from the checkpoint next start
+		if a.failure(err) {
+			return backoff.Permanent(fmt.Errorf("%w: %v%s; nothing after the stored checkpoint %s counts as applied: fix the cause and restart, the daemon replays from there", ErrScript, err, a.culprit(b, err), stored))
 		}
-	}
+		return err
+	})
 }
 
-// failure handles a Redis call that failed without a refusal: the applier
-// is unhealthy and the error counted. fatal: no retry cures it (the caller
-// returns it); else it waits out the back-off, logging msg with fields,
-// and retry says whether to call again (false: ctx is done).
-func (a *Applier) failure(ctx context.Context, bo backoff.BackOff, err error, msg string, fields func(*zerolog.Event) *zerolog.Event) (fatal, retry bool) {
+// retry calls op until it returns nil or an error wrapped in
+// backoff.Permanent (returned unwrapped), waiting out the back-off after
+// any other error and logging it as msg with fields. When ctx is done
+// first it returns nil: the batch is not applied, and is replayed from the
+// checkpoint at the next start.
+func (a *Applier) retry(ctx context.Context, msg string, fields func(*zerolog.Event) *zerolog.Event, op func() error) error {
+	_, err := backoff.Retry(ctx, func() (struct{}, error) { return struct{}{}, op() },
+		backoff.WithBackOff(a.newBackOff()), backoff.WithMaxElapsedTime(0),
+		backoff.WithNotify(func(err error, wait time.Duration) {
+			a.m.retries.Inc()
+			fields(a.log.Error().Err(err)).Dur("retry_in", wait).Msg(msg)
+		}))
+	if ctx.Err() != nil && errors.Is(err, context.Cause(ctx)) {
+		return nil
+	}
+	return err
+}
+
+// failure notes a Redis call that failed without a refusal: the applier is
+// unhealthy and the error counted. fatal: no retry cures it.
+func (a *Applier) failure(err error) (fatal bool) {
 	a.healthy.Store(false)
 	a.m.errors.WithLabelValues(errorKind(err)).Inc()
-	if deterministic(err) {
-		return true, false
-	}
-	a.m.retries.Inc()
-	wait := bo.NextBackOff()
-	fields(a.log.Error().Err(err)).Dur("retry_in", wait).Msg(msg)
-	select {
-	case <-ctx.Done():
-		return false, false
-	case <-time.After(wait):
-		return false, true
-	}
+	return deterministic(err)
 }
 
 // DiscardUnfinishedSnapshot deletes the keys (and their versions) that a

@@ -12,7 +12,7 @@ import (
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/keyspace"
-	"github.com/cenkalti/backoff/v4"
+	"github.com/cenkalti/backoff/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/rs/zerolog"
 )
 
@@ -51,28 +52,25 @@ func (a *Applier) truncate(ctx context.Context, table string, f Fence) (int, err
 
 // truncateRetrying runs truncate until it succeeds, is refused, or ctx is
 // done (then false).
-func (a *Applier) truncateRetrying(ctx context.Context, table string, f Fence) (bool, error) {
-	bo := a.newBackOff()
-	for {
+func (a *Applier) truncateRetrying(ctx context.Context, table string, f Fence) (done bool, err error) {
+	fields := func(e *zerolog.Event) *zerolog.Event { return e.Str("table", table) }
+	err = a.retry(ctx, "deleting the keys of a truncated table failed; retrying", fields, func() error {
 		t0 := time.Now()
 		n, err := a.truncate(ctx, table, f)
 		if err == nil {
+			done = true
 			a.log.Warn().Str("table", table).Int("keys", n).Dur("took", time.Since(t0)).Msg("TRUNCATE of a ruled table: deleted the keys its rules write")
-			return true, nil
+			return nil
 		}
 		for _, r := range refusals {
 			if errors.Is(err, r.err) {
-				return false, err
+				return backoff.Permanent(err)
 			}
 		}
-		fatal, retry := a.failure(ctx, bo, err, "deleting the keys of a truncated table failed; retrying", func(e *zerolog.Event) *zerolog.Event {
-			return e.Str("table", table)
-		})
-		switch {
-		case fatal:
-			return false, fmt.Errorf("%w: %v", ErrScript, err)
-		case !retry:
-			return false, nil
+		if a.failure(err) {
+			return backoff.Permanent(fmt.Errorf("%w: %v", ErrScript, err))
 		}
-	}
+		return err
+	})
+	return done, err
 }

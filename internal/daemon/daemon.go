@@ -24,7 +24,7 @@ import (
 	"github.com/cachesync/cachesync/pipeline"
 	"github.com/cachesync/cachesync/seckill"
 	"github.com/cachesync/cachesync/sink"
-	"github.com/cenkalti/backoff/v4"
+	"github.com/cenkalti/backoff/v5"
 	"github.com/go-sql-driver/mysql"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
@@ -178,21 +178,21 @@ func OpenMySQL(ctx context.Context, cfg binlog.Config) (*sql.DB, binlog.ServerIn
 	bo := backoff.NewExponentialBackOff()
 	bo.MaxInterval = 2 * time.Second
 	var last error // the server's answer, which ctx's error would hide
-	ping := func() error {
+	ping := func() (struct{}, error) {
 		err := db.PingContext(ctx)
 		if err != nil && ctx.Err() == nil {
 			last = err
 		}
 		if why := binlog.Refused(err); why != "" {
 			// A wrong password or a locked account: no retry cures it.
-			return backoff.Permanent(fmt.Errorf("%s: %w", why, err))
+			return struct{}{}, backoff.Permanent(fmt.Errorf("%s: %w", why, err))
 		}
 		if tlsconf.Permanent(err) {
-			return backoff.Permanent(err)
+			return struct{}{}, backoff.Permanent(err)
 		}
-		return err
+		return struct{}{}, err
 	}
-	if err := backoff.Retry(ping, backoff.WithContext(bo, ctx)); err != nil {
+	if _, err := backoff.Retry(ctx, ping, backoff.WithBackOff(bo)); err != nil {
 		db.Close()
 		if last != nil && !errors.Is(err, last) {
 			err = fmt.Errorf("%w; last attempt: %w", err, last)
