@@ -214,27 +214,27 @@ func (r *reader) stream(ctx context.Context, start Start) error {
 	defer stopParse()
 	first := true
 	for {
-		var ev *replication.BinlogEvent
+		var p parsed
 		select {
-		case p := <-events:
-			if p.err != nil {
-				return p.err
-			}
-			ev = p.ev
+		case p = <-events:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if first {
+		if first && len(p.evs) > 0 {
 			s.lastErr.Store(nil)
 			s.up.Store(true)
 			first = false
 		}
 		handling.Store(true)
-		err = r.handle(ctx, ev)
+		for _, ev := range p.evs {
+			if err = r.handle(ctx, ev); err != nil {
+				return err
+			}
+		}
 		last.Store(time.Now().UnixNano())
 		handling.Store(false)
-		if err != nil {
-			return err
+		if p.err != nil {
+			return p.err
 		}
 	}
 }
@@ -262,18 +262,25 @@ func (s *Source) parserOptions(p *replication.BinlogParser) {
 	})
 }
 
-// parsed is an event off the parsing goroutine, or the error that ended it.
+// parsed is a run of events off the parsing goroutine, then possibly the
+// error that ended it.
 type parsed struct {
-	ev  *replication.BinlogEvent
+	evs []*replication.BinlogEvent
 	err error
 }
 
+// parseBatchBytes bounds the raw bytes of the events in one parsed run.
+const parseBatchBytes = 1 << 20
+
 // parse reads st's raw events and sends them parsed, ahead of handle, until
 // an error (sent last) or stop. stop waits for the goroutine to end.
+// Events go in runs: those the syncer has queued when one arrives, up to
+// parseBatchBytes; one channel hand-off per event cost more than a small
+// event's parsing.
 func parse(ctx context.Context, st *replication.BinlogStreamer, dec *decoder) (events <-chan parsed, stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
-	// A few parsed events wait for handle; each holds its rows' values.
-	out := make(chan parsed, 16)
+	// A few runs wait for handle; each holds its rows' values.
+	out := make(chan parsed, 2)
 	done := make(chan struct{})
 	send := func(p parsed) error {
 		select {
@@ -285,13 +292,47 @@ func parse(ctx context.Context, st *replication.BinlogStreamer, dec *decoder) (e
 	}
 	go func() {
 		defer close(done)
+		var (
+			run   []*replication.BinlogEvent
+			bytes int
+			queue []*replication.BinlogEvent // raw events taken from the syncer
+		)
+		flush := func() error {
+			if len(run) == 0 {
+				return nil
+			}
+			err := send(parsed{evs: run})
+			run, bytes = nil, 0
+			return err
+		}
+		emit := func(ev *replication.BinlogEvent) error {
+			run = append(run, ev)
+			if bytes += int(ev.Header.EventSize); bytes >= parseBatchBytes {
+				return flush()
+			}
+			return nil
+		}
 		for {
-			raw, err := st.GetEvent(ctx)
+			var err error
+			if len(queue) == 0 {
+				if err = flush(); err != nil {
+					return
+				}
+				var raw *replication.BinlogEvent
+				if raw, err = st.GetEvent(ctx); err == nil {
+					// At most cfg.EventCacheCount more, without waiting.
+					queue = append(append(queue[:0], raw), st.DumpEvents()...)
+				}
+			}
 			if err == nil {
-				err = dec.decode(raw, func(ev *replication.BinlogEvent) error { return send(parsed{ev: ev}) })
+				raw := queue[0]
+				queue = queue[1:]
+				err = dec.decode(raw, emit)
 			}
 			if err != nil {
-				_ = send(parsed{err: err})
+				if flush() == nil {
+					_ = send(parsed{err: err})
+				}
 				return
 			}
 		}
