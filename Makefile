@@ -5,7 +5,11 @@ BIN := bin/cachesync
 MYSQL_PORT ?= 33306
 REDIS_PORT ?= 36379
 KAFKA_PORT ?= 39092
+REDIS_MODE ?= standalone
+REDIS_CLUSTER_PORT ?= 37001
 export CACHESYNC_DEV_MYSQL_PORT := $(MYSQL_PORT)
+export CACHESYNC_DEV_REDIS_MODE := $(REDIS_MODE)
+export CACHESYNC_DEV_REDIS_CLUSTER_PORT := $(REDIS_CLUSTER_PORT)
 export CACHESYNC_DEV_REDIS_PORT := $(REDIS_PORT)
 export CACHESYNC_DEV_KAFKA_PORT := $(KAFKA_PORT)
 export GO
@@ -20,6 +24,8 @@ deps:
 	scripts/deps.sh
 
 ## run: start private MariaDB + Redis + Kafka (devkafka), load the demo schema, run the daemon in the background.
+## REDIS_MODE=cluster starts a 6-node Redis Cluster instead of Redis (scripts/redis-cluster.sh); the daemon refuses
+## cluster mode until issue 11 is done, so it stops there.
 run: build
 	scripts/dev-up.sh
 	scripts/demo.sh

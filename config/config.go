@@ -45,18 +45,24 @@ type Config struct {
 type Redis struct {
 	// Mode is how the daemon finds Redis: "standalone" (the default)
 	// connects to Addr; "sentinel" asks the Sentinels at SentinelAddrs for
-	// the master of MasterName and follows it through failovers. "cluster"
-	// is refused: it is not supported yet.
+	// the master of MasterName and follows it through failovers; "cluster"
+	// learns a Redis Cluster's nodes and slots from the seed nodes at Addrs.
+	// (The CDC sink refuses cluster mode for now: issue 11.)
 	Mode string `yaml:"mode"`
-	// Addr is the server of standalone mode. Sentinel mode refuses it.
+	// Addr is the server of standalone mode. Sentinel and cluster modes
+	// refuse it.
 	Addr string `yaml:"addr"`
-	// Username, Password and DB apply to the data server in both modes (in
-	// sentinel mode, to whichever node is the master).
+	// Addrs are the seed nodes of cluster mode: any nodes of the cluster,
+	// the client asks them for the rest. The other modes refuse it.
+	Addrs []string `yaml:"addrs"`
+	// Username and Password apply to the data servers in every mode (in
+	// sentinel mode, to whichever node is the master; in cluster mode, to
+	// every node). DB too, but a Redis Cluster has only database 0.
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
 	DB       int    `yaml:"db"`
 	// MasterName, SentinelAddrs, SentinelUsername and SentinelPassword are
-	// for sentinel mode only; standalone mode refuses them. The Sentinel
+	// for sentinel mode only; the other modes refuse them. The Sentinel
 	// credentials are those of the Sentinels themselves, not of the master.
 	MasterName       string   `yaml:"master_name"`
 	SentinelAddrs    []string `yaml:"sentinel_addrs"`
@@ -65,6 +71,7 @@ type Redis struct {
 	// TLS encrypts every connection (absent: plaintext). In sentinel mode
 	// it applies to the Sentinels and to the master alike, as go-redis
 	// dials both with one configuration: the Sentinels must speak TLS too.
+	// In cluster mode it applies to every node.
 	TLS tlsconf.Config `yaml:"tls"`
 }
 
@@ -72,6 +79,7 @@ type Redis struct {
 const (
 	RedisStandalone = "standalone"
 	RedisSentinel   = "sentinel"
+	RedisCluster    = "cluster"
 )
 
 // Log configures logging.
@@ -90,6 +98,7 @@ var envOverrides = []struct {
 	{"CACHESYNC_MYSQL_USER", "mysql.user", func(c *Config, v string) { c.MySQL.User = v }},
 	{"CACHESYNC_MYSQL_PASSWORD", "mysql.password", func(c *Config, v string) { c.MySQL.Password = v }},
 	{"CACHESYNC_REDIS_ADDR", "redis.addr", func(c *Config, v string) { c.Redis.Addr = v }},
+	{"CACHESYNC_REDIS_ADDRS", "redis.addrs", func(c *Config, v string) { c.Redis.Addrs = splitList(v) }},
 	{"CACHESYNC_REDIS_USERNAME", "redis.username", func(c *Config, v string) { c.Redis.Username = v }},
 	{"CACHESYNC_REDIS_PASSWORD", "redis.password", func(c *Config, v string) { c.Redis.Password = v }},
 	{"CACHESYNC_REDIS_MASTER_NAME", "redis.master_name", func(c *Config, v string) { c.Redis.MasterName = v }},

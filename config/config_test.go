@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cachesync/cachesync/api"
+	"github.com/cachesync/cachesync/internal/tlsconf"
 	"github.com/cachesync/cachesync/leader"
 )
 
@@ -78,8 +79,7 @@ func TestBadConfigs(t *testing.T) {
 		"ha_renew_too_slow.yaml":                 {"ha.renew_interval", "2s", "half"},
 		"ha_poll_too_slow.yaml":                  {"ha.poll_interval", "4s"},
 		"redis_db_too_big.yaml":                  {"redis.db", "16"},
-		"redis_mode_cluster.yaml":                {"redis.mode", `"cluster"`, "not supported yet"},
-		"redis_mode_unknown.yaml":                {"redis.mode", `"replica"`, "want standalone or sentinel"},
+		"redis_mode_unknown.yaml":                {"redis.mode", `"replica"`, "want standalone, sentinel or cluster"},
 		"sentinel_no_master_name.yaml":           {"redis.master_name", "required in sentinel mode"},
 		"sentinel_no_addrs.yaml":                 {"redis.sentinel_addrs", "at least one host:port"},
 		"sentinel_addr_no_port.yaml":             {"redis.sentinel_addrs[1]", `"s2"`, "want host:port"},
@@ -89,6 +89,16 @@ func TestBadConfigs(t *testing.T) {
 		"standalone_with_master_name.yaml":       {"redis.master_name", "only used in sentinel mode"},
 		"standalone_with_sentinel_addrs.yaml":    {"redis.sentinel_addrs", "only used in sentinel mode"},
 		"standalone_with_sentinel_password.yaml": {"redis.sentinel_password", "only used in sentinel mode"},
+		"standalone_with_addrs.yaml":             {"redis.addrs", "only used in cluster mode", "redis.mode is standalone"},
+		"sentinel_with_addrs.yaml":               {"redis.addrs", "only used in cluster mode", "redis.mode is sentinel"},
+		"cluster_with_addr.yaml":                 {"redis.addr", `"127.0.0.1:7000"`, "not used in cluster mode", "redis.addrs"},
+		"cluster_no_addrs.yaml":                  {"redis.addrs", "at least one host:port required in cluster mode"},
+		"cluster_addr_no_port.yaml":              {"redis.addrs[1]", `"n2"`, "want host:port"},
+		"cluster_addr_bad_port.yaml":             {"redis.addrs[0]", "70000", "bad port"},
+		"cluster_addr_twice.yaml":                {"redis.addrs[2]", `"n1:7000"`, "listed twice"},
+		"cluster_db_nonzero.yaml":                {"redis.db 1", "must be 0 in cluster mode"},
+		"cluster_with_master_name.yaml":          {"redis.master_name", "only used in sentinel mode", "redis.mode is cluster"},
+		"cluster_with_sentinel_addrs.yaml":       {"redis.sentinel_addrs", "only used in sentinel mode", "redis.mode is cluster"},
 		"no_rules.yaml":                          {"sink.rules", "at least one rule"},
 		"two_documents.yaml":                     {"more than one YAML document"},
 		"empty_rules.yaml":                       {"sink.rules", "at least one rule"},
@@ -242,8 +252,9 @@ func TestFullConfig(t *testing.T) {
 }
 
 func TestEnvOverrides(t *testing.T) {
-	// The Sentinel variables go with a sentinel-mode file, the others with
-	// the standalone full.yaml (each mode refuses the other's fields).
+	// The Sentinel variables go with a sentinel-mode file, the cluster's
+	// with a cluster-mode file, the others with the standalone full.yaml
+	// (each mode refuses the others' fields).
 	env := map[string]string{
 		"CACHESYNC_MYSQL_ADDR":             "10.0.0.1:3306",
 		"CACHESYNC_MYSQL_USER":             "envuser",
@@ -264,6 +275,9 @@ func TestEnvOverrides(t *testing.T) {
 		"CACHESYNC_JWT_SECRET":             "env-jwt-secret-0123456789abcdefghij",
 		"CACHESYNC_GATEWAY_SECRET":         "env-gateway-secret-0123456789abcdef",
 	}
+	clusterEnv := map[string]string{
+		"CACHESYNC_REDIS_ADDRS": "10.0.0.8:7000, 10.0.0.9:7001",
+	}
 	sentinelEnv := map[string]string{
 		"CACHESYNC_REDIS_MASTER_NAME":       "envmaster",
 		"CACHESYNC_REDIS_SENTINEL_ADDRS":    "10.0.0.5:26379, 10.0.0.6:26379,10.0.0.7:26379",
@@ -274,6 +288,10 @@ func TestEnvOverrides(t *testing.T) {
 		t.Fatal(err)
 	}
 	s, err := Load("testdata/good/sentinel.yaml", envMap(sentinelEnv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := Load("testdata/good/cluster.yaml", envMap(clusterEnv))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,10 +317,12 @@ func TestEnvOverrides(t *testing.T) {
 		"CACHESYNC_REDIS_MASTER_NAME":       s.Redis.MasterName,
 		"CACHESYNC_REDIS_SENTINEL_ADDRS":    strings.Join(s.Redis.SentinelAddrs, ", "),
 		"CACHESYNC_REDIS_SENTINEL_PASSWORD": s.Redis.SentinelPassword,
+		"CACHESYNC_REDIS_ADDRS":             strings.Join(cl.Redis.Addrs, ", "),
 	}
 	sentinelEnv["CACHESYNC_REDIS_SENTINEL_ADDRS"] = "10.0.0.5:26379, 10.0.0.6:26379, 10.0.0.7:26379" // spaces trimmed
 	all := maps.Clone(env)
 	maps.Copy(all, sentinelEnv)
+	maps.Copy(all, clusterEnv)
 	for k, v := range all {
 		if got[k] != v {
 			t.Errorf("%s: field is %q, want %q", k, got[k], v)
@@ -427,6 +447,31 @@ func TestSentinelConfig(t *testing.T) {
 	}
 	if m.Redis.Addr != "" || m.Redis.DB != 0 {
 		t.Errorf("sentinel_minimal: addr %q, db %d; want no address, db 0", m.Redis.Addr, m.Redis.DB)
+	}
+}
+
+func TestClusterConfig(t *testing.T) {
+	yes := true
+	c, err := Load("testdata/good/cluster.yaml", noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Redis{
+		Mode:     "cluster",
+		Addrs:    []string{"n1.internal:7000", "n2.internal:7001", "10.0.0.3:7002"},
+		Username: "cs", Password: "redis-secret",
+		TLS: tlsconf.Config{Enabled: &yes, ServerName: "redis.internal"},
+	}
+	if !reflect.DeepEqual(c.Redis, want) {
+		t.Errorf("redis = %+v\nwant    %+v", c.Redis, want)
+	}
+	// No default address in cluster mode: the seeds are redis.addrs.
+	m, err := Load("testdata/good/cluster_minimal.yaml", noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Redis.Addr != "" || m.Redis.DB != 0 || !slices.Equal(m.Redis.Addrs, []string{"[::1]:7000"}) {
+		t.Errorf("cluster_minimal: addr %q, db %d, addrs %q; want no address, db 0, [::1]:7000", m.Redis.Addr, m.Redis.DB, m.Redis.Addrs)
 	}
 }
 

@@ -8,8 +8,9 @@ import (
 )
 
 // SetDefaults fills the unset fields: standalone mode, and in that mode the
-// address 127.0.0.1:6379. Sentinel mode has no default address: the master's
-// comes from the Sentinels.
+// address 127.0.0.1:6379. Sentinel and cluster modes have no default
+// address: the master's comes from the Sentinels, a cluster's seeds must
+// be named.
 func (r *Redis) SetDefaults() {
 	if r.Mode == "" {
 		r.Mode = RedisStandalone
@@ -28,22 +29,18 @@ func (r *Redis) Validate() error {
 		if err := checkHostPort("redis.addr", r.Addr); err != nil {
 			return err
 		}
-		for _, f := range []struct {
-			name string
-			set  bool
-		}{
-			{"master_name", r.MasterName != ""},
-			{"sentinel_addrs", r.SentinelAddrs != nil},
-			{"sentinel_username", r.SentinelUsername != ""},
-			{"sentinel_password", r.SentinelPassword != ""},
-		} {
-			if f.set {
-				return fmt.Errorf("redis.%s: only used in sentinel mode (redis.mode is standalone)", f.name)
-			}
+		if err := r.refuse(RedisCluster, "addrs", r.Addrs != nil); err != nil {
+			return err
+		}
+		if err := r.refuseSentinel(); err != nil {
+			return err
 		}
 	case RedisSentinel:
 		if r.Addr != "" {
 			return fmt.Errorf("redis.addr %q: not used in sentinel mode (the Sentinels at redis.sentinel_addrs name the master)", r.Addr)
+		}
+		if err := r.refuse(RedisCluster, "addrs", r.Addrs != nil); err != nil {
+			return err
 		}
 		if r.MasterName == "" {
 			return fmt.Errorf("redis.master_name: required in sentinel mode")
@@ -51,24 +48,73 @@ func (r *Redis) Validate() error {
 		if len(r.SentinelAddrs) == 0 {
 			return fmt.Errorf("redis.sentinel_addrs: at least one host:port required in sentinel mode")
 		}
-		for i, a := range r.SentinelAddrs {
-			field := fmt.Sprintf("redis.sentinel_addrs[%d]", i)
-			if err := checkHostPort(field, a); err != nil {
-				return err
-			}
-			if slices.Index(r.SentinelAddrs, a) < i {
-				return fmt.Errorf("%s %q: listed twice", field, a)
-			}
+		if err := checkAddrList("redis.sentinel_addrs", r.SentinelAddrs); err != nil {
+			return err
 		}
-	case "cluster":
-		return fmt.Errorf("redis.mode %q: not supported yet (want standalone or sentinel)", r.Mode)
+	case RedisCluster:
+		if r.Addr != "" {
+			return fmt.Errorf("redis.addr %q: not used in cluster mode (the seed nodes are redis.addrs)", r.Addr)
+		}
+		if err := r.refuseSentinel(); err != nil {
+			return err
+		}
+		if len(r.Addrs) == 0 {
+			return fmt.Errorf("redis.addrs: at least one host:port required in cluster mode (seed nodes of the cluster)")
+		}
+		if err := checkAddrList("redis.addrs", r.Addrs); err != nil {
+			return err
+		}
+		if r.DB != 0 {
+			return fmt.Errorf("redis.db %d: must be 0 in cluster mode (a Redis Cluster has only database 0)", r.DB)
+		}
 	default:
-		return fmt.Errorf("redis.mode %q: want standalone or sentinel", r.Mode)
+		return fmt.Errorf("redis.mode %q: want standalone, sentinel or cluster", r.Mode)
 	}
 	if r.DB < 0 || r.DB > 15 {
 		return fmt.Errorf("redis.db %d: want 0..15", r.DB)
 	}
 	return r.TLS.Validate("redis.tls")
+}
+
+// refuseSentinel refuses the sentinel-only fields outside sentinel mode.
+func (r *Redis) refuseSentinel() error {
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{
+		{"master_name", r.MasterName != ""},
+		{"sentinel_addrs", r.SentinelAddrs != nil},
+		{"sentinel_username", r.SentinelUsername != ""},
+		{"sentinel_password", r.SentinelPassword != ""},
+	} {
+		if err := r.refuse(RedisSentinel, f.name, f.set); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// refuse reports the field redis.name, set although only mode uses it.
+func (r *Redis) refuse(mode, name string, set bool) error {
+	if set {
+		return fmt.Errorf("redis.%s: only used in %s mode (redis.mode is %s)", name, mode, r.Mode)
+	}
+	return nil
+}
+
+// checkAddrList checks each address of the list field and refuses
+// duplicates.
+func checkAddrList(field string, addrs []string) error {
+	for i, a := range addrs {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		if err := checkHostPort(f, a); err != nil {
+			return err
+		}
+		if slices.Index(addrs, a) < i {
+			return fmt.Errorf("%s %q: listed twice", f, a)
+		}
+	}
+	return nil
 }
 
 // checkHostPort checks that addr is host:port with a port in 1..65535.

@@ -16,6 +16,7 @@ func TestBadTLSConfigs(t *testing.T) {
 		"mysql_ca_missing.yaml":                {"mysql.tls.ca", "/nonexistent/cachesync/ca.pem", "no such file"},
 		"mysql_unknown_field.yaml":             {"field ca_file not found"},
 		"redis_key_without_cert.yaml":          {"redis.tls.key: set without redis.tls.cert"},
+		"redis_cluster_cert_without_key.yaml":  {"redis.tls.cert: set without redis.tls.key"},
 		"redis_disabled_with_ca.yaml":          {"redis.tls.enabled is false", "redis.tls.ca is set"},
 		"redis_insecure_with_ca.yaml":          {"redis.tls.insecure_skip_verify", "redis.tls.ca would be ignored"},
 		"redis_insecure_with_server_name.yaml": {"redis.tls.insecure_skip_verify", "redis.tls.server_name would be ignored"},

@@ -10,6 +10,12 @@ mysql_port=${CACHESYNC_DEV_MYSQL_PORT:-33306}
 redis_port=${CACHESYNC_DEV_REDIS_PORT:-36379}
 kafka_port=${CACHESYNC_DEV_KAFKA_PORT:-39092}
 mysql=(mariadb -h127.0.0.1 -P"$mysql_port" -uroot)
+if [[ ${CACHESYNC_DEV_REDIS_MODE:-standalone} == cluster ]]; then
+	cluster_port=${CACHESYNC_DEV_REDIS_CLUSTER_PORT:-37001}
+	echo "The Redis Cluster runs (redis-cli -c -p $cluster_port), but the daemon refuses redis.mode cluster" >&2
+	echo "until its sink applies per hash slot (issue 11): not starting it. make stop stops the servers." >&2
+	exit 1
+fi
 "${mysql[@]}" < configs/demo.sql
 # Flash sale: its tables and one item with 5 units.
 "${mysql[@]}" shop < seckill/schema.sql

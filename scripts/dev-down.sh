@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Stops what scripts/dev-up.sh started, and a cachesync daemon whose pid is
-# in .dev/cachesync.pid, using their pid files. Idempotent. Keeps the data in
+# Stops what scripts/dev-up.sh started (the Redis Cluster too), and a
+# cachesync daemon whose pid is in .dev/cachesync.pid, using their pid files. Idempotent. Keeps the data in
 # .dev/ (MariaDB's survives; Redis has none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,4 +40,7 @@ stop() {
 stop cachesync "$dev/cachesync.pid"
 stop Kafka "$dev/kafka/devkafka.pid" devkafka
 stop Redis "$dev/redis/redis.pid" redis-server
+if [[ -d $dev/redis-cluster ]]; then
+	scripts/redis-cluster.sh down "$dev/redis-cluster" "${CACHESYNC_DEV_REDIS_CLUSTER_PORT:-37001}"
+fi
 stop MariaDB "$dev/mariadb/mysqld.pid" mariadbd

@@ -7,6 +7,10 @@
 #            password; data, binlogs, logs and pid file in .dev/mariadb
 #   Redis:   127.0.0.1:${CACHESYNC_DEV_REDIS_PORT:-36379}, no persistence;
 #            log and pid file in .dev/redis
+#            With CACHESYNC_DEV_REDIS_MODE=cluster (make run REDIS_MODE=cluster)
+#            a Redis Cluster of 3 masters and 3 replicas instead, on
+#            127.0.0.1:${CACHESYNC_DEV_REDIS_CLUSTER_PORT:-37001} and the five
+#            ports above it, in .dev/redis-cluster (scripts/redis-cluster.sh)
 #   Kafka:   127.0.0.1:${CACHESYNC_DEV_KAFKA_PORT:-39092}, cmd/devkafka (an
 #            in-process kfake broker, built into bin/devkafka); topics
 #            cachesync.orders (8 partitions) and cachesync.orders.dlq (1);
@@ -18,6 +22,15 @@ cd "$(dirname "$0")/.."
 
 mysql_port=${CACHESYNC_DEV_MYSQL_PORT:-33306}
 redis_port=${CACHESYNC_DEV_REDIS_PORT:-36379}
+redis_mode=${CACHESYNC_DEV_REDIS_MODE:-standalone}
+cluster_port=${CACHESYNC_DEV_REDIS_CLUSTER_PORT:-37001}
+case $redis_mode in
+standalone | cluster) ;;
+*)
+	echo "dev-up.sh: CACHESYNC_DEV_REDIS_MODE (REDIS_MODE) $redis_mode: want standalone or cluster" >&2
+	exit 1
+	;;
+esac
 kafka_port=${CACHESYNC_DEV_KAFKA_PORT:-39092}
 dev=$PWD/.dev
 mdata=$dev/mariadb
@@ -133,7 +146,10 @@ else
 fi
 
 # Redis
-if running "$rdir/redis.pid" redis-server; then
+if [[ $redis_mode == cluster ]]; then
+	scripts/redis-cluster.sh up "$dev/redis-cluster" "$cluster_port"
+	echo "Redis Cluster running on 127.0.0.1:$cluster_port-$((cluster_port + 5))"
+elif running "$rdir/redis.pid" redis-server; then
 	echo "Redis already running (pid $(<"$rdir/redis.pid"))"
 else
 	if port_busy "$redis_port"; then
@@ -179,5 +195,9 @@ else
 fi
 
 echo "MariaDB: root@tcp(127.0.0.1:$mysql_port)/   (mariadb --no-defaults -h127.0.0.1 -P$mysql_port -uroot)"
-echo "Redis:   127.0.0.1:$redis_port   (redis-cli -p $redis_port)"
+if [[ $redis_mode == cluster ]]; then
+	echo "Redis:   cluster, 127.0.0.1:$cluster_port-$((cluster_port + 5))   (redis-cli -c -p $cluster_port)"
+else
+	echo "Redis:   127.0.0.1:$redis_port   (redis-cli -p $redis_port)"
+fi
 echo "Kafka:   127.0.0.1:$kafka_port   (topics cachesync.orders, cachesync.orders.dlq)"

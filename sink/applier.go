@@ -113,8 +113,21 @@ type Applier struct {
 	newBackOff func() backoff.BackOff
 }
 
-// NewApplier compiles the rules of cfg (already validated).
+// ErrCluster is NewApplier's answer to a Redis Cluster client. A batch's
+// script call writes the keys of all its rows, the checkpoint, the seq
+// counter and the lease check together, and a cluster refuses a script
+// whose keys are in several hash slots (CROSSSLOT), so the sink cannot
+// apply anything there until it applies per slot (issue 11). Refusing at
+// construction stops `run`, `validate`, `snapshot` and `position` before
+// they touch the cluster.
+var ErrCluster = errors.New("redis.mode cluster: the CDC sink does not support Redis Cluster yet (issue 11)")
+
+// NewApplier compiles the rules of cfg (already validated). It refuses a
+// *redis.ClusterClient with ErrCluster.
 func NewApplier(cfg Config, rdb redis.UniversalClient, log zerolog.Logger, reg prometheus.Registerer) (*Applier, error) {
+	if _, ok := rdb.(*redis.ClusterClient); ok {
+		return nil, ErrCluster
+	}
 	rules, err := CompileRules(cfg.Rules)
 	if err != nil {
 		return nil, err

@@ -24,7 +24,6 @@ import (
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/daemon"
-	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/seckill"
 	"github.com/cachesync/cachesync/sink"
 	"github.com/redis/go-redis/v9"
@@ -161,15 +160,20 @@ func validate(cfg *config.Config) int {
 	if err == nil {
 		rdb := daemon.NewRedisClient(cfg.Redis)
 		defer rdb.Close()
-		if reached, err = redisReached(ctx, rdb, cfg.Redis); err == nil {
-			var warnings []string
-			warnings, err = sink.CheckRedis(ctx, rdb, rules, keyspace.Keyspace{Prefix: cfg.Sink.KeyPrefix}, cfg.Sink.Channel)
-			for _, w := range warnings {
-				fmt.Fprintln(os.Stderr, "cachesync: warning:", w)
+		// The sink the daemon would run: what it refuses, validate refuses
+		// (a Redis Cluster, for now).
+		var a *sink.Applier
+		if a, err = sink.NewApplier(cfg.Sink, rdb, zerolog.Nop(), nil); err == nil {
+			if reached, err = redisReached(ctx, rdb, cfg.Redis); err == nil {
+				var warnings []string
+				warnings, err = a.CheckRedis(ctx)
+				for _, w := range warnings {
+					fmt.Fprintln(os.Stderr, "cachesync: warning:", w)
+				}
 			}
-		}
-		if err != nil {
-			err = fmt.Errorf("%s: %w", describeRedis(cfg.Redis), err)
+			if err != nil {
+				err = fmt.Errorf("%s: %w", describeRedis(cfg.Redis), err)
+			}
 		}
 	}
 	if err != nil {
@@ -194,8 +198,11 @@ func checkSaleGrants(ctx context.Context, cfg *config.Config) error {
 
 // describeRedis names the Redis that cfg configures, for messages.
 func describeRedis(cfg config.Redis) string {
-	if cfg.Mode == config.RedisSentinel {
+	switch cfg.Mode {
+	case config.RedisSentinel:
 		return fmt.Sprintf("redis sentinel master %q (sentinels %s)", cfg.MasterName, strings.Join(cfg.SentinelAddrs, ","))
+	case config.RedisCluster:
+		return "redis cluster (seeds " + strings.Join(cfg.Addrs, ",") + ")"
 	}
 	return "redis " + cfg.Addr
 }
@@ -207,7 +214,11 @@ func redisReached(ctx context.Context, rdb redis.UniversalClient, cfg config.Red
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		return "", err
 	}
-	if cfg.Mode != config.RedisSentinel {
+	switch cfg.Mode {
+	case config.RedisCluster:
+		return describeRedis(cfg), nil
+	case config.RedisSentinel:
+	default:
 		return "redis standalone " + cfg.Addr, nil
 	}
 	ci, err := rdb.ClientInfo(ctx).Result()

@@ -92,19 +92,41 @@ func NewLogger(cfg config.Log) zerolog.Logger {
 // the new one. Commands sent to the old master between its replica's
 // promotion and that message are not redirected.
 //
+// Cluster mode returns go-redis's cluster client: it asks the seed nodes
+// at cfg.Addrs for the cluster's slots and nodes, dials every node with
+// Username and Password, and follows MOVED and ASK redirections. It also
+// reloads the slot map every clusterReload while commands run, because
+// go-redis reloads it on MOVED but not when a killed master refuses
+// connections (go-redis issue 3979): with its default of 60 s, every
+// command to that master's slots fails for up to a minute after its
+// replica took over.
+//
 // A command's context deadline bounds its socket reads and writes
 // (ContextTimeoutEnabled): a script call applying 64 MiB values may take
 // its 30 s, a readiness ping only its second; without a deadline go-redis'
 // 3 s applies.
 //
-// With redis.tls every connection, to the Sentinels as to the data node,
-// is TLS. A dial error names the address ("redis HOST:PORT: …"); if the
+// With redis.tls every connection, to the Sentinels as to the data nodes,
+// is TLS. Without redis.tls.server_name, a cluster node's certificate must
+// carry the host of its address as the cluster reports it (usually an
+// IP). A dial error names the address ("redis HOST:PORT: …"); if the
 // TLS files cannot be read (they were checked at load), every dial fails
 // with that error.
 func NewRedisClient(cfg config.Redis) redis.UniversalClient {
 	tc, tlsErr := cfg.TLS.Client("")
 	dial := redisDialer(tc, tlsErr)
-	if cfg.Mode == config.RedisSentinel {
+	switch cfg.Mode {
+	case config.RedisCluster:
+		return redis.NewClusterClient(&redis.ClusterOptions{
+			Addrs:                      cfg.Addrs,
+			Username:                   cfg.Username,
+			Password:                   cfg.Password,
+			TLSConfig:                  tc,
+			Dialer:                     dial,
+			ContextTimeoutEnabled:      true,
+			ClusterStateReloadInterval: clusterReload,
+		})
+	case config.RedisSentinel:
 		return redis.NewFailoverClient(&redis.FailoverOptions{
 			MasterName:            cfg.MasterName,
 			SentinelAddrs:         cfg.SentinelAddrs,
@@ -121,6 +143,12 @@ func NewRedisClient(cfg config.Redis) redis.UniversalClient {
 	return redis.NewClient(&redis.Options{Addr: cfg.Addr, Username: cfg.Username, Password: cfg.Password, DB: cfg.DB,
 		TLSConfig: tc, Dialer: dial, ContextTimeoutEnabled: true})
 }
+
+// clusterReload is how old the cluster client's slot map may get while
+// commands run: one CLUSTER SLOTS per second per client at most, and a
+// killed master's promoted replica found within about a second of the
+// first command after the promotion (0.9 s in TestRedisCluster).
+const clusterReload = time.Second
 
 // redisDialer dials like go-redis's own dialer (5 s timeout, TCP
 // keep-alive), over TLS when tc is set, and names the address in errors,

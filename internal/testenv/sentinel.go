@@ -521,13 +521,7 @@ func replicationInfo(ctx context.Context, tc *tls.Config, addr string) (map[stri
 	if err != nil {
 		return nil, fmt.Errorf("%s: INFO replication: %w", addr, err)
 	}
-	f := map[string]string{}
-	for _, line := range strings.Split(info, "\n") {
-		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok {
-			f[k] = v
-		}
-	}
-	return f, nil
+	return fields(info), nil
 }
 
 // replicating checks that the node at addr is a replica of master with

@@ -147,7 +147,7 @@ type counter struct {
 	acked, failed int64
 }
 
-func startCounter(rdb *redis.Client) *counter {
+func startCounter(rdb redis.Cmdable) *counter {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &counter{cancel: cancel, done: make(chan struct{})}
 	go func() {

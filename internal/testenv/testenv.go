@@ -9,7 +9,8 @@
 // behind.
 //
 // The server binaries come from the Debian packages mariadb-server and
-// redis-server. A missing binary is an error that names the package to
+// redis-server (and redis-cli, which creates a Redis Cluster, from
+// redis-tools). A missing binary is an error that names the package to
 // install; tests are never skipped because a server is missing.
 //
 // Kafka is the exception: Debian has no Kafka, so NewKafka and StartKafka run
