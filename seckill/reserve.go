@@ -57,10 +57,10 @@ type Reserver struct {
 	log      zerolog.Logger
 	now      func() time.Time
 	batch    *coalescer
-	stop     chan struct{} // closed when the workers stop
 }
 
-// run runs the pipelining workers until ctx is done.
+// run runs the pipelining workers until ctx is done; then reservations
+// already queued, and every later one, get errStopped (503).
 func (r *Reserver) run(ctx context.Context, workers int) {
 	var wg sync.WaitGroup
 	for range workers {
@@ -68,17 +68,7 @@ func (r *Reserver) run(ctx context.Context, workers int) {
 		go func() { defer wg.Done(); r.batch.run(ctx) }()
 	}
 	wg.Wait()
-	close(r.stop)
-	// Answer calls queued after the last worker left.
-	for {
-		select {
-		case cl := <-r.batch.calls:
-			cl.err = errStopped
-			close(cl.done)
-		default:
-			return
-		}
-	}
+	r.batch.shut()
 }
 
 // Reserve reserves one unit of item for user.
@@ -95,7 +85,7 @@ func (r *Reserver) Reserve(ctx context.Context, item, user int64) (Reserved, err
 	order := fmt.Sprintf("%d-%s", item, id)
 	k := KeysFor(r.cfg.KeyPrefix, item)
 	epoch := r.soldOut.epoch()
-	raw, err := r.batch.do(ctx, r.stop, []string{k.Stock, k.Pending, k.Buyers, k.Ready}, user, order, now.UnixMilli())
+	raw, err := r.batch.do(ctx, []string{k.Stock, k.Pending, k.Buyers, k.Ready}, user, order, now.UnixMilli())
 	res, _ := raw.([]any)
 	if err == nil && len(res) != 2 {
 		err = fmt.Errorf("reserve script returned %v", raw)
