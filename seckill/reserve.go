@@ -53,6 +53,7 @@ type Reserver struct {
 	store    *Store
 	soldOut  *soldOut
 	kick     func(item int64) // asks for a rebuild of an item that is not ready
+	known    *knownItems      // tells made-up ids (404) from items not ready (503)
 	m        *metrics
 	log      zerolog.Logger
 	now      func() time.Time
@@ -105,6 +106,20 @@ func (r *Reserver) Reserve(ctx context.Context, item, user int64) (Reserved, err
 		r.m.reservations.WithLabelValues("sold_out").Inc()
 		return Reserved{}, ErrSoldOut
 	case -3:
+		// Not ready: a made-up id, or an item whose keys are being built.
+		// Only an item known to exist is rebuilt.
+		known, err := r.known.has(ctx, item)
+		switch {
+		case errors.Is(err, errLookupBusy):
+			r.m.reservations.WithLabelValues("not_ready").Inc()
+			return Reserved{}, ErrNotReady
+		case err != nil:
+			r.m.reservations.WithLabelValues("lookup_error").Inc()
+			return Reserved{}, fmt.Errorf("%w: item lookup: %w", ErrUnavailable, err)
+		case !known:
+			r.m.reservations.WithLabelValues("unknown_item").Inc()
+			return Reserved{}, ErrUnknownItem
+		}
 		r.m.reservations.WithLabelValues("not_ready").Inc()
 		if r.kick != nil {
 			r.kick(item)
