@@ -265,6 +265,9 @@ func (c *Config) Validate() error {
 	if c.Seckill.Enabled && c.HTTP.WriteTimeout <= c.Seckill.ProduceTimeout {
 		return fmt.Errorf("http.write_timeout %s: must exceed seckill.produce_timeout %s, or a reservation's answer is cut off after its order was sent", c.HTTP.WriteTimeout, c.Seckill.ProduceTimeout)
 	}
+	if err := c.Seckill.CheckRules(c.Sink.Rules); err != nil {
+		return err
+	}
 	if err := c.HA.Validate(); err != nil {
 		return err
 	}

@@ -39,6 +39,9 @@ func TestBadSeckillConfigs(t *testing.T) {
 		"header_name_bad.yaml":              {"seckill.auth.header.user_header", `"X User"`},
 		"trusted_proxies_bad.yaml":          {"seckill.trusted_proxies[1]", "proxy.example"},
 		"account_password_only.yaml":        {"seckill.mysql.password", "without seckill.mysql.user"},
+		"known_items_missing.yaml":          {"sink.rules", "known-items rule", `key: "sk:items", member: "{id}"`, "404"},
+		"known_items_when.yaml":             {"sink.rules[1]", "known-items rule must be exactly", "no when"},
+		"known_items_prefix.yaml":           {"sink.rules", "known-items rule", `key: "sale:items"`},
 	}
 	checkBadFiles(t, "testdata/seckill_bad", want)
 }
@@ -47,7 +50,7 @@ func TestBadSeckillConfigs(t *testing.T) {
 const saleAuth = "  auth: {mode: jwt, jwt: {hs256_secret: 0123456789abcdef0123456789abcdef}}\n"
 
 func TestSeckillDefaults(t *testing.T) {
-	c, err := Parse([]byte("sink:\n  rules:\n    - {table: shop.sk_items, kind: mirror, key: \"sk:{{{id}}}:stock\", column: stock}\nseckill:\n  enabled: true\n"+saleAuth), nil)
+	c, err := Parse([]byte("sink:\n  rules:\n    - {table: shop.sk_items, kind: mirror, key: \"sk:{{{id}}}:stock\", column: stock}\n    - {table: shop.sk_items, kind: member, key: \"sk:items\", member: \"{id}\"}\nseckill:\n  enabled: true\n"+saleAuth), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,12 +64,12 @@ func TestSeckillDefaults(t *testing.T) {
 	if s.Limits.PerIP == nil || *s.Limits.PerIP != seckill.DefaultPerIP || s.Auth.JWT.UserClaim != "sub" || s.Auth.JWT.Leeway != 30*time.Second {
 		t.Errorf("defaults: per_ip %v, auth %+v", s.Limits.PerIP, s.Auth)
 	}
-	c, err = Parse([]byte("sink:\n  rules:\n    - {table: shop.sk_items, kind: mirror, key: \"sk:{{{id}}}:stock\", column: stock}\nseckill:\n  enabled: true\n  limits: {per_ip: 0}\n"+saleAuth), nil)
+	c, err = Parse([]byte("sink:\n  rules:\n    - {table: shop.sk_items, kind: mirror, key: \"sk:{{{id}}}:stock\", column: stock}\n    - {table: shop.sk_items, kind: member, key: \"sk:items\", member: \"{id}\"}\nseckill:\n  enabled: true\n  limits: {per_ip: 0}\n"+saleAuth), nil)
 	if err != nil || *c.Seckill.Limits.PerIP != 0 {
 		t.Errorf("per_ip: 0 (off): %v", err)
 	}
 	// Without the api role no buyer is served: no auth needed.
-	if _, err := Parse([]byte("sink:\n  rules:\n    - {table: shop.sk_items, kind: mirror, key: \"sk:{{{id}}}:stock\", column: stock}\nseckill:\n  enabled: true\n  roles: [consumer, jobs]\n"), nil); err != nil {
+	if _, err := Parse([]byte("sink:\n  rules:\n    - {table: shop.sk_items, kind: mirror, key: \"sk:{{{id}}}:stock\", column: stock}\n    - {table: shop.sk_items, kind: member, key: \"sk:items\", member: \"{id}\"}\nseckill:\n  enabled: true\n  roles: [consumer, jobs]\n"), nil); err != nil {
 		t.Errorf("consumer and jobs only, no auth: %v", err)
 	}
 	// Disabled: nothing is validated.
@@ -79,7 +82,7 @@ func TestSeckillDefaults(t *testing.T) {
 // or the environment (then naming the variable), without the token in the
 // message; 32 bytes pass; none at all leaves the admin endpoints off.
 func TestAdminToken(t *testing.T) {
-	const sale = "sink:\n  rules:\n    - {table: shop.sk_items, kind: mirror, key: \"sk:{{{id}}}:stock\", column: stock}\nseckill:\n  enabled: true\n" + saleAuth
+	const sale = "sink:\n  rules:\n    - {table: shop.sk_items, kind: mirror, key: \"sk:{{{id}}}:stock\", column: stock}\n    - {table: shop.sk_items, kind: member, key: \"sk:items\", member: \"{id}\"}\nseckill:\n  enabled: true\n" + saleAuth
 	short := "short-but-secret-31-bytes-xxxxx"
 	for _, tc := range []struct {
 		name string
@@ -117,7 +120,7 @@ func TestAdminToken(t *testing.T) {
 // TestAuthSecretsFromEnv: the buyers' secrets come from the environment;
 // a short one is refused naming the variable, never showing the secret.
 func TestAuthSecretsFromEnv(t *testing.T) {
-	const sale = "sink:\n  rules:\n    - {table: shop.sk_items, kind: mirror, key: \"sk:{{{id}}}:stock\", column: stock}\nseckill:\n  enabled: true\n"
+	const sale = "sink:\n  rules:\n    - {table: shop.sk_items, kind: mirror, key: \"sk:{{{id}}}:stock\", column: stock}\n    - {table: shop.sk_items, kind: member, key: \"sk:items\", member: \"{id}\"}\nseckill:\n  enabled: true\n"
 	short := "short-secret-of-31-bytes-xxxxxx"
 	for _, tc := range []struct{ mode, env, field string }{
 		{"jwt", "CACHESYNC_JWT_SECRET", "seckill.auth.jwt.hs256_secret"},

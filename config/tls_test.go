@@ -43,6 +43,7 @@ redis:
 sink:
   rules:
     - {table: shop.sk_items, kind: mirror, key: "sk:{{{id}}}:stock", column: stock}
+    - {table: shop.sk_items, kind: member, key: "sk:items", member: "{id}"}
 seckill:
   enabled: true
   auth: {mode: jwt, jwt: {hs256_secret: 0123456789abcdef0123456789abcdef}}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -13,11 +14,26 @@ import (
 // them in one round trip. With one round trip per request, Redis and the
 // network stack spend most of their time on syscalls; pipelined, the same
 // script runs several times faster (see DESIGN.md §4).
+//
+// Shutdown: the workers (run) return when their context is done, each
+// answering the calls it took; then shut answers every call still queued
+// with errStopped, and every later do returns errStopped at once. No call
+// is ever left waiting.
 type coalescer struct {
 	rdb    redis.UniversalClient
 	script *redis.Script
 	calls  chan *call
 	max    int
+
+	// quit is closed by shut: it wakes callers blocked on a full queue.
+	quit     chan struct{}
+	quitOnce sync.Once
+	// mu orders enqueueing against shut: do enqueues under the read
+	// lock, and only while closed is false; shut sets closed under the
+	// write lock, so once it holds it no call can enter the queue and
+	// one pass empties it for good.
+	mu     sync.RWMutex
+	closed bool
 }
 
 type call struct {
@@ -33,21 +49,56 @@ type call struct {
 var errStopped = errors.New("reservations stopped")
 
 func newCoalescer(rdb redis.UniversalClient, script *redis.Script, max int) *coalescer {
-	return &coalescer{rdb: rdb, script: script, calls: make(chan *call, 4*max), max: max}
+	return &coalescer{rdb: rdb, script: script, calls: make(chan *call, 4*max), max: max, quit: make(chan struct{})}
 }
 
-// do runs the script for keys and args as part of some pipeline.
-func (c *coalescer) do(ctx context.Context, stop <-chan struct{}, keys []string, args ...any) (any, error) {
+// do runs the script for keys and args as part of some pipeline. It
+// returns errStopped once shut has begun; it never blocks past ctx or
+// shut.
+func (c *coalescer) do(ctx context.Context, keys []string, args ...any) (any, error) {
 	cl := &call{ctx: ctx, keys: keys, args: args, done: make(chan struct{})}
+	if err := c.enqueue(cl); err != nil {
+		return nil, err
+	}
+	<-cl.done // a worker, or shut, always answers a queued call
+	return cl.res, cl.err
+}
+
+func (c *coalescer) enqueue(cl *call) error {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return errStopped
+	}
 	select {
 	case c.calls <- cl:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-stop:
-		return nil, errStopped
+		return nil
+	case <-cl.ctx.Done():
+		return cl.ctx.Err()
+	case <-c.quit:
+		return errStopped
 	}
-	<-cl.done // a worker always answers a call it took
-	return cl.res, cl.err
+}
+
+// shut answers the calls still queued with errStopped and makes every
+// later do return errStopped. Call it after the workers have returned;
+// calling it twice is safe.
+func (c *coalescer) shut() {
+	// First wake the callers blocked on a full queue: they hold the read
+	// lock, which the write lock below waits for.
+	c.quitOnce.Do(func() { close(c.quit) })
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	for {
+		select {
+		case cl := <-c.calls:
+			cl.err = errStopped
+			close(cl.done)
+		default:
+			return // nothing can be queued any more
+		}
+	}
 }
 
 // run is one worker; it returns when ctx is done, answering what it took.

@@ -273,6 +273,29 @@ func (c *Config) has(role string) bool {
 	return false
 }
 
+// CheckRules refuses a rule set without the known-items rule: a member
+// rule keeping every id of sk_items in ItemsKey, which tells a request for
+// a made-up item id (404) from one for an item whose keys are being built
+// (503). Nothing when the sale is off.
+func (c *Config) CheckRules(rules []sink.RuleConfig) error {
+	if !c.Enabled {
+		return nil
+	}
+	table := c.Database + ".sk_items"
+	key := ItemsKey(c.KeyPrefix)
+	want := fmt.Sprintf(`{table: %s, kind: member, key: %q, member: "{id}"}`, table, key)
+	for i, r := range rules {
+		if r.Kind != sink.KindMember || !strings.EqualFold(r.Table, table) || r.Key != key {
+			continue
+		}
+		if !strings.EqualFold(r.Member, "{id}") || r.When != nil || r.Value != "" || (r.Op != "" && r.Op != sink.OpSync) {
+			return fmt.Errorf("sink.rules[%d]: the sale's known-items rule must be exactly %s (op sync, no when, no value): every row of %s belongs in %s", i, want, table, key)
+		}
+		return nil
+	}
+	return fmt.Errorf("sink.rules: the sale needs the known-items rule %s: item requests answer 404 for an id not in that set (see README, Flash sale)", want)
+}
+
 // VersionStock marks versioned the mirror rules that keep the items'
 // stock key: the rebuild writes that key outside the binlog's order, and
 // its version keeps a CDC write older than the rebuild's read from undoing

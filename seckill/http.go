@@ -130,6 +130,13 @@ func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, what strin
 	h.fail(w, r, http.StatusServiceUnavailable, "temporarily unavailable, retry shortly")
 }
 
+// unknownItem answers 404 for an item id that is no sale item: counted,
+// not logged (anyone can send made-up ids), and nothing is started.
+func (h *Handler) unknownItem(w http.ResponseWriter, r *http.Request, endpoint string) {
+	h.m.unknownItems.WithLabelValues(endpoint).Inc()
+	h.fail(w, r, http.StatusNotFound, "unknown item")
+}
+
 // decode reads a strict JSON body (api.DecodeJSON) or answers its error.
 func (h *Handler) decode(w http.ResponseWriter, r *http.Request, v any, emptyOK bool) bool {
 	if err := api.DecodeJSON(w, r, v, maxBody, emptyOK); err != nil {
@@ -211,6 +218,8 @@ func (h *Handler) reserve(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, ErrNotReady):
 		w.Header().Set("Retry-After", "1")
 		h.fail(w, r, http.StatusServiceUnavailable, "item not ready: retry shortly")
+	case errors.Is(err, ErrUnknownItem):
+		h.unknownItem(w, r, "reservation")
 	case errors.Is(err, context.Canceled):
 		return // client went away; the reservation was released
 	default:
@@ -232,9 +241,17 @@ func (h *Handler) item(w http.ResponseWriter, r *http.Request) {
 		h.unavailable(w, r, "item read failed", err)
 		return
 	}
-	if ready.Val() == 0 {
-		w.Header().Set("Retry-After", "1")
-		h.fail(w, r, http.StatusServiceUnavailable, "item not ready: retry shortly")
+	if ready.Val() == 0 || errors.Is(stock.Err(), redis.Nil) { // as the reserve script judges it
+		known, err := h.res.known.has(r.Context(), item)
+		switch {
+		case err != nil && !errors.Is(err, errLookupBusy):
+			h.unavailable(w, r, "item read failed", err)
+		case err == nil && !known:
+			h.unknownItem(w, r, "item")
+		default:
+			w.Header().Set("Retry-After", "1")
+			h.fail(w, r, http.StatusServiceUnavailable, "item not ready: retry shortly")
+		}
 		return
 	}
 	s, _ := stock.Int64()

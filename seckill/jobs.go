@@ -28,15 +28,24 @@ type Jobs struct {
 	kickMu  sync.Mutex
 	kicked  map[int64]bool
 	kickCh  chan struct{}
-	running sync.Map // item → struct{}: a rebuild in progress
+	running sync.Map      // item → struct{}: a rebuild in progress or waiting for a slot
+	slots   chan struct{} // rebuilds running at once (maxRebuilds)
 
 	lagFailing bool // the last lag reading failed (only the lag loop touches it)
 }
 
 func newJobs(cfg Config, rdb redis.UniversalClient, store *Store, rb *Rebuilder, ck *Checker, m *metrics, log zerolog.Logger) *Jobs {
 	return &Jobs{cfg: cfg, rdb: rdb, store: store, rebuild: rb, check: ck, m: m, log: log, now: time.Now,
-		kicked: map[int64]bool{}, kickCh: make(chan struct{}, 1)}
+		kicked: map[int64]bool{}, kickCh: make(chan struct{}, 1), slots: make(chan struct{}, maxRebuilds)}
 }
+
+// maxRebuilds bounds the rebuilds running at once. A rebuild waits
+// produce_timeout, then polls Kafka's committed offsets and the CDC
+// checkpoint and reads MySQL; after Redis lost its data every item needs
+// one, and they run maxRebuilds at a time instead of all together. Only
+// items known to exist are kicked: ensureReady lists sk_items, and a
+// reservation kicks only an item knownItems vouches for.
+const maxRebuilds = 8
 
 // Kick asks for a rebuild of item (a reservation found it not ready).
 // It never blocks.
@@ -102,7 +111,9 @@ func (j *Jobs) Run(ctx context.Context) {
 			clear(j.kicked)
 			j.kickMu.Unlock()
 			for _, it := range items {
-				j.startRebuild(ctx, it, &wg)
+				if !j.startRebuild(ctx, it, &wg) {
+					return
+				}
 			}
 		}
 	}()
@@ -226,13 +237,23 @@ func (j *Jobs) ensureReady(ctx context.Context) {
 	}
 }
 
-func (j *Jobs) startRebuild(ctx context.Context, item int64, wg *sync.WaitGroup) {
+// startRebuild starts a rebuild of item unless one is running, once a
+// slot is free (it waits for one: kicks meanwhile gather in j.kicked). It
+// returns false when ctx ended first.
+func (j *Jobs) startRebuild(ctx context.Context, item int64, wg *sync.WaitGroup) bool {
 	if _, busy := j.running.LoadOrStore(item, struct{}{}); busy {
-		return
+		return true
+	}
+	select {
+	case j.slots <- struct{}{}:
+	case <-ctx.Done():
+		j.running.Delete(item)
+		return false
 	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		defer func() { <-j.slots }()
 		defer j.running.Delete(item)
 		// A kick from a reservation that found the item not ready just
 		// before the last rebuild finished is stale: rebuilding a ready
@@ -252,6 +273,7 @@ func (j *Jobs) startRebuild(ctx context.Context, item int64, wg *sync.WaitGroup)
 		}
 		j.m.rebuilds.Inc()
 	}()
+	return true
 }
 
 func (j *Jobs) runCheck(ctx context.Context) {

@@ -20,6 +20,11 @@ func KeysFor(prefix string, item int64) Keys {
 	return Keys{Stock: base + "stock", Pending: base + "pending", Buyers: base + "buyers", Ready: base + "ready"}
 }
 
+// ItemsKey is the set of the sale's item ids (sk_items.id), kept by a CDC
+// member rule (Config.CheckRules): an id outside it is no sale item, once
+// the set is complete (see knownItems).
+func ItemsKey(prefix string) string { return prefix + "items" }
+
 // itemOfKey returns the item whose hash tag key carries, if key starts
 // with prefix.
 func itemOfKey(prefix, key string) (int64, bool) {

@@ -210,8 +210,8 @@ func TestBadInput(t *testing.T) {
 	if r, _ := d.getOrder(1, "6-0190f0e0-0000-7000-8000-000000000009"); r.Status != 404 {
 		t.Errorf("GET unknown order: %+v", r)
 	}
-	// Unknown item: not ready (no keys), 503 — never a reservation.
-	if r, _ := d.reserve(12345, 1); r.Status != 503 {
+	// Unknown item: 404 — never a reservation (TestUnknownItems).
+	if r, _ := d.reserve(12345, 1); r.Status != 404 {
 		t.Errorf("unknown item: %+v", r)
 	}
 	// Per-user limit: burst 2, then 429.

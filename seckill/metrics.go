@@ -18,12 +18,14 @@ type metrics struct {
 	checks        prometheus.Counter
 	jobRuns       *prometheus.CounterVec
 	consumerLag   *prometheus.GaugeVec
+	unknownItems  *prometheus.CounterVec
+	itemLookups   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		reservations: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachesync_seckill_reservations_total",
-			Help: "Reservation attempts by result: reserved, already_bought, sold_out, sold_out_local (answered from the local flag), not_ready, redis_error, produce_failed."}, []string{"result"}),
+			Help: "Reservation attempts by result: reserved, already_bought, sold_out, sold_out_local (answered from the local flag), not_ready, unknown_item, redis_error, lookup_error (telling a made-up id from an item not ready failed), produce_failed."}, []string{"result"}),
 		consumed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachesync_seckill_orders_consumed_total",
 			Help: "Orders the consumer stored, by outcome: created, failed (no MySQL stock), duplicate (redelivery, no-op)."}, []string{"outcome"}),
 		retries: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachesync_seckill_order_retries_total",
@@ -52,10 +54,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Runs of the jobs role's periodic jobs in this process, by job (unpaid, orphans, ready, check, lag); only the holder of the jobs lease runs them."}, []string{"job"}),
 		consumerLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cachesync_seckill_consumer_lag_messages",
 			Help: "Orders in the topic that the consumer group has not committed yet, by partition; measured every job_interval by the holder of the jobs lease."}, []string{"partition"}),
+		unknownItems: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachesync_seckill_unknown_items_total",
+			Help: "Requests for an item id that is no sale item (not in sk_items), answered 404 without a log line or a rebuild, by endpoint: reservation, item."}, []string{"endpoint"}),
+		itemLookups: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachesync_seckill_item_lookups_total",
+			Help: "Item ids of not-ready requests looked up in MySQL because the known-items set could not be trusted (absent, or sk_items being snapshotted), by result: known, unknown, busy (too many at once: 503), error."}, []string{"result"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.reservations, m.consumed, m.retries, m.deadLettered, m.storeSeconds, m.canceled, m.reaped,
-			m.rebuilds, m.rebuildErrors, m.limited, m.authFailures, m.drift, m.checks, m.jobRuns, m.consumerLag)
+			m.rebuilds, m.rebuildErrors, m.limited, m.authFailures, m.drift, m.checks, m.jobRuns, m.consumerLag,
+			m.unknownItems, m.itemLookups)
 	}
 	return m
 }

@@ -133,7 +133,8 @@ func start(p Params) error {
 		p.Cache.Listen(so.invalidated)
 		res := &Reserver{cfg: cfg, rdb: p.Redis, producer: prod, store: store, soldOut: so, m: m,
 			log: log.With().Str("role", "api").Logger(), now: time.Now,
-			batch: newCoalescer(p.Redis, reserveScript, 128), stop: make(chan struct{})}
+			batch: newCoalescer(p.Redis, reserveScript, 128)}
+		res.known = newKnownItems(cfg, ks, p.Redis, store, m)
 		reserver = res
 		if jobs != nil {
 			res.kick = jobs.Kick

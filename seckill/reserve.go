@@ -53,14 +53,15 @@ type Reserver struct {
 	store    *Store
 	soldOut  *soldOut
 	kick     func(item int64) // asks for a rebuild of an item that is not ready
+	known    *knownItems      // tells made-up ids (404) from items not ready (503)
 	m        *metrics
 	log      zerolog.Logger
 	now      func() time.Time
 	batch    *coalescer
-	stop     chan struct{} // closed when the workers stop
 }
 
-// run runs the pipelining workers until ctx is done.
+// run runs the pipelining workers until ctx is done; then reservations
+// already queued, and every later one, get errStopped (503).
 func (r *Reserver) run(ctx context.Context, workers int) {
 	var wg sync.WaitGroup
 	for range workers {
@@ -68,17 +69,7 @@ func (r *Reserver) run(ctx context.Context, workers int) {
 		go func() { defer wg.Done(); r.batch.run(ctx) }()
 	}
 	wg.Wait()
-	close(r.stop)
-	// Answer calls queued after the last worker left.
-	for {
-		select {
-		case cl := <-r.batch.calls:
-			cl.err = errStopped
-			close(cl.done)
-		default:
-			return
-		}
-	}
+	r.batch.shut()
 }
 
 // Reserve reserves one unit of item for user.
@@ -95,7 +86,7 @@ func (r *Reserver) Reserve(ctx context.Context, item, user int64) (Reserved, err
 	order := fmt.Sprintf("%d-%s", item, id)
 	k := KeysFor(r.cfg.KeyPrefix, item)
 	epoch := r.soldOut.epoch()
-	raw, err := r.batch.do(ctx, r.stop, []string{k.Stock, k.Pending, k.Buyers, k.Ready}, user, order, now.UnixMilli())
+	raw, err := r.batch.do(ctx, []string{k.Stock, k.Pending, k.Buyers, k.Ready}, user, order, now.UnixMilli())
 	res, _ := raw.([]any)
 	if err == nil && len(res) != 2 {
 		err = fmt.Errorf("reserve script returned %v", raw)
@@ -115,6 +106,20 @@ func (r *Reserver) Reserve(ctx context.Context, item, user int64) (Reserved, err
 		r.m.reservations.WithLabelValues("sold_out").Inc()
 		return Reserved{}, ErrSoldOut
 	case -3:
+		// Not ready: a made-up id, or an item whose keys are being built.
+		// Only an item known to exist is rebuilt.
+		known, err := r.known.has(ctx, item)
+		switch {
+		case errors.Is(err, errLookupBusy):
+			r.m.reservations.WithLabelValues("not_ready").Inc()
+			return Reserved{}, ErrNotReady
+		case err != nil:
+			r.m.reservations.WithLabelValues("lookup_error").Inc()
+			return Reserved{}, fmt.Errorf("%w: item lookup: %w", ErrUnavailable, err)
+		case !known:
+			r.m.reservations.WithLabelValues("unknown_item").Inc()
+			return Reserved{}, ErrUnknownItem
+		}
 		r.m.reservations.WithLabelValues("not_ready").Inc()
 		if r.kick != nil {
 			r.kick(item)

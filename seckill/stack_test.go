@@ -31,6 +31,7 @@ var schemaSQL string
 // SaleRules are the CDC rules the sale needs (also in configs/cachesync.yaml).
 const saleRules = `
     - {table: shop.sk_items, kind: mirror, key: "sk:{{{id}}}:stock", column: stock}
+    - {table: shop.sk_items, kind: member, key: "sk:items", member: "{id}"}
     - {table: shop.sk_orders, kind: member, op: remove, key: "sk:{{{item_id}}}:pending", member: "{order_id}:{user_id}"}
     - {table: shop.sk_orders, kind: member, key: "sk:{{{item_id}}}:buyers", member: "{user_id}", value: "{order_id}", when: {column: status, in: [created, paid]}}
     - {table: shop.sk_orders, kind: member, op: remove, key: "sk:{{{item_id}}}:buyers", member: "{user_id}", value: "{order_id}", when: {column: status, in: [canceled, failed]}}
@@ -123,14 +124,18 @@ func asUser(user int64) []string { return []string{"Authorization", "Bearer " + 
 // configYAML is a daemon configuration for this stack, its listeners on
 // the given ports (0: any free port); extra is appended under the seckill
 // section. Unless extra has its own, buyers are authenticated with JWTs
-// signed with testJWTSecret, and the per-IP limit is off (every test
-// client is 127.0.0.1).
+// signed with testJWTSecret, the per-IP limit is off (every test client is
+// 127.0.0.1) and produce_timeout is 1s.
 func (s *stack) configYAML(httpPort, adminPort int, seckillExtra string) string {
 	if !strings.Contains(seckillExtra, "auth:") {
 		seckillExtra += "\nauth: {mode: jwt, jwt: {hs256_secret: " + testJWTSecret + "}}"
 	}
 	if !strings.Contains(seckillExtra, "limits:") {
 		seckillExtra += "\nlimits: {per_ip: 0}"
+	}
+	produce := "produce_timeout: 1s\n  "
+	if strings.Contains(seckillExtra, "produce_timeout:") {
+		produce = ""
 	}
 	return fmt.Sprintf(`mysql:
   addr: %s
@@ -151,10 +156,9 @@ seckill:
   kafka:
     brokers: [%s]
     session_timeout: 1s
-  produce_timeout: 1s
-  job_interval: 200ms
+  %sjob_interval: 200ms
   retry: {attempts: 3, initial: 20ms, max: 200ms}
-%s`, s.my.Addr(), 5000+s.seq.Add(1), s.rs.Addr(), httpPort, adminPort, saleRules, strings.Join(s.kafka.ListenAddrs(), ","), indent(seckillExtra))
+%s`, s.my.Addr(), 5000+s.seq.Add(1), s.rs.Addr(), httpPort, adminPort, saleRules, strings.Join(s.kafka.ListenAddrs(), ","), produce, indent(seckillExtra))
 }
 
 func indent(s string) string {

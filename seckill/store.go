@@ -262,6 +262,16 @@ func (s *Store) Items(ctx context.Context) ([]int64, error) {
 	return ids, rows.Err()
 }
 
+// ItemExists reports whether sk_items has a row with id item.
+func (s *Store) ItemExists(ctx context.Context, item int64) (bool, error) {
+	var one int
+	err := s.db.QueryRowContext(ctx, "SELECT 1 FROM "+s.items+" WHERE id = ?", item).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
 // ItemState is an item as MySQL has it.
 type ItemState struct {
 	Stock  int64

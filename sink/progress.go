@@ -18,7 +18,10 @@ import (
 //	"done"      every row is in Redis
 //	"request"   requested (RequestSnapshot), to begin from the start
 const (
-	progressDone      = "done"
+	// ProgressDone is the progress of a table whose last chunk is in
+	// Redis: every row of it is (the sale trusts its known-items set only
+	// then).
+	ProgressDone      = "done"
 	progressRequested = "request"
 )
 
@@ -66,7 +69,7 @@ func (b *batch) progress(s *binlog.SnapshotStep) {
 	switch {
 	case s.Table == "":
 	case s.Done:
-		set("P", s.Table, progressDone)
+		set("P", s.Table, ProgressDone)
 	default:
 		set("P", s.Table, "at:"+s.After)
 	}

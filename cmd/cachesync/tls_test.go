@@ -85,6 +85,7 @@ sink:
   rules:
     - {table: shop.goods, kind: rewrite, key: "goods:{id}", format: json}
     - {table: shop.sk_items, kind: mirror, key: "sk:{{{id}}}:stock", column: stock}
+    - {table: shop.sk_items, kind: member, key: "sk:items", member: "{id}"}
     - {table: shop.sk_orders, kind: member, op: remove, key: "sk:{{{item_id}}}:pending", member: "{order_id}:{user_id}"}
     - {table: shop.sk_orders, kind: member, key: "sk:{{{item_id}}}:buyers", member: "{user_id}", value: "{order_id}", when: {column: status, in: [created, paid]}}
 seckill:

@@ -18,7 +18,7 @@ func TestTokenCommand(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, authYAML string) string {
 		p := filepath.Join(dir, name)
-		y := "sink:\n  rules:\n    - {table: shop.sk_items, kind: mirror, key: \"sk:{{{id}}}:stock\", column: stock}\nseckill:\n  enabled: true\n  auth: " + authYAML + "\n"
+		y := "sink:\n  rules:\n    - {table: shop.sk_items, kind: mirror, key: \"sk:{{{id}}}:stock\", column: stock}\n    - {table: shop.sk_items, kind: member, key: \"sk:items\", member: \"{id}\"}\nseckill:\n  enabled: true\n  auth: " + authYAML + "\n"
 		if err := os.WriteFile(p, []byte(y), 0o600); err != nil {
 			t.Fatal(err)
 		}
