@@ -402,9 +402,14 @@ func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.
 	budget := binlog.NewBudget(p.cfg.ReadAheadBytes)
 	p.budget.Store(budget)
 	p.source.SetBudget(budget)
+	// Without a snapshot to merge, the stream goes to the sink directly:
+	// a goroutine hand-off per transaction less.
+	merging := len(pending) > 0 || first != nil
 	q := make(chan *binlog.Txn, queueTxns)
-	raw := make(chan *binlog.Txn, 64)
-	chunks := make(chan *binlog.Txn)
+	raw := q
+	if merging {
+		raw = make(chan *binlog.Txn, 64)
+	}
 	srcCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var srcErr error
@@ -415,14 +420,17 @@ func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.
 		p.log.Info().Stringer("pos", start.Pos).Str("gtid", start.GTID).Msg("streaming binlog")
 		srcErr = p.source.Run(srcCtx, start, raw)
 	})
-	wg.Go(func() {
-		defer close(chunks)
-		p.snapshot(srcCtx, pending, keys, budget, chunks)
-	})
-	wg.Go(func() {
-		defer close(q)
-		merge(srcCtx, p.snap, p.source, keys, start.Pos, first, raw, chunks, q)
-	})
+	if merging {
+		chunks := make(chan *binlog.Txn)
+		wg.Go(func() {
+			defer close(chunks)
+			p.snapshot(srcCtx, pending, keys, budget, chunks)
+		})
+		wg.Go(func() {
+			defer close(q)
+			merge(srcCtx, p.snap, p.source, keys, start.Pos, first, raw, chunks, q)
+		})
+	}
 	var requested atomic.Bool
 	wg.Go(func() {
 		if p.watchRequests(srcCtx) {
