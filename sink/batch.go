@@ -54,7 +54,7 @@ type hashWrite struct {
 // the script: a script copies every argument twice more than a plain
 // command (into Lua, and back), which costs Redis about as much as the
 // write itself, while the direct path costs a round trip (the WATCH).
-const directMin = 64
+const directMin = 16
 
 // write is an unversioned write: each replaces its key whole, so of a
 // run of them on one key only the last matters.
