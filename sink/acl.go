@@ -120,7 +120,7 @@ func (rs *Rules) ACLProbes(ks keyspace.Keyspace, channel string) [][]string {
 		{"SADD", k, "m"}, {"SREM", k, "m"}, {"SSCAN", k, "0"}, {"ZREM", k, "m"},
 		{"EVALSHA", "0000000000000000000000000000000000000000", "0"}, {"EVAL", "return 1", "0"},
 		{"WATCH", k}, {"MULTI"}, {"EXEC"}, {"UNWATCH"},
-		{"SCRIPT", "LOAD", "return 1"}, {"SCAN", "0"}, {"INFO", "memory"}, {"PING"}, {"TIME"},
+		{"SCRIPT", "LOAD", "return 1"}, {"SCRIPT", "EXISTS", "0000000000000000000000000000000000000000"}, {"SCAN", "0"}, {"INFO", "memory"}, {"PING"}, {"TIME"},
 		{"PUBLISH", channel, "m"}, {"SUBSCRIBE", channel},
 	}...)
 }

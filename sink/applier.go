@@ -509,21 +509,23 @@ func (a *Applier) call(ctx context.Context, b *batch) (int64, error) {
 // not undo the commands beside it), so the checks are made first, on the
 // checkpoint and the lease read under WATCH: if either changes before
 // EXEC (another writer, a restart, a renewal of the lease), nothing runs
-// and the next try reads them again. The script is sent whole (EVAL): an
-// EVALSHA answered NOSCRIPT would not stop the commands beside it.
+// and the next try reads them again. The script goes by its SHA, loaded
+// first if Redis lacks it (an EVALSHA answered NOSCRIPT inside EXEC would
+// not stop the commands beside it; a SCRIPT FLUSH between the two is
+// retried like any failed call, and the retry applies the batch whole).
 func (a *Applier) applyDirect(ctx context.Context, b *batch) (int64, error) {
 	cp := a.ks.Checkpoint()
 	for {
 		var seq int64
 		err := a.rdb.Watch(ctx, func(tx *redis.Tx) error {
-			if err := checkDirect(ctx, tx, cp, b); err != nil {
+			if err := checkDirect(ctx, tx, cp, b, a.script); err != nil {
 				return err
 			}
 			cmds, err := tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
 				// The script first: a key's earlier ops in it (see
 				// batch.settle) come before its last write. No reader
 				// sees the message before the writes: EXEC runs whole.
-				p.Eval(ctx, applyLua, b.keys, b.args...)
+				p.EvalSha(ctx, a.script.Hash(), b.keys, b.args...)
 				if len(b.mset) > 0 {
 					p.MSet(ctx, b.mset...)
 				}
@@ -551,19 +553,27 @@ func (a *Applier) applyDirect(ctx context.Context, b *batch) (int64, error) {
 }
 
 // checkDirect makes apply.lua's checks for a batch with a checkpoint
-// (guard "1"), answering as the script would.
-func checkDirect(ctx context.Context, tx *redis.Tx, cp string, b *batch) error {
+// (guard "1"), answering as the script would, and loads the script if
+// Redis lacks it.
+func checkDirect(ctx context.Context, tx *redis.Tx, cp string, b *batch, script *redis.Script) error {
 	expect, fence := b.args[10].(string), b.args[11].(string)
 	var stored, holder *redis.StringCmd
+	var loaded *redis.BoolSliceCmd
 	_, err := tx.Pipelined(ctx, func(p redis.Pipeliner) error {
 		stored = p.HGet(ctx, cp, "version")
 		if fence != "" {
 			holder = p.Get(ctx, b.fence.Key)
 		}
+		loaded = script.Exists(ctx, p)
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return err
+	}
+	if ok := loaded.Val(); len(ok) != 1 || !ok[0] {
+		if err := script.Load(ctx, tx).Err(); err != nil {
+			return err
+		}
 	}
 	v, err := stored.Result()
 	if errors.Is(err, redis.Nil) {

@@ -265,7 +265,7 @@ func TestApplierUnversioned(t *testing.T) {
 // two rules, changed twice in one large batch: its first write and the
 // invalidation run in the script, its last write beside it, and the key
 // ends with the last value (it would be deleted if the plain writes ran
-// before the script).
+// before the script). The script was flushed from Redis before.
 func TestApplierDirectKeepsKeyOrder(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: testenv.StartRedis(t).Addr()})
 	defer rdb.Close()
@@ -280,6 +280,10 @@ func TestApplierDirectKeepsKeyOrder(t *testing.T) {
 		changes = append(changes, ins(row(i, i)...))
 	}
 	if err := rdb.ConfigResetStat(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// A Redis without the script (restarted, SCRIPT FLUSH): loaded first.
+	if err := rdb.ScriptFlush(context.Background()).Err(); err != nil {
 		t.Fatal(err)
 	}
 	e.apply(txn(pos("binlog.000001", 200), changes...))
