@@ -11,6 +11,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -374,9 +375,12 @@ func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.
 		first = &binlog.Txn{Pos: start.Pos, Commit: time.Now(), Snapshot: &binlog.SnapshotStep{Start: tables}}
 		p.log.Info().Strs("tables", tables).Stringer("pos", start.Pos).Msg("snapshot: beginning, beside the stream")
 	} else if expect != nil {
-		var requested []string
+		var requested, changed []string
 		err := retry(ctx, func() (err error) {
 			pending, requested, err = p.applier.SnapshotProgress(ctx)
+			if err == nil {
+				changed, err = p.applier.RulesChanged(ctx)
+			}
 			if err != nil {
 				p.log.Warn().Err(err).Msg("reading snapshot progress; retrying")
 			}
@@ -384,6 +388,13 @@ func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.
 		})
 		if err != nil {
 			return nil // ctx is done
+		}
+		for _, t := range changed {
+			if !slices.Contains(requested, t) {
+				p.log.Info().Str("table", t).Msg("snapshot: the table's rules are not those of its last snapshot (added or changed since); snapshotting it again")
+				pending[t] = ""
+				requested = append(requested, t)
+			}
 		}
 		if len(requested) > 0 { // begin them: the chunks' progress may not replace a request
 			first = &binlog.Txn{Pos: start.Pos, Commit: time.Now(), Snapshot: &binlog.SnapshotStep{Start: requested}}

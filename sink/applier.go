@@ -307,7 +307,7 @@ func (a *Applier) add(b *batch, t *binlog.Txn, stored string) error {
 		}
 	}
 	if t.Snapshot != nil {
-		b.progress(t.Snapshot)
+		b.progress(t.Snapshot, a.rules)
 	}
 	b.txns = append(b.txns, t)
 	b.rows += len(t.Changes)

@@ -17,6 +17,9 @@ import (
 //	"at:<key>"  read up to key (binlog.FormatKey; "at:" from the start)
 //	"done"      every row is in Redis
 //	"request"   requested (RequestSnapshot), to begin from the start
+//
+// and, field "rules:schema.table", the fingerprint of the table's rules
+// (Rules.Fingerprint) its snapshot began with.
 const (
 	// ProgressDone is the progress of a table whose last chunk is in
 	// Redis: every row of it is (the sale trusts its known-items set only
@@ -37,6 +40,9 @@ func (a *Applier) SnapshotProgress(ctx context.Context) (pending map[string]stri
 	}
 	pending = map[string]string{}
 	for table, v := range h {
+		if strings.HasPrefix(table, rulesField) {
+			continue
+		}
 		if after, ok := strings.CutPrefix(v, "at:"); ok {
 			pending[table] = after
 		} else if v == progressRequested {
@@ -47,20 +53,42 @@ func (a *Applier) SnapshotProgress(ctx context.Context) (pending map[string]stri
 	return pending, requested, nil
 }
 
+// RulesChanged lists the stateful tables whose rules are not those their
+// snapshot began with: a rule added or changed since, or a table never
+// snapshotted. Their keys hold only what the stream changed after the
+// change, so the leader snapshots them again when it starts.
+func (a *Applier) RulesChanged(ctx context.Context) ([]string, error) {
+	h, err := a.rdb.HGetAll(ctx, a.ks.SnapshotProgress()).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read snapshot progress: %w", err)
+	}
+	var changed []string
+	for _, table := range a.rules.Stateful() {
+		if h[rulesField+table] != a.rules.Fingerprint(table) {
+			changed = append(changed, table)
+		}
+	}
+	return changed, nil
+}
+
+// rulesField prefixes the progress hash's fingerprint fields.
+const rulesField = "rules:"
+
 // SnapshotTablesDone counts the tables whose last chunk this applier has
 // applied.
 func (a *Applier) SnapshotTablesDone() int64 { return a.snapDone.Load() }
 
 // progress adds the snapshot step of t to the batch: a table whose
-// snapshot begins is set to its start; a chunk's progress does not
-// overwrite a request made meanwhile (op P).
-func (b *batch) progress(s *binlog.SnapshotStep) {
+// snapshot begins is set to its start, with its rules' fingerprint; a
+// chunk's progress does not overwrite a request made meanwhile (op P).
+func (b *batch) progress(s *binlog.SnapshotStep, rules *Rules) {
 	set := func(op, table, v string) {
 		b.op(op, table, v)
 		b.keys = append(b.keys, b.ks.SnapshotProgress())
 	}
 	for _, table := range s.Start {
 		set("HA", table, "at:")
+		set("HA", rulesField+table, rules.Fingerprint(table))
 	}
 	if len(s.Start) > 0 { // a resync is over once its snapshot begins
 		b.runOp("D", 1)

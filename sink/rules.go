@@ -2,7 +2,10 @@ package sink
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"sort"
@@ -75,6 +78,7 @@ type Condition struct {
 
 // rule is a compiled RuleConfig.
 type rule struct {
+	cfg    RuleConfig
 	name   string // for metrics and errors: "schema.table/kind:key" ("member-remove" for op remove)
 	kind   string
 	table  string // lower-case schema.table
@@ -120,7 +124,7 @@ func compileRule(c RuleConfig) (*rule, error) {
 	if len(parts) != 2 || parts[0] == "" || parts[1] == "" {
 		return nil, fmt.Errorf("table %q: want schema.table", c.Table)
 	}
-	r := &rule{kind: c.Kind, table: strings.ToLower(c.Table), versioned: c.Versioned}
+	r := &rule{cfg: c, kind: c.Kind, table: strings.ToLower(c.Table), versioned: c.Versioned}
 	var err error
 	tmpl := func(field, s string) *Template {
 		if err != nil {
@@ -264,6 +268,26 @@ func (r *rule) columns() []string {
 		cols = append(cols, r.when.Column)
 	}
 	return cols
+}
+
+// Fingerprint identifies what table's stateful rules write, so that a
+// change of them since its snapshot is noticed (see SnapshotProgress):
+// a hash of the rules in any order, without what does not change the
+// keys' contents (versioned).
+func (rs *Rules) Fingerprint(table string) string {
+	var parts []string
+	for _, r := range rs.byTable[table] {
+		if r.kind == KindInvalidate {
+			continue
+		}
+		c := r.cfg
+		c.Table, c.Versioned = strings.ToLower(c.Table), false
+		j, _ := json.Marshal(c) // plain strings and slices: cannot fail
+		parts = append(parts, string(j))
+	}
+	sort.Strings(parts)
+	sum := sha256.Sum256([]byte(strings.Join(parts, "\n")))
+	return hex.EncodeToString(sum[:8])
 }
 
 // Tables lists the ruled tables as "schema.table" (lower case).

@@ -323,8 +323,8 @@ func (m *memRun) snapshot(r *memRow) error {
 	r.size = fmt.Sprintf("%d + %d rows", m.o.rows, steadyRows)
 	err := m.waitFor(ctx, "the snapshot", func() bool {
 		h := m.rdb.HGetAll(ctx, "cachesync:snapshot:progress").Val()
-		for _, v := range h {
-			if v != "done" {
+		for f, v := range h {
+			if v != "done" && !strings.HasPrefix(f, "rules:") { // rules: the rules' fingerprint
 				return false
 			}
 		}

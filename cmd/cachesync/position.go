@@ -114,6 +114,10 @@ func positionShow(c *command, o *stdio, cfg *config.Config) int {
 	if err != nil {
 		return fail(err)
 	}
+	changed, err := a.RulesChanged(ctx)
+	if err != nil {
+		return fail(err)
+	}
 	resync, err := a.ResyncPending(ctx)
 	if err != nil {
 		return fail(err)
@@ -170,6 +174,9 @@ func positionShow(c *command, o *stdio, cfg *config.Config) int {
 				line(label, "%s: in progress, after key %s", t, pending[t])
 			}
 		}
+	}
+	if ok && len(changed) > 0 {
+		line("rules changed", "%s: not the rules of the last snapshot; the next leader to start snapshots them again", strings.Join(changed, ", "))
 	}
 	if resync {
 		line("resync", "pending (%s): the next leader deletes the keys the rules own and snapshots them", ks.Resync())
