@@ -30,7 +30,8 @@ type Config struct {
 	// Account is the sale's own MySQL account (optional; see Account).
 	Account Account `yaml:"mysql"`
 	// ProduceTimeout bounds the wait for Kafka to acknowledge an order;
-	// past it the reservation is released and the client gets 503.
+	// past it the order is fenced in MySQL and the client gets 503 (202
+	// if the fence finds the order stored after all).
 	ProduceTimeout time.Duration `yaml:"produce_timeout"`
 	// UnpaidTimeout is how long a created order may stay unpaid before
 	// the timeout job cancels it and returns its unit of stock.

@@ -45,7 +45,8 @@ type sender interface {
 }
 
 // Reserver takes reservations: one Lua call in Redis, then the order to
-// Kafka; a failed produce releases the reservation.
+// Kafka; an order Kafka did not acknowledge is fenced in MySQL, and the
+// reservation released only if the fence row was written (notProduced).
 type Reserver struct {
 	cfg      Config
 	rdb      redis.UniversalClient
@@ -132,31 +133,51 @@ func (r *Reserver) Reserve(ctx context.Context, item, user int64) (Reserved, err
 	avail, _ := res[1].(int64)
 	m := message{Order: order, User: user, Item: item, ReservedMS: now.UnixMilli()}
 	body, _ := json.Marshal(m)
+	ok := Reserved{Order: order, Item: item, User: user, Available: avail}
 	if err := r.producer.Send(ctx, m, body); err != nil {
-		r.release(m, err)
-		r.m.reservations.WithLabelValues("produce_failed").Inc()
-		return Reserved{}, fmt.Errorf("%w: kafka: %v", ErrUnavailable, err)
+		return r.notProduced(m, ok, err)
 	}
 	r.m.reservations.WithLabelValues("reserved").Inc()
-	return Reserved{Order: order, Item: item, User: user, Available: avail}, nil
+	return ok, nil
 }
 
-// release undoes a reservation whose order was not acknowledged by Kafka.
-// The order is first fenced in MySQL (a canceled row), so that a message
-// that was written after all is a duplicate when consumed; then the Redis
-// entries go at once instead of waiting for CDC.
-func (r *Reserver) release(m message, cause error) {
+// notProduced settles a reservation whose order Kafka did not acknowledge
+// (an error, a timeout, the client gone): the message may have been
+// written all the same, and even consumed. The order is fenced in MySQL
+// first (a canceled row, so a message consumed later is a duplicate), and
+// what happens to the reservation depends on the fence:
+//   - the fence row was written: the order can never be created, so the
+//     Redis entries go at once (CDC of the row would remove them a moment
+//     later); ErrUnavailable (503).
+//   - a row exists: the message was consumed meanwhile and the order is
+//     stored. The reservation is left to CDC, as for any stored order, and
+//     the answer is the reservation (202).
+//   - the fence failed: nothing is released, since a message written after
+//     all could still become an order; the orphan reaper fences the entry
+//     after OrphanAge if none does. ErrUnavailable (503).
+//
+// The 503s are not logged here: the error says what happened and the
+// HTTP handler logs it, once.
+func (r *Reserver) notProduced(m message, ok Reserved, cause error) (Reserved, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	log := r.log.Warn().Err(cause).Str("order", m.Order)
-	if _, err := r.store.Fence(ctx, m.order(), "not accepted by kafka"); err != nil {
-		log = log.AnErr("fence", err) // the orphan reaper fences it later
+	fenced, err := r.store.Fence(ctx, m.order(), "not accepted by kafka")
+	switch {
+	case err != nil:
+		r.m.reservations.WithLabelValues("produce_failed").Inc()
+		return Reserved{}, fmt.Errorf("%w: kafka: %v; order %s not fenced, reservation kept for the orphan reaper: %v", ErrUnavailable, cause, m.Order, err)
+	case !fenced:
+		r.m.reservations.WithLabelValues("reserved").Inc()
+		r.log.Warn().Err(cause).Str("order", m.Order).Int64("item", m.Item).Int64("user", m.User).
+			Msg("order not acknowledged by kafka but already stored; reservation kept, answered 202")
+		return ok, nil
 	}
+	r.m.reservations.WithLabelValues("produce_failed").Inc()
 	k := KeysFor(r.cfg.KeyPrefix, m.Item)
 	if err := releaseScript.Run(ctx, r.rdb, []string{k.Pending, k.Buyers}, m.User, m.Order).Err(); err != nil {
-		log = log.AnErr("release", err) // CDC of the fence row releases it
+		return Reserved{}, fmt.Errorf("%w: kafka: %v; order %s fenced, its release left to CDC: %v", ErrUnavailable, cause, m.Order, err)
 	}
-	log.Msg("order not produced; reservation released")
+	return Reserved{}, fmt.Errorf("%w: kafka: %v; order %s fenced and released", ErrUnavailable, cause, m.Order)
 }
 
 // soldOut remembers items Redis called sold out, so their requests are
