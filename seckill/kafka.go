@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+	"github.com/sony/gobreaker/v2"
 	"github.com/xdg-go/scram"
 )
 
@@ -72,7 +73,23 @@ type Producer struct {
 	topic   string
 	timeout time.Duration
 	done    chan struct{}
+	// cb opens after breakerTrip failed sends in a row: while open, Send
+	// and Available answer ErrKafkaDown at once, instead of every request
+	// reserving a unit and waiting out the timeout; after breakerOpen one
+	// send probes Kafka again.
+	cb *gobreaker.CircuitBreaker[struct{}]
 }
+
+// The producer's circuit breaker: opened by breakerTrip failures in a
+// row, for breakerOpen before a send probes again.
+const (
+	breakerTrip = 3
+	breakerOpen = 2 * time.Second
+)
+
+// ErrKafkaDown: the last sends all failed; reservations are refused (503)
+// without touching Redis until a probe succeeds.
+var ErrKafkaDown = errors.New("kafka is failing: orders are not accepted for now")
 
 type pending struct{ ch chan error }
 
@@ -99,6 +116,14 @@ func NewProducer(k Kafka, timeout time.Duration) (*Producer, error) {
 		return nil, fmt.Errorf("kafka producer %v: %w", k.Brokers, err)
 	}
 	p := &Producer{ap: ap, topic: k.Topic, timeout: timeout, done: make(chan struct{})}
+	p.cb = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        "kafka-producer",
+		MaxRequests: 1,
+		Timeout:     breakerOpen,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= breakerTrip },
+		// A client that went away says nothing about Kafka.
+		IsSuccessful: func(err error) bool { return err == nil || errors.Is(err, context.Canceled) },
+	})
 	go p.results()
 	return p, nil
 }
@@ -128,8 +153,27 @@ func (p *Producer) results() {
 // still be written later; callers fence the order.
 var ErrProduceTimeout = errors.New("kafka did not acknowledge the order in time")
 
-// Send produces m and waits for its acknowledgement.
+// Send produces m and waits for its acknowledgement; ErrKafkaDown while
+// the breaker is open.
 func (p *Producer) Send(ctx context.Context, m message, body []byte) error {
+	_, err := p.cb.Execute(func() (struct{}, error) { return struct{}{}, p.send(ctx, m, body) })
+	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+		return ErrKafkaDown
+	}
+	return err
+}
+
+// Available is ErrKafkaDown while the breaker is open (the last sends
+// failed), else nil: a reservation checks it before reserving, and
+// /readyz reports it.
+func (p *Producer) Available() error {
+	if p.cb.State() == gobreaker.StateOpen {
+		return ErrKafkaDown
+	}
+	return nil
+}
+
+func (p *Producer) send(ctx context.Context, m message, body []byte) error {
 	ch := make(chan error, 1)
 	msg := &sarama.ProducerMessage{
 		Topic:    p.topic,

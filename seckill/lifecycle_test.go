@@ -248,3 +248,51 @@ func wantErrorBody(t *testing.T, r reply) {
 		}
 	}
 }
+
+// TestKafkaBreaker: with Kafka down, the first reservations each wait for
+// their produce to fail (503, fenced, released); after three of them (the breaker's trip)
+// the breaker opens and the next ones are refused at once, reserving
+// nothing, and /readyz reports kafka failing.
+func TestKafkaBreaker(t *testing.T) {
+	const trip = 3 // seckill's breakerTrip
+	s := newStack(t)
+	d := s.start("")
+	s.addItem(7, 100)
+	s.kafka.Close()
+	ctx := context.Background()
+	for u := int64(1); u <= trip; u++ {
+		if r, err := d.reserve(7, u); err != nil || r.Status != 503 {
+			t.Fatalf("reservation %d with Kafka down: %v %+v", u, err, r)
+		}
+	}
+	start := time.Now()
+	for u := int64(100); u < 110; u++ {
+		if r, err := d.reserve(7, u); err != nil || r.Status != 503 {
+			t.Fatalf("reservation with the breaker open: %v %+v", err, r)
+		}
+	}
+	// The produce timeout is 1 s: ten waits would take 10 s.
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("10 reservations with the breaker open took %v", took)
+	}
+	if got := metric(t, d, `cachesync_seckill_reservations_total{result="kafka_down"}`); got < 1 {
+		t.Errorf("kafka_down = %v, want the refusals counted", got)
+	}
+	if n := s.rdb.ZCard(ctx, "sk:{7}:pending").Val(); n != 0 {
+		t.Errorf("pending has %d entries", n)
+	}
+	if n := s.int("SELECT COUNT(*) FROM sk_orders WHERE item_id = 7"); n > trip+1 {
+		t.Errorf("%d fenced orders, want at most %d: refused reservations reserve nothing", n, trip+1)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, err := call("GET", d.admin+"/readyz", "")
+		if err == nil && r.Status == 503 && strings.Contains(r.Raw, "kafka") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz did not report kafka failing: %v %+v", err, r)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

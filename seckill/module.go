@@ -129,6 +129,7 @@ func start(p Params) error {
 			return err
 		}
 		p.Lifecycle.Append(fx.StopHook(prod.Close))
+		p.Health.Register("kafka", func(context.Context) error { return prod.Available() })
 		so := newSoldOut(cfg.KeyPrefix, p.Cache.Live)
 		p.Cache.Listen(so.invalidated)
 		res := &Reserver{cfg: cfg, rdb: p.Redis, producer: prod, store: store, soldOut: so, m: m,

@@ -42,6 +42,8 @@ type Reserved struct {
 // sender is what Reserver needs from Kafka.
 type sender interface {
 	Send(ctx context.Context, m message, body []byte) error
+	// Available is an error while sends are known to fail (a breaker).
+	Available() error
 }
 
 // Reserver takes reservations: one Lua call in Redis, then the order to
@@ -78,6 +80,10 @@ func (r *Reserver) Reserve(ctx context.Context, item, user int64) (Reserved, err
 	if r.soldOut.has(item) {
 		r.m.reservations.WithLabelValues("sold_out_local").Inc()
 		return Reserved{}, ErrSoldOut
+	}
+	if err := r.producer.Available(); err != nil { // nothing reserved, nothing to release
+		r.m.reservations.WithLabelValues("kafka_down").Inc()
+		return Reserved{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	id, err := uuid.NewV7()
 	if err != nil {
