@@ -239,7 +239,7 @@ func TestCrashSafety(t *testing.T) {
 }
 
 // TestKillDuringSnapshot kills the daemon (kill -9) 20 times while its
-// first snapshot of 30k rows runs in chunks, changing rows between kills
+// first snapshot of 60k rows runs in chunks, changing rows between kills
 // (deleting rows, moving rows out of member sets and changing primary keys
 // of rows the snapshot already wrote). Every restart resumes after the
 // last chunk in Redis, never from zero; the snapshot converges; /readyz,
@@ -249,7 +249,7 @@ func TestKillDuringSnapshot(t *testing.T) {
 	if testing.Short() {
 		t.Skip("kill -9 test: skipped in -short mode")
 	}
-	const rows, kills = 30_000, 20
+	const rows, kills = 60_000, 20
 	e := newCrashEnv(t, 100) // small chunks: the snapshot takes many calls
 	ctx := context.Background()
 	preloadSimple(t, e.db, rows)
