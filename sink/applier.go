@@ -347,15 +347,12 @@ func (a *Applier) verify(ctx context.Context, guard, expect string) error {
 		switch {
 		case errors.Is(err, redis.Nil):
 			return a.refused(ErrRedisReset, "checkpoint missing")
-		case err != nil || stored == expect:
+		case err != nil:
 			return nil
 		}
-		s, _ := strconv.ParseUint(stored, 10, 64)
-		e, _ := strconv.ParseUint(expect, 10, 64)
-		if s < e {
-			return a.refused(ErrRewind, "checkpoint "+stored+" is older than "+expect+", which this writer applied")
+		if r := compareCheckpoint(stored, expect); r != "" {
+			return a.refusal(r)
 		}
-		return a.refused(ErrConflict, "checkpoint "+stored+" is newer than "+expect)
 	case guardJournal:
 		n, err := a.rdb.Exists(ctx, a.ks.Snapshot()).Result()
 		if err == nil && n == 0 {
@@ -374,6 +371,17 @@ func (a *Applier) refused(err error, detail string) error {
 		}
 	}
 	return fmt.Errorf("%w: %s", err, detail)
+}
+
+// refusal is the refusal (counted, see refused) that the apply script's
+// answer text is, or nil for any other answer.
+func (a *Applier) refusal(text string) error {
+	for _, r := range refusals {
+		if msg, ok := strings.CutPrefix(text, r.prefix); ok {
+			return a.refused(r.err, msg)
+		}
+	}
+	return nil
 }
 
 // refusals are the apply script's answers that no retry can cure, by error
@@ -412,11 +420,9 @@ func (a *Applier) apply(ctx context.Context, b *batch, guard, expect, stored str
 			a.done(b, seq, time.Since(start))
 			return nil
 		}
-		for _, r := range refusals {
-			if msg, ok := strings.CutPrefix(err.Error(), r.prefix); ok {
-				a.healthy.Store(true) // Redis answers; the caller decides
-				return backoff.Permanent(a.refused(r.err, msg))
-			}
+		if err := a.refusal(err.Error()); err != nil {
+			a.healthy.Store(true) // Redis answers; the caller decides
+			return backoff.Permanent(err)
 		}
 		if a.failure(err) {
 			return backoff.Permanent(fmt.Errorf("%w: %v%s; nothing after the stored checkpoint %s counts as applied: fix the cause and restart, the daemon replays from there", ErrScript, err, a.culprit(b, err), stored))
@@ -579,22 +585,35 @@ func checkDirect(ctx context.Context, tx *redis.Tx, cp string, b *batch, script 
 	if errors.Is(err, redis.Nil) {
 		return errors.New("CSRESET checkpoint missing: Redis lost its data")
 	}
-	if v != expect {
-		s, _ := strconv.ParseUint(v, 10, 64)
-		e, _ := strconv.ParseUint(expect, 10, 64)
-		if s < e {
-			return fmt.Errorf("CSREWIND checkpoint %s is older than %s, which this writer applied", v, expect)
-		}
+	moved := compareCheckpoint(v, expect)
+	if strings.HasPrefix(moved, "CSREWIND ") { // the script's order: rewind, fence, conflict
+		return errors.New(moved)
 	}
 	if holder != nil {
 		if h := holder.Val(); h != fence {
 			return fmt.Errorf("CSFENCED lease %s is held by %q, not %q", b.fence.Key, h, fence)
 		}
 	}
-	if v != expect {
-		return fmt.Errorf("CSCONFLICT checkpoint %s is newer than %s: another writer moved it", v, expect)
+	if moved != "" {
+		return errors.New(moved)
 	}
 	return nil
+}
+
+// compareCheckpoint compares the stored checkpoint version with the one
+// this writer expects, as apply.lua does: "" when equal, else its answer,
+// CSREWIND (older: Redis went back in time) or CSCONFLICT (newer: another
+// writer moved it).
+func compareCheckpoint(stored, expect string) string {
+	if stored == expect {
+		return ""
+	}
+	s, _ := strconv.ParseUint(stored, 10, 64)
+	e, _ := strconv.ParseUint(expect, 10, 64)
+	if s < e {
+		return "CSREWIND checkpoint " + stored + " is older than " + expect + ", which this writer applied"
+	}
+	return "CSCONFLICT checkpoint " + stored + " is newer than " + expect + ": another writer moved it"
 }
 
 func (a *Applier) done(b *batch, seq int64, took time.Duration) {
