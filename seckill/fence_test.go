@@ -13,7 +13,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
-	"go.uber.org/fx"
 )
 
 // The produce-failure path: Kafka did not acknowledge an order, so the
@@ -104,9 +103,7 @@ func loggedOnce(t *testing.T, logs *testenv.LogBuffer, order, requestID string) 
 func TestProduceTimeoutLateMessage(t *testing.T) {
 	s := newStack(t)
 	var logs testenv.LogBuffer
-	d := s.startWith("", fx.Decorate(func(l zerolog.Logger) zerolog.Logger {
-		return zerolog.New(&logs).Level(zerolog.WarnLevel)
-	}))
+	d := s.startWith("", logTo(&logs, zerolog.WarnLevel))
 	s.addItem(21, 5)
 	fenced := func() bool {
 		return s.int("SELECT COUNT(*) FROM sk_orders WHERE item_id = 21 AND status = 'canceled'") == 1
@@ -154,9 +151,7 @@ func TestProduceTimeoutLateMessage(t *testing.T) {
 func TestProduceFailedOrderStored(t *testing.T) {
 	s := newStack(t)
 	var logs testenv.LogBuffer
-	d := s.startWith("produce_timeout: 10s", fx.Decorate(func(l zerolog.Logger) zerolog.Logger {
-		return zerolog.New(&logs).Level(zerolog.WarnLevel)
-	}))
+	d := s.startWith("produce_timeout: 10s", logTo(&logs, zerolog.WarnLevel))
 	s.addItem(22, 5)
 	s.kafka.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "cachesync.orders", Err: kerr.RequestTimedOut, Count: -1})
 	// The first attempt is written; its retries wait for the order row,
@@ -204,9 +199,7 @@ func TestProduceFailedOrderStored(t *testing.T) {
 func TestProduceFailedFenceFailed(t *testing.T) {
 	s := newStack(t)
 	var logs testenv.LogBuffer
-	d := s.startWith("orphan_age: 5s", fx.Decorate(func(l zerolog.Logger) zerolog.Logger {
-		return zerolog.New(&logs).Level(zerolog.WarnLevel)
-	}))
+	d := s.startWith("orphan_age: 5s", logTo(&logs, zerolog.WarnLevel))
 	s.addItem(23, 5)
 	s.exec(`CREATE TRIGGER fence_fails BEFORE INSERT ON sk_orders FOR EACH ROW
 		IF NEW.status = 'canceled' AND NEW.reason = 'not accepted by kafka' THEN

@@ -19,7 +19,6 @@ import (
 	"github.com/cachesync/cachesync/seckill/auth"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/rs/zerolog"
-	"go.uber.org/fx"
 )
 
 // TestOrdersOwnerOnly: an order is shown and paid only for the user who
@@ -372,7 +371,7 @@ func monitor(t *testing.T, addr string) func() []string {
 func TestErrorBodiesGeneric(t *testing.T) {
 	s := newStack(t)
 	var logs testenv.LogBuffer
-	d := s.startWith("", fx.Decorate(func(l zerolog.Logger) zerolog.Logger { return zerolog.New(&logs).Level(zerolog.WarnLevel) }))
+	d := s.startWith("", logTo(&logs, zerolog.WarnLevel))
 	s.addItem(12, 10)
 	r, err := d.reserve(12, 1)
 	if err != nil || r.Status != 202 {

@@ -10,7 +10,6 @@ import (
 
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/rs/zerolog"
-	"go.uber.org/fx"
 )
 
 // TestRebuildsBounded inserts 20 items in one statement: the jobs role
@@ -23,7 +22,7 @@ func TestRebuildsBounded(t *testing.T) {
 	const items = 20
 	s := newStack(t)
 	var logs testenv.LogBuffer
-	s.startWith("", fx.Decorate(func(l zerolog.Logger) zerolog.Logger { return zerolog.New(&logs).Level(zerolog.InfoLevel) }))
+	s.startWith("", logTo(&logs, zerolog.InfoLevel))
 	var values []string
 	var args []any
 	for id := 1; id <= items; id++ {

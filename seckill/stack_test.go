@@ -20,6 +20,7 @@ import (
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/seckill/auth"
 	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxevent"
@@ -36,6 +37,11 @@ const saleRules = `
     - {table: shop.sk_orders, kind: member, key: "sk:{{{item_id}}}:buyers", member: "{user_id}", value: "{order_id}", when: {column: status, in: [created, paid]}}
     - {table: shop.sk_orders, kind: member, op: remove, key: "sk:{{{item_id}}}:buyers", member: "{user_id}", value: "{order_id}", when: {column: status, in: [canceled, failed]}}
 `
+
+// logTo sends a daemon's log, from level up, to buf.
+func logTo(buf *testenv.LogBuffer, level zerolog.Level) fx.Option {
+	return fx.Decorate(func(zerolog.Logger) zerolog.Logger { return zerolog.New(buf).Level(level) })
+}
 
 // stack is a private MariaDB, Redis and Kafka-protocol broker with the
 // sale's schema; daemons are started on it in process or as children.

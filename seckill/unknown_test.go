@@ -11,7 +11,6 @@ import (
 
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/rs/zerolog"
-	"go.uber.org/fx"
 )
 
 // knownSetTrusted waits until the daemon can trust its known-items set:
@@ -56,9 +55,7 @@ func TestUnknownItems(t *testing.T) {
 	)
 	s := newStack(t)
 	var logs testenv.LogBuffer
-	d := s.startWith("produce_timeout: 10s", fx.Decorate(func(l zerolog.Logger) zerolog.Logger {
-		return zerolog.New(&logs).Level(zerolog.WarnLevel)
-	}))
+	d := s.startWith("produce_timeout: 10s", logTo(&logs, zerolog.WarnLevel))
 	// Two real items, rebuilt together (each rebuild waits 10 s); item 2
 	// is deleted below.
 	ctx := context.Background()
