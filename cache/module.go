@@ -4,7 +4,6 @@ import (
 	"context"
 
 	"github.com/cachesync/cachesync/api"
-	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/sink"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
@@ -15,7 +14,7 @@ import (
 // Module provides the read path and runs its invalidation subscriber.
 var Module = fx.Module("cache",
 	fx.Provide(func(cfg Config, sc sink.Config, rdb redis.UniversalClient, log zerolog.Logger, reg prometheus.Registerer, h *api.Health, lc fx.Lifecycle) (*Cache, error) {
-		c, err := New(cfg, rdb, keyspace.Keyspace{Prefix: sc.KeyPrefix}, sc.Channel, log.With().Str("component", "cache").Logger(), reg)
+		c, err := New(cfg, rdb, sc.Keyspace(), sc.Channel, log.With().Str("component", "cache").Logger(), reg)
 		if err != nil {
 			return nil, err
 		}

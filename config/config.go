@@ -225,6 +225,10 @@ func (c *Config) SetDefaults() {
 		c.Seckill.VersionStock(c.Sink.Rules)
 	}
 	c.Redis.SetDefaults()
+	c.Sink.Cluster = c.Redis.Mode == RedisCluster
+	if c.Sink.Cluster && c.Sink.Source == "" {
+		c.Sink.Source = "main"
+	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}

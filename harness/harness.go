@@ -30,7 +30,6 @@ import (
 
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/cache"
-	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/leader"
 	"github.com/cachesync/cachesync/pipeline"
 	"github.com/cachesync/cachesync/sink"
@@ -250,7 +249,7 @@ func (r *run) startCDC(ctx context.Context, bg *sync.WaitGroup) error {
 	if r.s == CDCLease {
 		cc := cache.Config{}
 		cc.SetDefaults()
-		c, err := cache.New(cc, r.env.Redis, keyspace.Keyspace{Prefix: sc.KeyPrefix}, sc.Channel, zerolog.Nop(), prometheus.NewRegistry())
+		c, err := cache.New(cc, r.env.Redis, sc.Keyspace(), sc.Channel, zerolog.Nop(), prometheus.NewRegistry())
 		if err != nil {
 			return err
 		}

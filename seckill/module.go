@@ -11,7 +11,6 @@ import (
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/cache"
 	"github.com/cachesync/cachesync/internal/tlsconf"
-	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/leader"
 	"github.com/cachesync/cachesync/seckill/auth"
 	"github.com/cachesync/cachesync/sink"
@@ -103,7 +102,7 @@ func start(p Params) error {
 	}); err != nil {
 		return err
 	}
-	ks := keyspace.Keyspace{Prefix: p.Sink.KeyPrefix}
+	ks := p.Sink.Keyspace()
 	var (
 		waits []<-chan struct{}
 		stop  context.CancelFunc = func() {}

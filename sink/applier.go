@@ -111,22 +111,15 @@ type Applier struct {
 	snapDone atomic.Int64
 	// Retry is the back-off between failed script calls (for tests).
 	newBackOff func() backoff.BackOff
+	cs         *clusterState // on a Redis Cluster: see applySlots
 }
 
-// ErrCluster is NewApplier's answer to a Redis Cluster client. A batch's
-// script call writes the keys of all its rows, the checkpoint, the seq
-// counter and the lease check together, and a cluster refuses a script
-// whose keys are in several hash slots (CROSSSLOT), so the sink cannot
-// apply anything there until it applies per slot (issue 11). Refusing at
-// construction stops `run`, `validate`, `snapshot` and `position` before
-// they touch the cluster.
-var ErrCluster = errors.New("redis.mode cluster: the CDC sink does not support Redis Cluster yet (issue 11)")
-
-// NewApplier compiles the rules of cfg (already validated). It refuses a
-// *redis.ClusterClient with ErrCluster.
+// NewApplier compiles the rules of cfg (already validated). A
+// *redis.ClusterClient needs cfg.Cluster, and cfg.Cluster needs one.
 func NewApplier(cfg Config, rdb redis.UniversalClient, log zerolog.Logger, reg prometheus.Registerer) (*Applier, error) {
-	if _, ok := rdb.(*redis.ClusterClient); ok {
-		return nil, ErrCluster
+	cc, cluster := rdb.(*redis.ClusterClient)
+	if cluster != cfg.Cluster {
+		return nil, fmt.Errorf("sink: a Redis Cluster client needs the cluster keyspace and only it (client is a cluster: %v, sink.Cluster: %v)", cluster, cfg.Cluster)
 	}
 	rules, err := CompileRules(cfg.Rules)
 	if err != nil {
@@ -134,7 +127,7 @@ func NewApplier(cfg Config, rdb redis.UniversalClient, log zerolog.Logger, reg p
 	}
 	a := &Applier{
 		cfg:    cfg,
-		ks:     keyspace.Keyspace{Prefix: cfg.KeyPrefix},
+		ks:     cfg.Keyspace(),
 		rules:  rules,
 		rdb:    rdb,
 		log:    log,
@@ -147,6 +140,9 @@ func NewApplier(cfg Config, rdb redis.UniversalClient, log zerolog.Logger, reg p
 			bo.MaxInterval = 5 * time.Second
 			return bo
 		},
+	}
+	if cluster {
+		a.cs = newClusterState(cc)
 	}
 	a.healthy.Store(true)
 	return a, nil
@@ -212,6 +208,9 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, r Resume) erro
 	}
 	idle := time.NewTicker(time.Second)
 	defer idle.Stop()
+	if a.cs != nil {
+		clear(a.cs.marks)
+	}
 	// next is a TRUNCATE read while filling a batch: it starts the next
 	// one, alone, so that the rows before it are in Redis first.
 	var next *binlog.Txn
@@ -227,6 +226,11 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, r Resume) erro
 			case <-ctx.Done():
 				return nil
 			case <-idle.C:
+				if a.cs != nil {
+					if err := a.watchSlots(ctx, r.Fence, expect); err != nil {
+						return err
+					}
+				}
 				if len(in) == 0 {
 					a.m.lag.Set(0) // nothing queued: caught up
 					if err := a.verify(ctx, guard, expect); err != nil {
@@ -266,8 +270,14 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, r Resume) erro
 				return err
 			}
 		}
-		if err := a.apply(ctx, b, guard, expect, stored); err != nil {
-			return err
+		if err := a.apply(ctx, b, guard, expect, stored); err != nil || ctx.Err() != nil {
+			return err // nil when ctx is done: the batch may not be applied
+		}
+		if b.cp != nil && guard != guardCheckpoint && a.cs != nil {
+			fields := func(e *zerolog.Event) *zerolog.Event { return e }
+			if err := a.retry(ctx, "deleting the slots' snapshot journals failed; retrying", fields, func() error { return a.dropSlotJournals(ctx) }); err != nil {
+				return err
+			}
 		}
 		if b.cp != nil {
 			guard, expect = guardCheckpoint, b.cpVersion()
@@ -384,6 +394,17 @@ func (a *Applier) refusal(text string) error {
 	return nil
 }
 
+// isRefusal reports whether err is one of refusals' errors (already
+// counted).
+func isRefusal(err error) bool {
+	for _, r := range refusals {
+		if errors.Is(err, r.err) {
+			return true
+		}
+	}
+	return false
+}
+
 // refusals are the apply script's answers that no retry can cure, by error
 // prefix, with their kind in cachesync_sink_errors_total.
 var refusals = []struct {
@@ -420,8 +441,12 @@ func (a *Applier) apply(ctx context.Context, b *batch, guard, expect, stored str
 			a.done(b, seq, time.Since(start))
 			return nil
 		}
-		if err := a.refusal(err.Error()); err != nil {
+		if isRefusal(err) {
 			a.healthy.Store(true) // Redis answers; the caller decides
+			return backoff.Permanent(err)
+		}
+		if err := a.refusal(err.Error()); err != nil {
+			a.healthy.Store(true)
 			return backoff.Permanent(err)
 		}
 		if a.failure(err) {
@@ -493,6 +518,26 @@ func (a *Applier) DiscardUnfinishedSnapshot(ctx context.Context) (int, error) {
 			break
 		}
 	}
+	if a.cs != nil { // the journals of the other slots
+		err := a.slotJournals(ctx, func(c *redis.Client, journal string) error {
+			iter := c.SScan(ctx, journal, 0, "", 1000).Iterator()
+			for iter.Next(ctx) {
+				if k := iter.Val(); k != "" {
+					if err := c.Del(ctx, k, a.ks.Version(k)).Err(); err != nil {
+						return err
+					}
+					n++
+				}
+			}
+			if err := iter.Err(); err != nil {
+				return err
+			}
+			return c.Del(ctx, journal).Err()
+		})
+		if err != nil {
+			return n, fmt.Errorf("delete keys of an unfinished snapshot: %w", err)
+		}
+	}
 	if err := a.rdb.Del(ctx, journal).Err(); err != nil {
 		return n, fmt.Errorf("delete snapshot journal: %w", err)
 	}
@@ -502,6 +547,9 @@ func (a *Applier) DiscardUnfinishedSnapshot(ctx context.Context) (int, error) {
 // call runs the batch once: its script, and with b.direct the writes
 // beside it (applyDirect). It returns the seq the script published.
 func (a *Applier) call(ctx context.Context, b *batch) (int64, error) {
+	if a.cs != nil {
+		return a.applySlots(ctx, b)
+	}
 	if !b.direct {
 		return a.script.Run(ctx, a.rdb, b.keys, b.args...).Int64()
 	}

@@ -76,6 +76,7 @@ end
 if stored and stored ~= ARGV[11] then
   return redis.error_reply('CSCONFLICT checkpoint ' .. stored .. ' is newer than ' .. ARGV[11] .. ': another writer moved it')
 end
+-- ops: shared with slot.lua (everything up to "end of ops")
 local n = #ARGV
 local types = {} -- key of a member op -> what it holds at this point of the batch
 local function typeof(key)
@@ -229,6 +230,7 @@ while i <= n do
     i, k = i + 3, k + 1
   end
 end
+-- end of ops
 if ARGV[2] == '1' then
   redis.call('HSET', KEYS[1], 'file', ARGV[3], 'pos', ARGV[4], 'version', ARGV[5], 'gtid', ARGV[6], 'commit_us', ARGV[7])
   if journal then

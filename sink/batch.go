@@ -42,6 +42,14 @@ type batch struct {
 	mset   []any
 	dels   []string
 	hsets  []hashWrite
+	// On a Redis Cluster (see Applier.applySlots), the batch's ops on keys
+	// outside the slot of the source's own keys (ctlSlot) go in one
+	// sub-batch per slot; the batch itself holds the rest, the checkpoint
+	// and the message. Nil slots: a standalone Redis, everything here.
+	slots   map[int]*batch
+	ctlSlot int
+	spare   []*batch // sub-batches of earlier batches, for reuse
+	slot    int      // of a sub-batch: its slot
 }
 
 // hashWrite is an unversioned hash write sent beside the script.
@@ -72,13 +80,50 @@ func newBatch(ks keyspace.Keyspace, fence Fence) *batch {
 	if fence.Key == "" { // unfenced: KEYS[4] is never read
 		fence.Key = ks.Checkpoint()
 	}
-	b := &batch{ks: ks, fence: fence, pub: make(map[string]struct{}), last: make(map[string]write)}
+	b := &batch{ks: ks, fence: fence, pub: make(map[string]struct{}), last: make(map[string]write), slot: -1}
+	if ks.Cluster {
+		b.slots = make(map[int]*batch)
+		b.ctlSlot = keyspace.Slot(ks.Checkpoint())
+	}
 	b.reset()
 	return b
 }
 
+// at is the batch that takes the ops on key k: b itself, or on a cluster
+// the sub-batch of k's slot.
+func (b *batch) at(k string) *batch {
+	if b.slots == nil {
+		return b
+	}
+	s := keyspace.Slot(k)
+	if s == b.ctlSlot {
+		return b
+	}
+	sub := b.slots[s]
+	if sub == nil {
+		if n := len(b.spare); n > 0 {
+			sub, b.spare = b.spare[n-1], b.spare[:n-1]
+		} else {
+			sub = &batch{ks: b.ks, last: make(map[string]write)}
+		}
+		sub.slot = s
+		sub.reset()
+		b.slots[s] = sub
+	}
+	return sub
+}
+
 func (b *batch) reset() {
-	b.keys = append(b.keys[:0], b.ks.Checkpoint(), b.ks.Seq(), b.ks.Snapshot(), b.fence.Key)
+	if b.slot >= 0 { // a sub-batch: KEYS[1..4] of slot.lua
+		rec := b.ks.SlotRecord(b.slot)
+		b.keys = append(b.keys[:0], rec, rec, b.ks.SlotJournal(b.slot), rec)
+	} else {
+		b.keys = append(b.keys[:0], b.ks.Checkpoint(), b.ks.Seq(), b.ks.Snapshot(), b.fence.Key)
+	}
+	for _, sub := range b.slots {
+		b.spare = append(b.spare, sub)
+	}
+	clear(b.slots)
 	clear(b.pub)
 	b.pubList = b.pubList[:0]
 	b.args = append(b.args[:0], make([]any, header)...)
@@ -129,7 +174,6 @@ func (b *batch) put(k string, w write) {
 		b.lastOrder = append(b.lastOrder, k)
 	}
 	b.last[k] = w
-	b.announce(k)
 }
 
 // settle emits k's pending unversioned write, if any, before an op of
@@ -183,67 +227,75 @@ func (b *batch) flushWrites(direct bool) {
 	b.lastOrder = b.lastOrder[:0]
 }
 
+// The row ops below go to the batch of their key's slot (at); the key is
+// announced in the batch's one message.
+
 func (b *batch) invalidate(k string) {
-	b.settle(k)
-	b.runOp("D", 1)
-	b.keys = append(b.keys, k, b.ks.Lease(k))
 	b.announce(k)
+	s := b.at(k)
+	s.settle(k)
+	s.runOp("D", 1)
+	s.keys = append(s.keys, k, b.ks.Lease(k))
 }
 
 // set stores val at k; a nil ver stores it unversioned (see
 // RuleConfig.Versioned).
 func (b *batch) set(k string, ver any, val string) {
+	b.announce(k)
+	s := b.at(k)
 	if ver == nil {
-		b.put(k, write{kind: 'M', val: val})
+		s.put(k, write{kind: 'M', val: val})
 		return
 	}
-	b.settle(k)
-	b.op("S", ver, val)
-	b.keys = append(b.keys, k, b.ks.Version(k))
-	b.announce(k)
+	s.settle(k)
+	s.op("S", ver, val)
+	s.keys = append(s.keys, k, b.ks.Version(k))
 }
 
 // del deletes k; a nil ver leaves no tombstone.
 func (b *batch) del(k string, ver any) {
+	b.announce(k)
+	s := b.at(k)
 	if ver == nil {
-		b.put(k, write{kind: 'Y'})
+		s.put(k, write{kind: 'Y'})
 		return
 	}
-	b.settle(k)
-	b.op("X", ver)
-	b.keys = append(b.keys, k, b.ks.Version(k))
-	b.announce(k)
+	s.settle(k)
+	s.op("X", ver)
+	s.keys = append(s.keys, k, b.ks.Version(k))
 }
 
 // hset stores the hash fields at k; a nil ver stores it unversioned.
 func (b *batch) hset(k string, ver any, fields []any) {
+	b.announce(k)
+	s := b.at(k)
 	if ver == nil {
-		b.put(k, write{kind: 'h', fields: fields})
+		s.put(k, write{kind: 'h', fields: fields})
 		return
 	}
-	b.settle(k)
-	b.op("H", ver, strconv.Itoa(len(fields)/2))
-	b.args = append(b.args, fields...)
-	b.keys = append(b.keys, k, b.ks.Version(k))
-	b.announce(k)
+	s.settle(k)
+	s.op("H", ver, strconv.Itoa(len(fields)/2))
+	s.args = append(s.args, fields...)
+	s.keys = append(s.keys, k, b.ks.Version(k))
 }
 
 // member adds or removes e: "A"/"R" on a set (or sorted set, for "R"),
 // "HA"/"HR" on a hash.
 func (b *batch) member(add bool, e entry) {
-	b.settle(e.key)
+	b.announce(e.key)
+	s := b.at(e.key)
+	s.settle(e.key)
 	switch {
 	case e.hash && add:
-		b.op("HA", e.m, e.v)
+		s.op("HA", e.m, e.v)
 	case e.hash:
-		b.op("HR", e.m, e.v)
+		s.op("HR", e.m, e.v)
 	case add:
-		b.op("A", e.m)
+		s.op("A", e.m)
 	default:
-		b.op("R", e.m)
+		s.op("R", e.m)
 	}
-	b.keys = append(b.keys, e.key)
-	b.announce(e.key)
+	s.keys = append(s.keys, e.key)
 }
 
 // finish fills the header. guard says what must already exist, expect the
@@ -251,7 +303,8 @@ func (b *batch) member(add bool, e entry) {
 // seq this writer published (0: none); see apply.lua.
 func (b *batch) finish(guard, expect string, lastSeq int64, channel string, tombstoneMS int64) {
 	// Only with a checkpoint: before one, the script journals every key.
-	b.flushWrites(guard == guardCheckpoint && len(b.last) >= directMin)
+	// Not on a cluster: the writes beside the script are in its slot only.
+	b.flushWrites(guard == guardCheckpoint && len(b.last) >= directMin && b.slots == nil)
 	// The checkpoint is that of the last complete transaction: a piece of
 	// a split one is never a resume point.
 	b.cp = nil
@@ -290,6 +343,22 @@ func (b *batch) finish(guard, expect string, lastSeq int64, channel string, tomb
 	if len(b.pubList) > 0 {
 		b.buf = appendKeys(b.buf[:0], b.pubList)
 		b.args[9] = string(b.buf)
+	}
+}
+
+// finishSlots fills the headers of the sub-batches (see slot.lua) after
+// finish: token is the writer's fencing token ("0" for none), recorded(s)
+// what it last recorded in slot s ("" for nothing).
+func (b *batch) finishSlots(token string, recorded func(slot int) string) {
+	for slot, sub := range b.slots {
+		sub.flushWrites(false)
+		copy(sub.args[:8], b.args[:8])
+		if sub.args[0] != guardCheckpoint {
+			sub.args[0] = guardJournal
+		}
+		sub.args[8] = token
+		sub.args[9] = recorded(slot)
+		sub.args[10], sub.args[11], sub.args[12] = "", "", ""
 	}
 }
 

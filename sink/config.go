@@ -2,7 +2,10 @@ package sink
 
 import (
 	"fmt"
+	"regexp"
 	"time"
+
+	"github.com/cachesync/cachesync/keyspace"
 )
 
 // Config configures how transactions are applied to Redis.
@@ -10,6 +13,16 @@ type Config struct {
 	// KeyPrefix prefixes cachesync's own keys (versions, leases,
 	// checkpoint, sequence); see package keyspace.
 	KeyPrefix string `yaml:"key_prefix"`
+	// Source names this daemon's binlog source when several MySQL
+	// primaries write one Redis (one daemon each), or on a Redis Cluster
+	// (default "main" there): the source's checkpoint, seq, snapshot and
+	// lease keys carry the hash tag {source} (see package keyspace), so
+	// each source has its own and they share one slot. Empty on a
+	// standalone Redis keeps the untagged names of a single source.
+	Source string `yaml:"source"`
+	// Cluster is set from redis.mode: versions and leases go in their
+	// key's slot, and batches are applied per slot.
+	Cluster bool `yaml:"-"`
 	// Channel is the pub/sub channel of invalidation messages.
 	Channel string `yaml:"channel"`
 	// BatchChanges caps the row changes applied in one script call.
@@ -45,8 +58,19 @@ func (c *Config) SetDefaults() {
 	}
 }
 
+// Keyspace names cachesync's own keys for this configuration.
+func (c *Config) Keyspace() keyspace.Keyspace {
+	return keyspace.Keyspace{Prefix: c.KeyPrefix, Source: c.Source, Cluster: c.Cluster}
+}
+
+// sourceName is what a source name may be: it is a hash tag in key names.
+var sourceName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
+
 // Validate reports the first problem with the configuration.
 func (c *Config) Validate() error {
+	if c.Source != "" && !sourceName.MatchString(c.Source) {
+		return fmt.Errorf("sink.source %q: want 1-64 letters, digits, '_', '.' or '-' (it is a hash tag in key names)", c.Source)
+	}
 	if c.BatchChanges < 1 || c.BatchChanges > 100_000 {
 		return fmt.Errorf("sink.batch_changes %d: want 1..100000", c.BatchChanges)
 	}

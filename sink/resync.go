@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
+	"github.com/cachesync/cachesync/keyspace"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -61,31 +63,27 @@ func (a *Applier) EndResync(ctx context.Context, f Fence) error {
 // scanning the whole keyspace; it returns how many keys it deleted.
 // Interrupted, it is simply called again.
 func (a *Applier) PurgeOwned(ctx context.Context, f Fence) (int, error) {
-	vp, lp := a.ks.Version(""), a.ks.Lease("")
 	total := 0
-	var cursor uint64
-	for {
-		keys, next, err := a.rdb.Scan(ctx, cursor, "", 1000).Result()
-		if err != nil {
-			return total, fmt.Errorf("scan keys: %w", err)
-		}
+	err := a.scan(ctx, "", func(keys []string) error {
 		seen := make(map[string]bool, len(keys))
 		var data, rest []string
 		for _, k := range keys {
-			switch {
-			case strings.HasPrefix(k, vp):
+			if d, ok := a.ks.VersionOf(k); ok {
 				rest = append(rest, k) // every version: none may hold back the snapshot
-				if d := k[len(vp):]; a.rules.Owns(d) && !seen[d] {
+				if a.rules.Owns(d) && !seen[d] {
 					seen[d] = true
 					data = append(data, d)
 				}
-			case strings.HasPrefix(k, lp):
-				if d := k[len(lp):]; a.rules.Owns(d) && !seen[d] {
+				continue
+			}
+			if d, ok := a.ks.LeaseOf(k); ok {
+				if a.rules.Owns(d) && !seen[d] {
 					seen[d] = true
 					data = append(data, d)
 				}
-			case strings.HasPrefix(k, a.ks.Prefix):
-			case a.rules.Owns(k) && !seen[k]:
+				continue
+			}
+			if !strings.HasPrefix(k, a.ks.Prefix) && a.rules.Owns(k) && !seen[k] {
 				seen[k] = true
 				data = append(data, k)
 			}
@@ -93,17 +91,45 @@ func (a *Applier) PurgeOwned(ctx context.Context, f Fence) (int, error) {
 		for _, d := range data {
 			rest = append(rest, a.ks.Version(d), a.ks.Lease(d))
 		}
-		if len(data)+len(rest) > 0 {
-			n, err := a.deleteKeys(ctx, f, data, rest)
-			if err != nil {
-				return total, err
-			}
-			total += n
+		if len(data)+len(rest) == 0 {
+			return nil
 		}
-		if cursor = next; cursor == 0 {
-			return total, nil
+		n, err := a.deleteKeys(ctx, f, data, rest)
+		total += n
+		return err
+	})
+	return total, err
+}
+
+// scan calls fn with every page of SCAN MATCH match ("" for all keys), on
+// every master of a cluster, one call at a time; it stops at fn's first
+// error.
+func (a *Applier) scan(ctx context.Context, match string, fn func(keys []string) error) error {
+	var mu sync.Mutex
+	one := func(ctx context.Context, c redis.Cmdable) error {
+		var cursor uint64
+		for {
+			keys, next, err := c.Scan(ctx, cursor, match, 1000).Result()
+			if err != nil {
+				return fmt.Errorf("scan keys: %w", err)
+			}
+			if len(keys) > 0 {
+				mu.Lock()
+				err = fn(keys)
+				mu.Unlock()
+				if err != nil {
+					return err
+				}
+			}
+			if cursor = next; cursor == 0 {
+				return nil
+			}
 		}
 	}
+	if a.cs != nil {
+		return a.cs.cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return one(ctx, c) })
+	}
+	return one(ctx, a.rdb)
 }
 
 // announced is how resync.lua names key d in an invalidation message: "k"
@@ -124,7 +150,86 @@ func (a *Applier) deleteKeys(ctx context.Context, f Fence, data, other []string)
 	for _, d := range data {
 		args = append(args, announced(d))
 	}
-	return a.resyncStep(ctx, f, args, append(append([]string(nil), data...), other...))
+	if a.cs == nil {
+		return a.resyncStep(ctx, f, args, append(append([]string(nil), data...), other...))
+	}
+	// A cluster: each slot's keys are deleted by a script that the slot's
+	// record fences (see slot.lua), then the message goes, fenced by the
+	// lease.
+	n, err := a.deleteInSlots(ctx, token(f), data, other)
+	if err != nil {
+		return 0, err
+	}
+	args[0] = "announce"
+	_, err = a.resyncStep(ctx, f, args, nil)
+	return n, err
+}
+
+// slotDelScript deletes KEYS[2..] (the first ARGV[2] of them data keys)
+// in the slot whose record is KEYS[1], unless a writer with a fencing
+// token newer than ARGV[1] wrote there (CSFENCED); it records ARGV[1]
+// and returns how many data keys existed.
+var slotDelScript = redis.NewScript(`
+local tok = redis.call('HGET', KEYS[1], 'tok')
+if tok and tonumber(tok) > tonumber(ARGV[1]) then
+  return redis.error_reply('CSFENCED ' .. KEYS[1] .. ' was written under fencing token ' .. tok .. ', newer than ' .. ARGV[1])
+end
+redis.call('HSET', KEYS[1], 'tok', ARGV[1])
+local gone = 0
+for i = 2, #KEYS do
+  local d = redis.call('DEL', KEYS[i])
+  if i <= 1 + tonumber(ARGV[2]) then
+    gone = gone + d
+  end
+end
+return gone
+`)
+
+// deleteInSlots deletes data and other keys per slot with slotDelScript
+// under fencing token tok; it returns how many data keys existed.
+func (a *Applier) deleteInSlots(ctx context.Context, tok string, data, other []string) (int, error) {
+	type group struct {
+		keys  []string
+		ndata int
+	}
+	groups := map[int]*group{}
+	add := func(k string, isData bool) {
+		s := keyspace.Slot(k)
+		g := groups[s]
+		if g == nil {
+			g = &group{keys: []string{a.ks.SlotRecord(s)}}
+			groups[s] = g
+		}
+		g.keys = append(g.keys, k)
+		if isData {
+			g.ndata++
+		}
+	}
+	for _, d := range data { // data keys first in each group
+		add(d, true)
+	}
+	for _, o := range other {
+		add(o, false)
+	}
+	var cmds []*redis.Cmd
+	_, _ = a.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, g := range groups { // EVAL: a rare path, and no NOSCRIPT in a pipeline
+			cmds = append(cmds, slotDelScript.Eval(ctx, p, g.keys, tok, g.ndata))
+		}
+		return nil
+	})
+	n := 0
+	for _, c := range cmds {
+		gone, err := c.Int()
+		if err != nil {
+			if msg, ok := strings.CutPrefix(err.Error(), "CSFENCED "); ok {
+				return n, a.refused(ErrFenced, msg)
+			}
+			return n, fmt.Errorf("delete keys: %w", err)
+		}
+		n += gone
+	}
+	return n, nil
 }
 
 func (a *Applier) resyncStep(ctx context.Context, f Fence, args []string, keys []string) (int, error) {

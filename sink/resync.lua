@@ -5,7 +5,9 @@
 -- ARGV[1] "begin": set the marker and delete the checkpoint, together, so
 --         that a writer that dies before the end leaves the marker for
 --         the next one; "keys": delete KEYS[5..] and announce those of
---         ARGV[5] that existed; "end": delete the marker.
+--         ARGV[5] that existed; "announce": announce them all (a Redis
+--         Cluster deleted them per slot, see Applier.deleteKeys); "end":
+--         delete the marker.
 -- ARGV[2] the lease value KEYS[4] must hold ("" for none), else CSFENCED.
 -- ARGV[3] invalidation channel, ARGV[4] the last seq this writer published
 -- ("" for none): as in apply.lua, a counter below it jumps past it.
@@ -31,7 +33,7 @@ end
 local n = tonumber(ARGV[5])
 local gone, text, b64 = 0, {}, {}
 for i = 5, 4 + n do
-  if redis.call('DEL', KEYS[i]) == 1 then
+  if ARGV[1] == 'announce' or redis.call('DEL', KEYS[i]) == 1 then
     gone = gone + 1
     local enc = ARGV[i + 1]
     if string.sub(enc, 1, 1) == 'k' then

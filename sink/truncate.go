@@ -19,32 +19,26 @@ import (
 func (a *Applier) truncate(ctx context.Context, table string, f Fence) (int, error) {
 	total := 0
 	for _, tp := range a.rules.truncated(table) {
-		var cursor uint64
-		for {
-			keys, next, err := a.rdb.Scan(ctx, cursor, tp.Glob(), 1000).Result()
-			if err != nil {
-				return total, fmt.Errorf("truncate %s: scan %s: %w", table, tp.Glob(), err)
-			}
+		err := a.scan(ctx, tp.Glob(), func(keys []string) error {
 			var data []string
 			for _, k := range keys {
 				if tp.Match(k) && !a.rules.keptFor(table, k) {
 					data = append(data, k)
 				}
 			}
-			if len(data) > 0 {
-				var other []string
-				for _, d := range data {
-					other = append(other, a.ks.Version(d), a.ks.Lease(d))
-				}
-				n, err := a.deleteKeys(ctx, f, data, other)
-				if err != nil {
-					return total, fmt.Errorf("truncate %s: %w", table, err)
-				}
-				total += n
+			if len(data) == 0 {
+				return nil
 			}
-			if cursor = next; cursor == 0 {
-				break
+			var other []string
+			for _, d := range data {
+				other = append(other, a.ks.Version(d), a.ks.Lease(d))
 			}
+			n, err := a.deleteKeys(ctx, f, data, other)
+			total += n
+			return err
+		})
+		if err != nil {
+			return total, fmt.Errorf("truncate %s (keys %s): %w", table, tp.Glob(), err)
 		}
 	}
 	return total, nil

@@ -330,8 +330,8 @@ func TestKillDuringSnapshot(t *testing.T) {
 }
 
 // progress is the snapshot progress of crash.items ("" before it began).
-func progress(ctx context.Context, rdb *redis.Client) string {
-	return rdb.HGet(ctx, "cachesync:snapshot:progress", "crash.items").Val()
+func progress(ctx context.Context, rdb redis.UniversalClient) string {
+	return rdb.HGet(ctx, ownKey(rdb, "snapshot:progress"), "crash.items").Val()
 }
 
 // progressID is the last id the snapshot progress p names (-1: none).
@@ -353,8 +353,8 @@ func progressID(t *testing.T, p string) int {
 }
 
 // snapshotDone reports whether every table of the snapshot is in Redis.
-func snapshotDone(ctx context.Context, rdb *redis.Client) bool {
-	h := rdb.HGetAll(ctx, "cachesync:snapshot:progress").Val()
+func snapshotDone(ctx context.Context, rdb redis.UniversalClient) bool {
+	h := rdb.HGetAll(ctx, ownKey(rdb, "snapshot:progress")).Val()
 	for f, v := range h {
 		if v != "done" && !strings.HasPrefix(f, "rules:") { // rules: the rules' fingerprint
 			return false
@@ -423,7 +423,7 @@ type workload struct {
 // keys (every one must survive until its row changes) and starts the
 // writers, each pausing pace after every transaction (0: as fast as
 // MariaDB takes them); stop them with stop.
-func startWorkload(t *testing.T, db *sql.DB, rdb *redis.Client, seed uint64, rng *rand.Rand, pace time.Duration) *workload {
+func startWorkload(t *testing.T, db *sql.DB, rdb redis.UniversalClient, seed uint64, rng *rand.Rand, pace time.Duration) *workload {
 	t.Helper()
 	ctx := context.Background()
 	wl := &workload{werr: make(chan error, writerCount)}
@@ -764,7 +764,7 @@ func randomItem(rng *rand.Rand) []any {
 // compare checks every key in Redis against MySQL; kept are the notes ids
 // whose inv:{id} must still hold invFill (all other inv keys must be gone).
 // It returns one line per mismatch and a summary of what was checked.
-func compare(t *testing.T, db *sql.DB, rdb *redis.Client, kept map[int]bool) ([]string, string) {
+func compare(t *testing.T, db *sql.DB, rdb redis.UniversalClient, kept map[int]bool) ([]string, string) {
 	t.Helper()
 	ctx := context.Background()
 	type want struct {
@@ -846,13 +846,11 @@ func compare(t *testing.T, db *sql.DB, rdb *redis.Client, kept map[int]bool) ([]
 
 	// Every key in Redis that is not cachesync's own.
 	var keys []string
-	iter := rdb.Scan(ctx, 0, "*", 5000).Iterator()
-	for iter.Next(ctx) {
-		if k := iter.Val(); !strings.HasPrefix(k, "cachesync:") {
+	if err := scanKeys(ctx, rdb, func(k string) {
+		if !strings.HasPrefix(k, "cachesync:") {
 			keys = append(keys, k)
 		}
-	}
-	if err := iter.Err(); err != nil {
+	}); err != nil {
 		t.Fatal(err)
 	}
 	var mism []string
@@ -982,8 +980,36 @@ func jsonString(s string) string {
 	return b.String()
 }
 
-func checkpointExists(ctx context.Context, rdb *redis.Client) bool {
-	n, err := rdb.Exists(ctx, "cachesync:checkpoint").Result()
+// ownKey names the daemon's key name (see package keyspace) with the
+// configuration of the crash tests: the default prefix, and on a cluster
+// the default source.
+func ownKey(rdb redis.UniversalClient, name string) string {
+	if _, ok := rdb.(*redis.ClusterClient); ok {
+		return "cachesync:{main}:" + name
+	}
+	return "cachesync:" + name
+}
+
+// scanKeys calls fn with every key, of every master on a cluster.
+func scanKeys(ctx context.Context, rdb redis.UniversalClient, fn func(string)) error {
+	var mu sync.Mutex
+	scan := func(ctx context.Context, c *redis.Client) error {
+		iter := c.Scan(ctx, 0, "*", 5000).Iterator()
+		for iter.Next(ctx) {
+			mu.Lock()
+			fn(iter.Val())
+			mu.Unlock()
+		}
+		return iter.Err()
+	}
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		return cc.ForEachMaster(ctx, scan)
+	}
+	return scan(ctx, rdb.(*redis.Client))
+}
+
+func checkpointExists(ctx context.Context, rdb redis.UniversalClient) bool {
+	n, err := rdb.Exists(ctx, ownKey(rdb, "checkpoint")).Result()
 	return err == nil && n == 1
 }
 
@@ -1068,7 +1094,7 @@ func checkHTTP(t *testing.T, r *testenv.ChildRun) {
 // catchUp writes the marker row (id 1, v 1) after everything else and
 // waits until the run applied it; it fails the test with a diagnosis if
 // the run exits or does not within catchUpTimeout.
-func catchUp(t *testing.T, db *sql.DB, rdb *redis.Client, r *testenv.ChildRun) {
+func catchUp(t *testing.T, db *sql.DB, rdb redis.UniversalClient, r *testenv.ChildRun) {
 	t.Helper()
 	mustExec(t, db, "INSERT INTO markers (id, v) VALUES (1, 1)")
 	if err := waitUntil(catchUpTimeout, func() bool { return rdb.Get(context.Background(), "marker:1").Val() == "1" || r.Exited() }); err != nil || r.Exited() {
@@ -1120,10 +1146,10 @@ func listenAddr(r *testenv.ChildRun, listener string) string {
 // diagnose logs what helps to understand a daemon that does not catch up:
 // the server's binlog position and replication threads, the checkpoint,
 // and the daemon's goroutines (SIGQUIT makes a Go program print them).
-func diagnose(t *testing.T, db *sql.DB, rdb *redis.Client, r *testenv.ChildRun) {
+func diagnose(t *testing.T, db *sql.DB, rdb redis.UniversalClient, r *testenv.ChildRun) {
 	t.Helper()
 	file, pos := lastCommit(t, db)
-	t.Logf("last commit in the binlog: %s:%s; checkpoint: %v", file, pos, rdb.HGetAll(context.Background(), "cachesync:checkpoint").Val())
+	t.Logf("last commit in the binlog: %s:%s; checkpoint: %v", file, pos, rdb.HGetAll(context.Background(), ownKey(rdb, "checkpoint")).Val())
 	if rows, err := db.Query("SELECT ID, USER, COMMAND, TIME, IFNULL(STATE, ''), IFNULL(INFO, '') FROM information_schema.PROCESSLIST"); err == nil {
 		for rows.Next() {
 			var id, tm int64

@@ -17,7 +17,6 @@ import (
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/daemon"
-	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/leader"
 	"github.com/cachesync/cachesync/sink"
 	"github.com/rs/zerolog"
@@ -101,7 +100,7 @@ func positionShow(c *command, o *stdio, cfg *config.Config) int {
 		fmt.Fprintf(o.err, "cachesync %s: %s: %v\n", c.name, describeRedis(cfg.Redis), err)
 		return 1
 	}
-	ks := keyspace.Keyspace{Prefix: cfg.Sink.KeyPrefix}
+	ks := cfg.Sink.Keyspace()
 	a, err := sink.NewApplier(cfg.Sink, rdb, zerolog.Nop(), nil)
 	if err != nil {
 		return fail(err)
@@ -216,7 +215,7 @@ func positionSet(c *command, o *stdio, cfg *config.Config, target string, force 
 	}
 	rdb := daemon.NewRedisClient(cfg.Redis)
 	defer rdb.Close()
-	ks := keyspace.Keyspace{Prefix: cfg.Sink.KeyPrefix}
+	ks := cfg.Sink.Keyspace()
 	a, err := sink.NewApplier(cfg.Sink, rdb, zerolog.Nop(), nil)
 	if err != nil {
 		return fail("%v", err)

@@ -15,7 +15,6 @@ import (
 
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/daemon"
-	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/seckill"
 	"github.com/redis/go-redis/v9"
 )
@@ -117,7 +116,7 @@ func check(cfg *config.Config, items []int64, rounds int) int {
 		return 2
 	}
 	defer closeAll()
-	ck := seckill.NewChecker(cfg.Seckill, keyspace.Keyspace{Prefix: cfg.Sink.KeyPrefix}, rdb, store.DB(), store)
+	ck := seckill.NewChecker(cfg.Seckill, cfg.Sink.Keyspace(), rdb, store.DB(), store)
 	if rounds > 0 {
 		ck.Rounds = rounds
 	}
@@ -148,7 +147,7 @@ func resync(cfg *config.Config, items []int64) int {
 		return 2
 	}
 	defer closeAll()
-	ks := keyspace.Keyspace{Prefix: cfg.Sink.KeyPrefix}
+	ks := cfg.Sink.Keyspace()
 	log := daemon.NewLogger(cfg.Log).With().Str("component", "resync").Logger()
 	rb, err := seckill.NewRebuilder(cfg.Seckill, ks, cfg.Sink.Channel, rdb, store.DB(), store, log)
 	if err != nil {

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -60,9 +59,12 @@ func TestRedisCluster(t *testing.T) {
 		t.Errorf("EVAL on keys of two slots: %v; want CROSSSLOT", err)
 	}
 
-	// The sink refuses the cluster client.
-	if _, err := sink.NewApplier(sink.Config{}, rdb, zerolog.Nop(), nil); !errors.Is(err, sink.ErrCluster) {
-		t.Errorf("sink.NewApplier on a cluster client: %v, want %v", err, sink.ErrCluster)
+	// The sink takes the cluster client with the cluster keyspace only.
+	if _, err := sink.NewApplier(sink.Config{}, rdb, zerolog.Nop(), nil); err == nil {
+		t.Error("sink.NewApplier on a cluster client without the cluster keyspace: no error")
+	}
+	if _, err := sink.NewApplier(sink.Config{Cluster: true, Source: "s"}, rdb, zerolog.Nop(), nil); err != nil {
+		t.Errorf("sink.NewApplier on a cluster client: %v", err)
 	}
 
 	// A crash of the master of {item:7}: the client follows its replica's

@@ -19,7 +19,6 @@ import (
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/goods"
 	"github.com/cachesync/cachesync/internal/tlsconf"
-	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/leader"
 	"github.com/cachesync/cachesync/pipeline"
 	"github.com/cachesync/cachesync/seckill"
@@ -262,5 +261,5 @@ func newApplier(cfg sink.Config, rdb redis.UniversalClient, log zerolog.Logger, 
 }
 
 func newElector(cfg leader.Config, sc sink.Config, rdb redis.UniversalClient, log zerolog.Logger, reg prometheus.Registerer) *leader.Elector {
-	return leader.New(cfg, rdb, keyspace.Keyspace{Prefix: sc.KeyPrefix}, log.With().Str("component", "leader").Logger(), reg)
+	return leader.New(cfg, rdb, sc.Keyspace(), log.With().Str("component", "leader").Logger(), reg)
 }

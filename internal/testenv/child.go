@@ -89,6 +89,8 @@ type Child struct {
 	Bin    string // the binary, from BuildCachesync
 	Config string // the configuration file
 	Dir    string // where the logs go
+	// Env is added to ChildEnv for the runs started after it is set.
+	Env []string
 
 	mu   sync.Mutex
 	runs int
@@ -116,7 +118,7 @@ func (c *Child) Start(tb testing.TB) *ChildRun {
 	defer c.mu.Unlock()
 	c.runs++
 	r := &ChildRun{N: c.runs, Log: c.logPath(c.runs)}
-	p, err := startProcess(c.Bin, []string{"run", "-config", c.Config}, ChildEnv(), r.Log)
+	p, err := startProcess(c.Bin, []string{"run", "-config", c.Config}, append(ChildEnv(), c.Env...), r.Log)
 	if err != nil {
 		tb.Fatalf("testenv: run %d: %v", r.N, err)
 	}

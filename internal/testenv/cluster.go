@@ -15,6 +15,12 @@ import (
 	"time"
 )
 
+// ClusterMode reports whether the suites that can run on either are asked
+// to run on a Redis Cluster instead of one Redis:
+// CACHESYNC_TEST_REDIS_MODE=cluster (the Makefile's test target runs them
+// both ways).
+func ClusterMode() bool { return os.Getenv("CACHESYNC_TEST_REDIS_MODE") == "cluster" }
+
 // ClusterShards is the number of masters of a RedisCluster; each has one
 // replica.
 const ClusterShards = 3
