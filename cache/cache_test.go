@@ -407,7 +407,9 @@ func TestPubSubDisconnectFlushesL1(t *testing.T) {
 		t.Fatal("not in L1")
 	}
 	subscribed := testutil.ToFloat64(f.c.m.flushes.WithLabelValues("subscribed"))
-	kill := func(ctx context.Context, c *redis.Client) error { return c.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err() }
+	kill := func(ctx context.Context, c *redis.Client) error {
+		return c.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err()
+	}
 	var err error
 	if cc, ok := f.rdb.(*redis.ClusterClient); ok {
 		err = cc.ForEachShard(ctx, func(ctx context.Context, c *redis.Client) error { _ = kill(ctx, c); return nil })
