@@ -210,6 +210,7 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, r Resume) erro
 	defer idle.Stop()
 	if a.cs != nil {
 		clear(a.cs.marks)
+		a.cs.start = r.Expect
 	}
 	// next is a TRUNCATE read while filling a batch: it starts the next
 	// one, alone, so that the rows before it are in Redis first.

@@ -63,6 +63,10 @@ var slotLua = func() string {
 type slotMark struct {
 	ver  string
 	node string
+	// from is the checkpoint before this run first wrote the slot, if
+	// the slot had no record then: should the record vanish, the replay
+	// from there rewrites all that the slot holds of this source.
+	from *Checkpoint
 }
 
 // clusterState is the applier's knowledge of the slots it wrote in this
@@ -73,6 +77,8 @@ type clusterState struct {
 	marks  map[int]slotMark
 	mu     sync.Mutex
 	runIDs map[string]string // master address → run id, refreshed by watchSlots
+	// start is the checkpoint the run started from (nil: none).
+	start *Checkpoint
 	// between, if set, is called after a batch's slot groups were applied
 	// and before its checkpoint; an error stops the batch there (tests).
 	between func(*batch) error
@@ -129,10 +135,21 @@ func (a *Applier) applySlots(ctx context.Context, b *batch) (int64, error) {
 		})
 		var failed, lost error
 		for slot, cmd := range cmds {
-			ver, err := cmd.Text()
+			res, err := cmd.Slice()
 			switch {
+			case err == nil && len(res) == 2:
+				m, ok := cs.marks[slot]
+				if !ok && res[1] == int64(0) {
+					m.from = a.Applied()
+					if m.from == nil {
+						m.from = cs.start
+					}
+				}
+				m.ver, _ = res[0].(string)
+				m.node = cs.node(ctx, slot)
+				cs.marks[slot] = m
 			case err == nil:
-				cs.marks[slot] = slotMark{ver: ver, node: cs.node(ctx, slot)}
+				failed = fmt.Errorf("slot script answered %v", res)
 			case strings.HasPrefix(err.Error(), "CSFENCED "):
 				return 0, err
 			case strings.HasPrefix(err.Error(), "CSREWIND "), strings.HasPrefix(err.Error(), "CSRESET "):
@@ -222,8 +239,14 @@ func (a *Applier) checkSlots(ctx context.Context, slots []int, f Fence, expect s
 			continue
 		}
 		v := cmd.Val()
-		if v[5] == nil {
+		if v[5] == nil && want.from == nil {
 			return a.refused(ErrRedisReset, fmt.Sprintf("%s missing: Redis lost the data of slot %d", a.ks.SlotRecord(slot), slot))
+		}
+		if v[5] == nil { // all its writes were in this run: replay them
+			if oldest == nil || want.from.Version < oldest.Version {
+				oldest, oldestSlot = want.from, slot
+			}
+			continue
 		}
 		have, _ := strconv.ParseUint(str(v[0]), 10, 64)
 		wantV, _ := strconv.ParseUint(want.ver, 10, 64)

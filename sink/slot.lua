@@ -20,7 +20,8 @@
 -- ARGV[11..13] not read; ARGV[14..] the ops
 -- A batch that ends before the recorded version is not applied: the slot
 -- holds a later state already (a replay after a crash between the slot
--- groups of a batch). It returns the version recorded after the call.
+-- groups of a batch). It returns the version recorded after the call, and
+-- 1 if the record existed before it, else 0.
 local rec = redis.call('HMGET', KEYS[1], 'ver', 'tok')
 if rec[2] and tonumber(rec[2]) > tonumber(ARGV[9]) then
   return redis.error_reply('CSFENCED ' .. KEYS[1] .. ' was written under fencing token ' .. rec[2] .. ', newer than ' .. ARGV[9])
@@ -34,12 +35,12 @@ if ARGV[10] ~= '' then
   end
 end
 if ARGV[2] == '1' and rec[1] and tonumber(rec[1]) > tonumber(ARGV[5]) then
-  return rec[1]
+  return {rec[1], 1}
 end
 --OPS--
 if ARGV[2] == '1' then
   redis.call('HSET', KEYS[1], 'ver', ARGV[5], 'file', ARGV[3], 'pos', ARGV[4], 'gtid', ARGV[6], 'commit_us', ARGV[7], 'tok', ARGV[9])
-  return ARGV[5]
+  return {ARGV[5], rec[2] and 1 or 0}
 end
 redis.call('HSET', KEYS[1], 'tok', ARGV[9])
-return rec[1] or '0'
+return {rec[1] or '0', rec[2] and 1 or 0}
