@@ -31,8 +31,8 @@ type Config struct {
 	// Account is the sale's own MySQL account (optional; see Account).
 	Account Account `yaml:"mysql"`
 	// ProduceTimeout bounds the wait for Kafka to acknowledge an order;
-	// past it the order is fenced in MySQL and the client gets 503 (202
-	// if the fence finds the order stored after all).
+	// past it the order stays in the outbox, to be produced again by the
+	// jobs leader, and the client gets 202.
 	ProduceTimeout time.Duration `yaml:"produce_timeout"`
 	// OutboxAge is how old an order still in the outbox (not acknowledged
 	// by Kafka: its process crashed, or its produce timed out) must be

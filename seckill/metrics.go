@@ -27,7 +27,7 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		reservations: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachesync_seckill_reservations_total",
-			Help: "Reservation attempts by result: reserved, already_bought, sold_out, sold_out_local (answered from the local flag), not_ready, unknown_item, redis_error, lookup_error (telling a made-up id from an item not ready failed), produce_failed (Kafka did not acknowledge and the order was not found stored: fenced and released, or the fence failed and the reservation was kept; one found stored counts as reserved), kafka_down (refused before reserving while the producer's breaker is open)."}, []string{"result"}),
+			Help: "Reservation attempts by result: reserved, reserved_unacked (202, but Kafka did not acknowledge: the order stays in the outbox and the jobs leader produces it again), already_bought, sold_out, sold_out_local (answered from the local flag), not_ready, unknown_item, redis_error, lookup_error (telling a made-up id from an item not ready failed), produce_failed (the order was never handed to Kafka and was not found stored: fenced and released, or the fence failed and the reservation was kept for the orphan reaper; one found stored counts as reserved), kafka_down (refused before reserving while the producer's breaker is open)."}, []string{"result"}),
 		consumed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachesync_seckill_orders_consumed_total",
 			Help: "Orders the consumer stored, by outcome: created, failed (no MySQL stock), duplicate (redelivery, no-op)."}, []string{"outcome"}),
 		retries: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachesync_seckill_order_retries_total",

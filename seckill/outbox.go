@@ -11,11 +11,12 @@ import (
 // to its item's outbox hash (Keys.Outbox, order id → message) in the same
 // call as the reservation, so no crash can leave a reservation whose
 // order exists nowhere. The API removes the entry once Kafka acknowledged
-// the message (Reserver.ack), or with the reservation when a failed
-// produce was fenced and released. An entry older than OutboxAge belongs
-// to a process that died before or during its produce: the jobs leader
-// produces it again and removes it once Kafka acknowledged
-// (Jobs.drainOutbox).
+// the message (Reserver.ack), or with the reservation when a produce that
+// never handed it to Kafka was fenced and released. An entry older than
+// OutboxAge belongs to a process that died before or during its produce,
+// or to a produce whose outcome is unknown (a timeout, an error after
+// sarama's retries): the jobs leader produces it again and removes it
+// once Kafka acknowledged (Jobs.drainOutbox).
 //
 // Nobody removes an entry before Kafka acknowledged its message, so no
 // order is lost; the entry of an order id is written once and never

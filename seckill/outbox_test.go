@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // TestOutboxCrashAfterReserve: an all-roles daemon (child process) kills
@@ -196,5 +199,45 @@ func TestOutboxReproduced(t *testing.T) {
 	s.settled(42, 2)
 	if n := s.int("SELECT stock FROM sk_items WHERE id = 42"); n != 3 {
 		t.Errorf("MySQL stock %d, want 3", n)
+	}
+}
+
+// TestOutboxSparedByReaper: Kafka refuses every produce. A reservation is
+// answered 202 (its order waits in the outbox), and the orphan reaper,
+// even past orphan_age, leaves it alone; once Kafka takes produces again
+// the jobs leader produces it and the order is stored. Before, the order
+// was fenced and the reservation released (503).
+func TestOutboxSparedByReaper(t *testing.T) {
+	s := newStack(t)
+	d := s.start("orphan_age: 3s\noutbox_age: 2s")
+	s.addItem(43, 5)
+	ctx := context.Background()
+	down := s.kafka.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "cachesync.orders", Err: kerr.NotEnoughReplicas, Count: -1})
+	r, err := d.reserve(43, 1)
+	if err != nil || r.Status != 202 {
+		t.Fatalf("reserve with Kafka refusing: %v %+v, want 202", err, r)
+	}
+	order, _ := r.Body["order_id"].(string)
+	if !s.rdb.HExists(ctx, "sk:{43}:outbox", order).Val() {
+		t.Fatalf("order %s not in the outbox after an unacknowledged produce", order)
+	}
+	time.Sleep(5 * time.Second) // orphan_age 3s, job_interval 200ms
+	if n := s.int("SELECT COUNT(*) FROM sk_orders WHERE order_id = ?", order); n != 0 {
+		t.Errorf("%d rows for order %s while it waits in the outbox, want none (no fence)", n, order)
+	}
+	if s.rdb.ZCard(ctx, "sk:{43}:pending").Val() != 1 || !s.rdb.HExists(ctx, "sk:{43}:outbox", order).Val() {
+		t.Errorf("reservation or outbox entry gone while Kafka refuses")
+	}
+	if v := metric(t, d, "cachesync_seckill_outbox_waiting"); v != 1 {
+		t.Errorf("outbox waiting = %v, want 1", v)
+	}
+	down.Remove()
+	s.eventually(20*time.Second, "the order stored once Kafka is back", func() bool {
+		return s.int("SELECT COUNT(*) FROM sk_orders WHERE order_id = ? AND status = 'created'", order) == 1
+	})
+	s.eventually(5*time.Second, "the outbox emptied", func() bool { return s.rdb.HLen(ctx, "sk:{43}:outbox").Val() == 0 })
+	s.settled(43, 1)
+	if v := metric(t, d, `cachesync_seckill_orphans_reaped_total`); v != 0 {
+		t.Errorf("orphans reaped = %v, want 0", v)
 	}
 }

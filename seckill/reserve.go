@@ -48,9 +48,10 @@ type sender interface {
 
 // Reserver takes reservations: one Lua call in Redis that writes the
 // reservation and its order message to the item's outbox, then the order
-// to Kafka, then the outbox entry removed. An order Kafka did not
-// acknowledge is fenced in MySQL, and the reservation released only if
-// the fence row was written (notProduced).
+// to Kafka, then the outbox entry removed. An order Kafka may have
+// written stays in the outbox for the jobs leader to produce again; one
+// that was never handed to Kafka is fenced in MySQL, and the reservation
+// released only if the fence row was written (notProduced).
 type Reserver struct {
 	cfg      Config
 	rdb      redis.UniversalClient
@@ -154,13 +155,28 @@ func (r *Reserver) Reserve(ctx context.Context, item, user int64) (Reserved, err
 	if r.afterReserve != nil {
 		r.afterReserve()
 	}
-	if err := r.producer.Send(ctx, m, body); err != nil {
+	err = r.producer.Send(ctx, m, body)
+	switch {
+	case err == nil:
+		// A failed acknowledgement only means the jobs leader produces
+		// the order again: a duplicate, which the consumer ignores.
+		if err := r.ack(ctx, k, order); err != nil {
+			r.log.Debug().Err(err).Str("order", order).Msg("outbox entry not removed; the order will be produced again")
+		}
+	case notSent(err):
 		return r.notProduced(m, ok, err)
-	}
-	// A failed acknowledgement only means the jobs leader produces the
-	// order again: a duplicate, which the consumer ignores.
-	if err := r.ack(ctx, k, order); err != nil {
-		r.log.Debug().Err(err).Str("order", order).Msg("outbox entry not removed; the order will be produced again")
+	default:
+		// Kafka may have written it, or may still. The entry stays in the
+		// outbox and the jobs leader produces it again after outbox_age,
+		// until Kafka acknowledges: the order is as good as accepted, so
+		// the answer is the reservation (202). Releasing instead needs a
+		// fence in MySQL first, which cancels an order Kafka may hold and
+		// can itself fail; keeping the entry never loses an order, and a
+		// second copy is a duplicate the consumer ignores.
+		r.m.reservations.WithLabelValues("reserved_unacked").Inc()
+		r.log.Warn().Err(err).Str("order", order).Int64("item", item).Int64("user", user).
+			Msg("order not acknowledged by kafka; kept in the outbox to be produced again, answered 202")
+		return ok, nil
 	}
 	r.m.reservations.WithLabelValues("reserved").Inc()
 	return ok, nil
@@ -172,13 +188,13 @@ func (r *Reserver) ack(ctx context.Context, k Keys, order string) error {
 	return err
 }
 
-// notProduced settles a reservation whose order Kafka did not acknowledge
-// (an error, a timeout, the client gone): the message may have been
-// written all the same, and even consumed; the jobs leader may also be
-// producing its outbox entry (a slow request older than outbox_age). The
-// order is fenced in MySQL first (a canceled row, so a message consumed
-// later is a duplicate), and what happens to the reservation depends on
-// the fence:
+// notProduced settles a reservation whose order was never handed to
+// Kafka (notSent: the breaker opened meanwhile, the client left first).
+// This process wrote nothing, but the jobs leader may be producing the
+// outbox entry at this moment (a slow request older than outbox_age). So
+// the order is fenced in MySQL first (a canceled row, so a message
+// consumed later is a duplicate), and what happens to the reservation
+// depends on the fence:
 //   - the fence row was written: the order can never be created, so the
 //     Redis entries, the outbox's included, go at once (CDC of the row
 //     would remove pending and buyers a moment later); ErrUnavailable
@@ -188,8 +204,8 @@ func (r *Reserver) ack(ctx context.Context, k Keys, order string) error {
 //     is the reservation (202).
 //   - the fence failed: the outbox entry is withdrawn, so that the order
 //     the user was told failed is not produced later, but pending and
-//     buyers stay: a message written after all could still become an
-//     order. The orphan reaper fences the entry after OrphanAge if
+//     buyers stay: an order being produced by the jobs leader could still
+//     be stored. The orphan reaper fences the entry after OrphanAge if
 //     none does. ErrUnavailable (503).
 //
 // The 503s are not logged here: the error says what happened and the
