@@ -204,9 +204,9 @@ func TestOutboxReproduced(t *testing.T) {
 
 // TestOutboxSparedByReaper: Kafka refuses every produce. A reservation is
 // answered 202 (its order waits in the outbox), and the orphan reaper,
-// even past orphan_age, leaves it alone; once Kafka takes produces again
-// the jobs leader produces it and the order is stored. Before, the order
-// was fenced and the reservation released (503).
+// even past orphan_age, leaves it alone, as does the drift check; once
+// Kafka takes produces again the jobs leader produces it and the order is
+// stored. Before, the order was fenced and the reservation released (503).
 func TestOutboxSparedByReaper(t *testing.T) {
 	s := newStack(t)
 	d := s.start("orphan_age: 3s\noutbox_age: 2s")
@@ -231,6 +231,8 @@ func TestOutboxSparedByReaper(t *testing.T) {
 	if v := metric(t, d, "cachesync_seckill_outbox_waiting"); v != 1 {
 		t.Errorf("outbox waiting = %v, want 1", v)
 	}
+	// Nor does the drift check call it an orphan.
+	driftExpect(t, newDriftKit(t, s, d).check(t, 43))
 	down.Remove()
 	s.eventually(20*time.Second, "the order stored once Kafka is back", func() bool {
 		return s.int("SELECT COUNT(*) FROM sk_orders WHERE order_id = ? AND status = 'created'", order) == 1
