@@ -121,8 +121,10 @@ func TestProduceTimeoutKeptInOutbox(t *testing.T) {
 	s.eventually(20*time.Second, "the late message stored as the order", func() bool {
 		return s.int("SELECT COUNT(*) FROM sk_orders WHERE order_id = ? AND status = 'created'", order) == 1
 	})
+	// Once at least: a copy whose ack is late (a slow machine) is
+	// produced again on the next tick.
 	s.eventually(20*time.Second, "the outbox's copy consumed as a duplicate, the entry removed", func() bool {
-		return metric(t, d, `cachesync_seckill_orders_consumed_total{outcome="duplicate"}`) == 1 && s.rdb.HLen(ctx, "sk:{21}:outbox").Val() == 0
+		return metric(t, d, `cachesync_seckill_orders_consumed_total{outcome="duplicate"}`) >= 1 && s.rdb.HLen(ctx, "sk:{21}:outbox").Val() == 0
 	})
 	if n := s.int("SELECT COUNT(*) FROM sk_orders WHERE item_id = 21"); n != 1 {
 		t.Errorf("%d rows for item 21, want the order alone (no fence)", n)
