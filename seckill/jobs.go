@@ -166,9 +166,9 @@ func (j *Jobs) cancelUnpaid(ctx context.Context) {
 }
 
 // reapOrphans releases pending reservations older than OrphanAge that
-// have no order row and no outbox entry, by fencing the order in MySQL (a canceled row): the
-// order can no longer be created, and CDC removes the entry from pending
-// and the user from buyers in one step.
+// have no order row and no outbox entry, by fencing the order in MySQL (a
+// canceled row): the order can no longer be created, and CDC removes the
+// entry from pending and the user from buyers in one step.
 func (j *Jobs) reapOrphans(ctx context.Context) {
 	items, err := j.store.Items(ctx)
 	if err != nil {
@@ -211,7 +211,8 @@ func fenceOrphans(ctx context.Context, rdb redis.UniversalClient, store *Store, 
 	queued := map[string]bool{}
 	if len(old) > 0 {
 		// Read after pending: an entry leaves the outbox only once its
-		// message is in Kafka, so one missing here is not in flight.
+		// message is in Kafka (or with its released reservation), so an
+		// order missing here is not waiting for a produce.
 		orders, err := rdb.HKeys(ctx, k.Outbox).Result()
 		if err != nil {
 			return nil, fmt.Errorf("read outbox: %w", err)
