@@ -19,6 +19,7 @@ func TestBadSeckillConfigs(t *testing.T) {
 		"session_timeout_short.yaml":        {"seckill.kafka.session_timeout", "100ms"},
 		"mechanism_bad.yaml":                {"seckill.kafka.mechanism", "GSSAPI"},
 		"orphan_age_small.yaml":             {"seckill.orphan_age", "produce_timeout"},
+		"outbox_age_small.yaml":             {"seckill.outbox_age 3s", "must exceed produce_timeout 3s"},
 		"unpaid_negative.yaml":              {"seckill.unpaid_timeout", "-1s"},
 		"retry_attempts.yaml":               {"seckill.retry.attempts", "1000"},
 		"limits_negative.yaml":              {"seckill.limits", "negative"},
@@ -57,7 +58,7 @@ func TestSeckillDefaults(t *testing.T) {
 	s := c.Seckill
 	if s.Database != "shop" || s.KeyPrefix != "sk:" || len(s.Roles) != 3 || s.Kafka.Topic != "cachesync.orders" ||
 		s.Kafka.DeadLetterTopic != "cachesync.orders.dlq" || s.ProduceTimeout != 3*time.Second || s.OrphanAge != 10*time.Minute ||
-		s.Retry.Attempts != 5 || s.CheckInterval != 0 {
+		s.Retry.Attempts != 5 || s.CheckInterval != 0 || s.OutboxAge != seckill.DefaultOutboxAge {
 		t.Errorf("defaults = %+v", s)
 	}
 	// The per-IP limit is on unless set to 0; buyers' tokens carry sub.
@@ -67,6 +68,12 @@ func TestSeckillDefaults(t *testing.T) {
 	c, err = Parse([]byte("sink:\n  rules:\n    - {table: shop.sk_items, kind: mirror, key: \"sk:{{{id}}}:stock\", column: stock}\n    - {table: shop.sk_items, kind: member, key: \"sk:items\", member: \"{id}\"}\nseckill:\n  enabled: true\n  limits: {per_ip: 0}\n"+saleAuth), nil)
 	if err != nil || *c.Seckill.Limits.PerIP != 0 {
 		t.Errorf("per_ip: 0 (off): %v", err)
+	}
+	// outbox_age follows a long produce_timeout, so the API's own produce
+	// is over before the jobs leader produces the order again.
+	c, err = Parse([]byte("sink:\n  rules:\n    - {table: shop.sk_items, kind: mirror, key: \"sk:{{{id}}}:stock\", column: stock}\n    - {table: shop.sk_items, kind: member, key: \"sk:items\", member: \"{id}\"}\nseckill:\n  enabled: true\n  produce_timeout: 10s\n"+saleAuth), nil)
+	if err != nil || c.Seckill.OutboxAge != 12*time.Second {
+		t.Errorf("outbox_age with produce_timeout 10s: %v %v, want 12s", c.Seckill.OutboxAge, err)
 	}
 	// Without the api role no buyer is served: no auth needed.
 	if _, err := Parse([]byte("sink:\n  rules:\n    - {table: shop.sk_items, kind: mirror, key: \"sk:{{{id}}}:stock\", column: stock}\n    - {table: shop.sk_items, kind: member, key: \"sk:items\", member: \"{id}\"}\nseckill:\n  enabled: true\n  roles: [consumer, jobs]\n"), nil); err != nil {

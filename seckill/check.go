@@ -150,7 +150,7 @@ func (c *Checker) checkItem(ctx context.Context, item int64) (ItemReport, []Drif
 	if err := waitCheckpoint(wctx, c.rdb, c.ks, ver); err != nil {
 		return rep, nil, err
 	}
-	raw, err := inspectScript.Run(ctx, c.rdb, []string{k.Stock, c.ks.Version(k.Stock), k.Pending, k.Buyers, k.Ready, c.ks.Checkpoint()}).Slice()
+	raw, err := inspectScript.Run(ctx, c.rdb, []string{k.Stock, c.ks.Version(k.Stock), k.Pending, k.Buyers, k.Ready, c.ks.Checkpoint(), k.Outbox}).Slice()
 	if err != nil {
 		return rep, nil, err
 	}
@@ -159,6 +159,14 @@ func (c *Checker) checkItem(ctx context.Context, item int64) (ItemReport, []Drif
 	pending, _ := raw[2].([]any)
 	buyers, _ := raw[3].([]any)
 	ready, _ := raw[4].(int64)
+	queued := map[string]bool{} // orders waiting in the outbox for Kafka: not orphans
+	if len(raw) > 6 {
+		ids, _ := raw[6].([]any)
+		for _, id := range ids {
+			o, _ := id.(string)
+			queued[o] = true
+		}
+	}
 	rep.MySQLStock, rep.Ready, rep.LiveOrders = st.Stock, ready == 1, len(st.Live)
 	rep.Pending, rep.Buyers = len(pending)/2, len(buyers)/2
 
@@ -196,7 +204,7 @@ func (c *Checker) checkItem(ctx context.Context, item int64) (ItemReport, []Drif
 			continue
 		}
 		inFlight[u] = o
-		if ms, _ := strconv.ParseFloat(score, 64); int64(ms) < orphanBefore {
+		if ms, _ := strconv.ParseFloat(score, 64); int64(ms) < orphanBefore && !queued[o] {
 			add("orphan", m, "pending since "+time.UnixMilli(int64(ms)).UTC().Format(time.RFC3339), "no order")
 		}
 	}

@@ -21,7 +21,8 @@ type Config struct {
 	// (seckill/schema.sql).
 	Database string `yaml:"database"`
 	// KeyPrefix starts every Redis key of the sale; an item's keys are
-	// "<prefix>{<id>}:stock|pending|buyers|ready" (one Cluster hash slot).
+	// "<prefix>{<id>}:stock|pending|buyers|ready|outbox" (one Cluster hash
+	// slot).
 	KeyPrefix string `yaml:"key_prefix"`
 	// Roles run in this process; all by default. A daemon that only
 	// serves reservations leaves "consumer" and "jobs" to another.
@@ -30,15 +31,22 @@ type Config struct {
 	// Account is the sale's own MySQL account (optional; see Account).
 	Account Account `yaml:"mysql"`
 	// ProduceTimeout bounds the wait for Kafka to acknowledge an order;
-	// past it the order is fenced in MySQL and the client gets 503 (202
-	// if the fence finds the order stored after all).
+	// past it the order stays in the outbox, to be produced again by the
+	// jobs leader, and the client gets 202.
 	ProduceTimeout time.Duration `yaml:"produce_timeout"`
+	// OutboxAge is how old an order still in the outbox (not acknowledged
+	// by Kafka: its process crashed, or its produce timed out) must be
+	// before the jobs leader produces it again. It must exceed
+	// ProduceTimeout, so that the API's own produce is over; default 5s,
+	// or ProduceTimeout + 2s when that is longer.
+	OutboxAge time.Duration `yaml:"outbox_age"`
 	// UnpaidTimeout is how long a created order may stay unpaid before
 	// the timeout job cancels it and returns its unit of stock.
 	UnpaidTimeout time.Duration `yaml:"unpaid_timeout"`
 	// OrphanAge is how old a pending reservation without an order row
-	// must be before the reaper releases it (a crash between reserve and
-	// produce, or an order sent to the dead-letter topic).
+	// must be before the reaper releases it (an order sent to the
+	// dead-letter topic, or lost with Kafka's data). A reservation whose
+	// order is still in the outbox is never released: it waits for Kafka.
 	OrphanAge time.Duration `yaml:"orphan_age"`
 	// JobInterval is how often the timeout and orphan jobs run.
 	JobInterval time.Duration `yaml:"job_interval"`
@@ -106,6 +114,11 @@ type Limits struct {
 // proxy.
 const DefaultPerIP = 20.0
 
+// DefaultOutboxAge is outbox_age unless produce_timeout is 3s or more:
+// an order left by a crash reaches Kafka within about this long, plus
+// job_interval, once a jobs leader runs.
+const DefaultOutboxAge = 5 * time.Second
+
 // MinAdminToken is the shortest admin token accepted, in bytes.
 const MinAdminToken = 32
 
@@ -113,7 +126,7 @@ const MinAdminToken = 32
 const (
 	RoleAPI      = "api"      // reservation, order and admin endpoints
 	RoleConsumer = "consumer" // Kafka → MySQL
-	RoleJobs     = "jobs"     // unpaid timeout, orphan reaper, rebuilds, periodic check
+	RoleJobs     = "jobs"     // unpaid timeout, outbox, orphan reaper, rebuilds, periodic check
 )
 
 // SetDefaults fills unset fields.
@@ -147,6 +160,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.ProduceTimeout == 0 {
 		c.ProduceTimeout = 3 * time.Second
+	}
+	if c.OutboxAge == 0 {
+		c.OutboxAge = max(DefaultOutboxAge, c.ProduceTimeout+2*time.Second)
 	}
 	if c.UnpaidTimeout == 0 {
 		c.UnpaidTimeout = 15 * time.Minute
@@ -228,7 +244,7 @@ func (c *Config) Validate() error {
 		v    time.Duration
 	}{
 		{"produce_timeout", c.ProduceTimeout}, {"unpaid_timeout", c.UnpaidTimeout},
-		{"orphan_age", c.OrphanAge}, {"job_interval", c.JobInterval},
+		{"orphan_age", c.OrphanAge}, {"outbox_age", c.OutboxAge}, {"job_interval", c.JobInterval},
 		{"retry.initial", c.Retry.Initial}, {"retry.max", c.Retry.Max},
 	} {
 		if d.v < time.Millisecond {
@@ -237,6 +253,9 @@ func (c *Config) Validate() error {
 	}
 	if c.OrphanAge <= c.ProduceTimeout {
 		return fmt.Errorf("seckill.orphan_age %s: must exceed produce_timeout %s, or reservations still being produced are reaped", c.OrphanAge, c.ProduceTimeout)
+	}
+	if c.OutboxAge <= c.ProduceTimeout {
+		return fmt.Errorf("seckill.outbox_age %s: must exceed produce_timeout %s, or orders the API is still producing are produced twice", c.OutboxAge, c.ProduceTimeout)
 	}
 	if c.CheckInterval < 0 {
 		return fmt.Errorf("seckill.check_interval %s: want 0 (off) or more", c.CheckInterval)

@@ -93,49 +93,48 @@ func loggedOnce(t *testing.T, logs *testenv.LogBuffer, order, requestID string) 
 	}
 }
 
-// TestProduceTimeoutLateMessage: Kafka acknowledges only after
-// produce_timeout, and writes the message after the API fenced its
-// order. The answer is 503, the reservation is released at once, and the
-// late message is a duplicate when consumed: no order is created, and the
-// user may buy again. The failure is one log line, the 503's, with the
-// order id (before, two lines: the order's without the request id, and
-// the request's without the order id).
-func TestProduceTimeoutLateMessage(t *testing.T) {
+// TestProduceTimeoutKeptInOutbox: Kafka acknowledges only after
+// produce_timeout. The outcome is unknown, so nothing is fenced or
+// released: the answer is 202 with the order, which stays in the outbox.
+// The late message becomes the order; the jobs leader produces the entry
+// again after outbox_age, a duplicate the consumer ignores, and removes
+// it. The user is told of the order when reserving again (409). One
+// warning names the order. Before the outbox, the order was fenced and
+// the reservation released (503).
+func TestProduceTimeoutKeptInOutbox(t *testing.T) {
 	s := newStack(t)
 	var logs testenv.LogBuffer
 	d := s.startWith("", logTo(&logs, zerolog.WarnLevel))
 	s.addItem(21, 5)
-	fenced := func() bool {
-		return s.int("SELECT COUNT(*) FROM sk_orders WHERE item_id = 21 AND status = 'canceled'") == 1
-	}
-	holdProduce(s.kafka, true, fenced)
+	var answered atomic.Bool
+	holdProduce(s.kafka, true, answered.Load)
 	r, err := d.reserve(21, 1)
-	if err != nil || r.Status != 503 {
-		t.Fatalf("reserve with the ack late: %v %+v, want 503", err, r)
-	}
-	ctx := context.Background()
-	if n := s.rdb.ZCard(ctx, "sk:{21}:pending").Val(); n != 0 || s.rdb.HExists(ctx, "sk:{21}:buyers", "1").Val() {
-		t.Errorf("after the 503: %d pending entries, user 1 in buyers %v; want the reservation released", n, s.rdb.HExists(ctx, "sk:{21}:buyers", "1").Val())
-	}
-	var fence string
-	if err := s.db.QueryRow("SELECT order_id FROM sk_orders WHERE item_id = 21 AND status = 'canceled'").Scan(&fence); err != nil {
-		t.Fatal(err)
-	}
-	loggedOnce(t, &logs, fence, r.Header.Get("X-Request-Id"))
-	s.eventually(20*time.Second, "the late message consumed as a duplicate", func() bool {
-		return metric(t, d, `cachesync_seckill_orders_consumed_total{outcome="duplicate"}`) == 1
-	})
-	if n := s.int("SELECT COUNT(*) FROM sk_orders WHERE item_id = 21 AND status <> 'canceled'"); n != 0 {
-		t.Errorf("%d orders beside the fence row, want none", n)
-	}
-	// The fence row stays, so holdProduce holds nothing any more.
-	r, err = d.reserve(21, 1)
+	answered.Store(true)
 	if err != nil || r.Status != 202 {
-		t.Fatalf("user 1 buys again: %v %+v", err, r)
+		t.Fatalf("reserve with the ack late: %v %+v, want 202", err, r)
 	}
-	s.eventually(20*time.Second, "user 1's second order created", func() bool {
-		return s.int("SELECT COUNT(*) FROM sk_orders WHERE order_id = ? AND status = 'created'", r.Body["order_id"]) == 1
+	order, _ := r.Body["order_id"].(string)
+	ctx := context.Background()
+	if !s.rdb.HExists(ctx, "sk:{21}:outbox", order).Val() {
+		t.Errorf("order %s not in the outbox after a produce that timed out", order)
+	}
+	s.eventually(20*time.Second, "the late message stored as the order", func() bool {
+		return s.int("SELECT COUNT(*) FROM sk_orders WHERE order_id = ? AND status = 'created'", order) == 1
 	})
+	// Once at least: a copy whose ack is late (a slow machine) is
+	// produced again on the next tick.
+	s.eventually(20*time.Second, "the outbox's copy consumed as a duplicate, the entry removed", func() bool {
+		return metric(t, d, `cachesync_seckill_orders_consumed_total{outcome="duplicate"}`) >= 1 && s.rdb.HLen(ctx, "sk:{21}:outbox").Val() == 0
+	})
+	if n := s.int("SELECT COUNT(*) FROM sk_orders WHERE item_id = 21"); n != 1 {
+		t.Errorf("%d rows for item 21, want the order alone (no fence)", n)
+	}
+	if n := strings.Count(logs.String(), order); n != 1 || !strings.Contains(logs.String(), "kept in the outbox") {
+		t.Errorf("order %s in %d log lines, want 1 saying it was kept in the outbox:\n%s", order, n, logs.String())
+	}
+	if r, _ := d.reserve(21, 1); r.Status != 409 || r.Body["order_id"] != order {
+		t.Errorf("reserving again: %+v, want 409 with order %s", r, order)
+	}
 	s.settled(21, 1)
 	if n := s.int("SELECT stock FROM sk_items WHERE id = 21"); n != 4 {
 		t.Errorf("MySQL stock %d, want 4", n)
@@ -144,10 +143,11 @@ func TestProduceTimeoutLateMessage(t *testing.T) {
 
 // TestProduceFailedOrderStored: Kafka writes the message but answers
 // every attempt with REQUEST_TIMED_OUT, and the consumer stores the order
-// before the producer gives up. The fence finds the row: the reservation
-// is left alone and the answer is the 202 of a successful reservation,
-// with that order. Before, the user got 503 while holding a live order,
-// and the release took the user out of buyers.
+// before the producer gives up. The outcome is unknown to the API, so the
+// order stays in the outbox and the answer is the 202 of a successful
+// reservation, with that order: no fence, nothing released. Before the
+// fence, the user got 503 while holding a live order, and the release took
+// the user out of buyers.
 func TestProduceFailedOrderStored(t *testing.T) {
 	s := newStack(t)
 	var logs testenv.LogBuffer
@@ -170,9 +170,9 @@ func TestProduceFailedOrderStored(t *testing.T) {
 	if r.Body["order_id"] != stored || r.Body["status"] != "queued" || r.Body["item_id"] != float64(22) || r.Body["user_id"] != float64(1) || r.Body["available"] != float64(4) {
 		t.Errorf("202 body %s, want order %s queued, item 22, user 1, available 4", r.Raw, stored)
 	}
-	// The 202 came from the fence finding the row, not from an ack.
-	if n := strings.Count(logs.String(), stored); n != 1 || !strings.Contains(logs.String(), "already stored") {
-		t.Errorf("order %s in %d log lines, want 1 saying it was already stored:\n%s", stored, n, logs.String())
+	// The 202 came from the outbox keeping the order, not from an ack.
+	if n := strings.Count(logs.String(), stored); n != 1 || !strings.Contains(logs.String(), "kept in the outbox") {
+		t.Errorf("order %s in %d log lines, want 1 saying it was kept in the outbox:\n%s", stored, n, logs.String())
 	}
 	if n := s.int("SELECT COUNT(*) FROM sk_orders WHERE item_id = 22"); n != 1 {
 		t.Errorf("%d order rows, want the one stored (no fence row)", n)
@@ -189,38 +189,74 @@ func TestProduceFailedOrderStored(t *testing.T) {
 	}
 }
 
-// TestProduceFailedFenceFailed: Kafka is gone and the fence itself fails
-// (a trigger refuses the API's fence row). The reservation is not
-// released, since a message written after all could still become an
-// order; the answer is 503 and the failure is logged once. The orphan
-// reaper fences it after orphan_age and CDC releases it. Before, the
-// reservation was released with no fence row: a late message would have
-// created an order whose user was no longer in buyers.
+// TestProduceFailedFenceFailed: an order never handed to Kafka (the
+// producer's breaker, half-open, lets one probe through and refuses the
+// send beside it) is fenced before its reservation is released; here the
+// fence itself fails (a trigger refuses the API's fence row). The outbox
+// entry is withdrawn, since nothing was sent and the user is told it
+// failed, but pending and buyers stay: a copy the jobs leader could be
+// producing might still become an order. The answer is 503, logged once;
+// the orphan reaper fences the reservation after orphan_age and CDC
+// releases it. Before, the reservation was released with no fence row: a
+// late message would have created an order whose user was no longer in
+// buyers.
 func TestProduceFailedFenceFailed(t *testing.T) {
+	const trip = 3 // seckill's breakerTrip
 	s := newStack(t)
 	var logs testenv.LogBuffer
-	d := s.startWith("orphan_age: 5s", logTo(&logs, zerolog.WarnLevel))
+	d := s.startWith("orphan_age: 5s\noutbox_age: 1m", logTo(&logs, zerolog.WarnLevel))
 	s.addItem(23, 5)
+	s.addItem(24, 5)
 	s.exec(`CREATE TRIGGER fence_fails BEFORE INSERT ON sk_orders FOR EACH ROW
 		IF NEW.status = 'canceled' AND NEW.reason = 'not accepted by kafka' THEN
 			SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'test: the fence fails';
 		END IF`)
-	s.kafka.Close()
-	r, err := d.reserve(23, 1)
-	if err != nil || r.Status != 503 {
-		t.Fatalf("reserve with Kafka down and the fence failing: %v %+v, want 503", err, r)
+	// Open the breaker: three produces refused (their orders wait in the
+	// outbox, left alone for outbox_age).
+	down := s.kafka.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "cachesync.orders", Err: kerr.NotEnoughReplicas, Count: -1})
+	for u := int64(1); u <= trip; u++ {
+		if r, err := d.reserve(24, u); err != nil || r.Status != 202 {
+			t.Fatalf("reservation %d with Kafka refusing: %v %+v, want 202", u, err, r)
+		}
 	}
+	if r, _ := d.reserve(24, 9); r.Status != 503 {
+		t.Fatalf("reservation with the breaker open: %+v, want 503", r)
+	}
+	down.Remove()
+	time.Sleep(2100 * time.Millisecond) // seckill's breakerOpen: then half-open
+	// The probe: its produce held by the broker while the second send is refused.
+	var release atomic.Bool
+	holdProduce(s.kafka, true, release.Load)
+	probe := make(chan reply, 1)
+	go func() { r, _ := d.reserve(23, 1); probe <- r }()
 	ctx := context.Background()
-	held, _ := s.rdb.ZRange(ctx, "sk:{23}:pending", 0, -1).Result()
-	if len(held) != 1 || !strings.HasSuffix(held[0], ":1") {
-		t.Fatalf("pending %v after a failed fence, want user 1's reservation kept", held)
+	s.eventually(5*time.Second, "the probe reserved", func() bool { return s.rdb.ZCard(ctx, "sk:{23}:pending").Val() == 1 })
+	time.Sleep(100 * time.Millisecond) // its send under way
+	r, err := d.reserve(23, 2)
+	release.Store(true)
+	if err != nil || r.Status != 503 {
+		t.Fatalf("reserve beside the probe, the fence failing: %v %+v, want 503", err, r)
 	}
-	order := strings.TrimSuffix(held[0], ":1")
-	if got := s.rdb.HGet(ctx, "sk:{23}:buyers", "1").Val(); got != order {
-		t.Errorf("buyers[1] = %q after a failed fence, want %s", got, order)
+	if pr := <-probe; pr.Status != 202 {
+		t.Errorf("the probe: %+v, want 202", pr)
 	}
-	if n := s.int("SELECT COUNT(*) FROM sk_orders WHERE item_id = 23"); n != 0 {
-		t.Errorf("%d order rows, want none", n)
+	var order string
+	for _, m := range s.rdb.ZRange(ctx, "sk:{23}:pending", 0, -1).Val() {
+		if o, ok := strings.CutSuffix(m, ":2"); ok {
+			order = o
+		}
+	}
+	if order == "" {
+		t.Fatalf("user 2's reservation not kept after a failed fence")
+	}
+	if got := s.rdb.HGet(ctx, "sk:{23}:buyers", "2").Val(); got != order {
+		t.Errorf("buyers[2] = %q after a failed fence, want %s", got, order)
+	}
+	if s.rdb.HExists(ctx, "sk:{23}:outbox", order).Val() {
+		t.Errorf("order %s still in the outbox: it would be produced although the user was told it failed", order)
+	}
+	if n := s.int("SELECT COUNT(*) FROM sk_orders WHERE order_id = ?", order); n != 0 {
+		t.Errorf("%d rows for order %s, want none", n, order)
 	}
 	loggedOnce(t, &logs, order, r.Header.Get("X-Request-Id"))
 	if !strings.Contains(logs.String(), "the fence fails") {
@@ -230,8 +266,8 @@ func TestProduceFailedFenceFailed(t *testing.T) {
 	s.eventually(30*time.Second, "the orphan reaped", func() bool {
 		return s.int("SELECT COUNT(*) FROM sk_orders WHERE order_id = ? AND status = 'canceled' AND reason LIKE '%orphan%'", order) == 1
 	})
-	s.settled(23, 0)
-	if s.rdb.HExists(ctx, "sk:{23}:buyers", "1").Val() {
-		t.Errorf("user 1 still in buyers after the reaper fenced the order")
+	s.settled(23, 1) // the probe's order
+	if s.rdb.HExists(ctx, "sk:{23}:buyers", "2").Val() {
+		t.Errorf("user 2 still in buyers after the reaper fenced the order")
 	}
 }

@@ -13,17 +13,19 @@ import (
 )
 
 // Jobs runs the sale's background work on one ticker each: cancel unpaid
-// orders, reap orphaned reservations, rebuild items that are not ready,
-// and (optionally) check drift.
+// orders, produce the orders left in the outbox, reap orphaned
+// reservations, rebuild items that are not ready, and (optionally) check
+// drift.
 type Jobs struct {
-	cfg     Config
-	rdb     redis.UniversalClient
-	store   *Store
-	rebuild *Rebuilder
-	check   *Checker
-	m       *metrics
-	log     zerolog.Logger
-	now     func() time.Time
+	cfg      Config
+	rdb      redis.UniversalClient
+	store    *Store
+	producer sender
+	rebuild  *Rebuilder
+	check    *Checker
+	m        *metrics
+	log      zerolog.Logger
+	now      func() time.Time
 
 	kickMu  sync.Mutex
 	kicked  map[int64]bool
@@ -31,11 +33,12 @@ type Jobs struct {
 	running sync.Map      // item → struct{}: a rebuild in progress or waiting for a slot
 	slots   chan struct{} // rebuilds running at once (maxRebuilds)
 
-	lagFailing bool // the last lag reading failed (only the lag loop touches it)
+	lagFailing    bool // the last lag reading failed (only the lag loop touches it)
+	outboxFailing bool // the last outbox run failed to produce (only its loop touches it)
 }
 
-func newJobs(cfg Config, rdb redis.UniversalClient, store *Store, rb *Rebuilder, ck *Checker, m *metrics, log zerolog.Logger) *Jobs {
-	return &Jobs{cfg: cfg, rdb: rdb, store: store, rebuild: rb, check: ck, m: m, log: log, now: time.Now,
+func newJobs(cfg Config, rdb redis.UniversalClient, store *Store, prod sender, rb *Rebuilder, ck *Checker, m *metrics, log zerolog.Logger) *Jobs {
+	return &Jobs{cfg: cfg, rdb: rdb, store: store, producer: prod, rebuild: rb, check: ck, m: m, log: log, now: time.Now,
 		kicked: map[int64]bool{}, kickCh: make(chan struct{}, 1), slots: make(chan struct{}, maxRebuilds)}
 }
 
@@ -87,6 +90,7 @@ func (j *Jobs) Run(ctx context.Context) {
 		}()
 	}
 	loop("unpaid", j.cfg.JobInterval, true, j.cancelUnpaid)
+	loop("outbox", j.cfg.JobInterval, true, j.drainOutbox)
 	loop("orphans", j.cfg.JobInterval, true, j.reapOrphans)
 	loop("ready", j.cfg.JobInterval, true, j.ensureReady)
 	loop("lag", j.cfg.JobInterval, true, j.measureLag)
@@ -162,9 +166,9 @@ func (j *Jobs) cancelUnpaid(ctx context.Context) {
 }
 
 // reapOrphans releases pending reservations older than OrphanAge that
-// have no order row, by fencing the order in MySQL (a canceled row): the
-// order can no longer be created, and CDC removes the entry from pending
-// and the user from buyers in one step.
+// have no order row and no outbox entry, by fencing the order in MySQL (a
+// canceled row): the order can no longer be created, and CDC removes the
+// entry from pending and the user from buyers in one step.
 func (j *Jobs) reapOrphans(ctx context.Context) {
 	items, err := j.store.Items(ctx)
 	if err != nil {
@@ -195,16 +199,33 @@ func (j *Jobs) reapOrphans(ctx context.Context) {
 // the user from buyers, and a message for the order that still arrives is
 // a duplicate. It returns the orders it fenced; an entry whose row exists
 // is left to CDC, an unparsable one to the drift check and the rebuild.
+// A reservation still in the outbox is not an orphan: its order is
+// waiting to be produced (Kafka has been failing for that long), and a
+// fence would turn an order the user was told is accepted into a
+// duplicate.
 func fenceOrphans(ctx context.Context, rdb redis.UniversalClient, store *Store, k Keys, item int64, cutoff time.Time, limit int64, reason string) ([]Order, error) {
 	old, err := rdb.ZRangeByScoreWithScores(ctx, k.Pending, &redis.ZRangeBy{Min: "-inf", Max: strconv.FormatInt(cutoff.UnixMilli(), 10), Count: limit}).Result()
 	if err != nil {
 		return nil, fmt.Errorf("read pending: %w", err)
 	}
+	queued := map[string]bool{}
+	if len(old) > 0 {
+		// Read after pending: an entry leaves the outbox only once its
+		// message is in Kafka (or with its released reservation), so an
+		// order missing here is not waiting for a produce.
+		orders, err := rdb.HKeys(ctx, k.Outbox).Result()
+		if err != nil {
+			return nil, fmt.Errorf("read outbox: %w", err)
+		}
+		for _, o := range orders {
+			queued[o] = true
+		}
+	}
 	var fenced []Order
 	for _, z := range old {
 		m, _ := z.Member.(string)
 		order, user, ok := parseMember(m)
-		if !ok {
+		if !ok || queued[order] {
 			continue
 		}
 		o := Order{ID: order, User: user, Item: item, ReservedAt: time.UnixMilli(int64(z.Score)).UTC()}

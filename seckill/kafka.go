@@ -150,8 +150,21 @@ func (p *Producer) results() {
 }
 
 // ErrProduceTimeout: Kafka did not acknowledge in time. The message may
-// still be written later; callers fence the order.
+// still be written later.
 var ErrProduceTimeout = errors.New("kafka did not acknowledge the order in time")
+
+// errNotSent wraps a Send failure that came before the message was handed
+// to the producer: nothing can have been written.
+var errNotSent = errors.New("order not handed to the kafka producer")
+
+// notSent reports whether a Send error proves the message was never
+// written (see errNotSent; ErrKafkaDown is the breaker refusing before
+// sending). Any other error leaves the outcome unknown: sarama may have
+// written an attempt whose answer was lost, and a timed-out message may
+// still be written later.
+func notSent(err error) bool {
+	return errors.Is(err, errNotSent) || errors.Is(err, ErrKafkaDown)
+}
 
 // Send produces m and waits for its acknowledgement; ErrKafkaDown while
 // the breaker is open.
@@ -186,9 +199,9 @@ func (p *Producer) send(ctx context.Context, m message, body []byte) error {
 	select {
 	case p.ap.Input() <- msg:
 	case <-ctx.Done():
-		return ctx.Err()
+		return fmt.Errorf("%w: %w", errNotSent, ctx.Err())
 	case <-t.C:
-		return ErrProduceTimeout
+		return fmt.Errorf("%w: %w", errNotSent, ErrProduceTimeout)
 	}
 	select {
 	case err := <-ch:

@@ -12,12 +12,15 @@ type Keys struct {
 	Pending string // zset "order:user" → reserve time (ms): not yet in MySQL
 	Buyers  string // hash user → order: one live reservation or order per user
 	Ready   string // present once the item's keys were rebuilt from MySQL
+	// Outbox is a hash order → Kafka message of the reservations whose
+	// message Kafka has not acknowledged yet (see outbox.go).
+	Outbox string
 }
 
 // KeysFor returns the keys of item under prefix.
 func KeysFor(prefix string, item int64) Keys {
 	base := prefix + "{" + strconv.FormatInt(item, 10) + "}:"
-	return Keys{Stock: base + "stock", Pending: base + "pending", Buyers: base + "buyers", Ready: base + "ready"}
+	return Keys{Stock: base + "stock", Pending: base + "pending", Buyers: base + "buyers", Ready: base + "ready", Outbox: base + "outbox"}
 }
 
 // ItemsKey is the set of the sale's item ids (sk_items.id), kept by a CDC

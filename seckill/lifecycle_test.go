@@ -147,29 +147,32 @@ func TestOrphanReaped(t *testing.T) {
 	}
 }
 
-// TestProduceFailure: with the broker gone, a reservation answers 503 and
-// is released: nothing stays in pending or buyers, the order is fenced.
+// TestProduceFailure: with the broker gone, a reservation is answered
+// 202 after its produce failed: Kafka may have written an attempt, so the
+// order stays in the outbox for the jobs leader, and the reservation is
+// kept (no fence, nothing released) until Kafka takes it.
 func TestProduceFailure(t *testing.T) {
 	s := newStack(t)
 	d := s.start("")
 	s.addItem(5, 10)
 	s.kafka.Close()
 	r, err := d.reserve(5, 1)
-	if err != nil || r.Status != 503 {
-		t.Fatalf("reserve with Kafka down: %v %+v", err, r)
+	if err != nil || r.Status != 202 {
+		t.Fatalf("reserve with Kafka down: %v %+v, want 202", err, r)
 	}
 	ctx := context.Background()
-	if n := s.rdb.ZCard(ctx, "sk:{5}:pending").Val(); n != 0 {
-		t.Errorf("pending has %d entries after a failed produce", n)
+	order, _ := r.Body["order_id"].(string)
+	if s.rdb.ZScore(ctx, "sk:{5}:pending", order+":1").Err() != nil || s.rdb.HGet(ctx, "sk:{5}:buyers", "1").Val() != order {
+		t.Errorf("reservation %s not kept after a failed produce", order)
 	}
-	if s.rdb.HExists(ctx, "sk:{5}:buyers", "1").Val() {
-		t.Errorf("user 1 still in buyers after a failed produce")
+	if !s.rdb.HExists(ctx, "sk:{5}:outbox", order).Val() {
+		t.Errorf("order %s not in the outbox after a failed produce", order)
 	}
-	if n := s.int("SELECT COUNT(*) FROM sk_orders WHERE item_id = 5 AND status = 'canceled'"); n != 1 {
-		t.Errorf("%d fenced orders, want 1", n)
+	if n := s.int("SELECT COUNT(*) FROM sk_orders WHERE item_id = 5"); n != 0 {
+		t.Errorf("%d order rows, want none (no fence)", n)
 	}
-	if metric(t, d, `cachesync_seckill_reservations_total{result="produce_failed"}`) != 1 {
-		t.Errorf("produce_failed metric not counted")
+	if metric(t, d, `cachesync_seckill_reservations_total{result="reserved_unacked"}`) != 1 {
+		t.Errorf("reserved_unacked metric not counted")
 	}
 }
 
@@ -250,9 +253,10 @@ func wantErrorBody(t *testing.T, r reply) {
 }
 
 // TestKafkaBreaker: with Kafka down, the first reservations each wait for
-// their produce to fail (503, fenced, released); after three of them (the breaker's trip)
-// the breaker opens and the next ones are refused at once, reserving
-// nothing, and /readyz reports kafka failing.
+// their produce to fail (202, their orders kept in the outbox); after
+// three of them (the breaker's trip) the breaker opens and the next ones
+// are refused at once (503), reserving nothing, and /readyz reports kafka
+// failing.
 func TestKafkaBreaker(t *testing.T) {
 	const trip = 3 // seckill's breakerTrip
 	s := newStack(t)
@@ -261,8 +265,8 @@ func TestKafkaBreaker(t *testing.T) {
 	s.kafka.Close()
 	ctx := context.Background()
 	for u := int64(1); u <= trip; u++ {
-		if r, err := d.reserve(7, u); err != nil || r.Status != 503 {
-			t.Fatalf("reservation %d with Kafka down: %v %+v", u, err, r)
+		if r, err := d.reserve(7, u); err != nil || r.Status != 202 {
+			t.Fatalf("reservation %d with Kafka down: %v %+v, want 202", u, err, r)
 		}
 	}
 	start := time.Now()
@@ -278,11 +282,11 @@ func TestKafkaBreaker(t *testing.T) {
 	if got := metric(t, d, `cachesync_seckill_reservations_total{result="kafka_down"}`); got < 1 {
 		t.Errorf("kafka_down = %v, want the refusals counted", got)
 	}
-	if n := s.rdb.ZCard(ctx, "sk:{7}:pending").Val(); n != 0 {
-		t.Errorf("pending has %d entries", n)
+	if n := s.rdb.ZCard(ctx, "sk:{7}:pending").Val(); n != trip {
+		t.Errorf("pending has %d entries, want the %d kept in the outbox: refused reservations reserve nothing", n, trip)
 	}
-	if n := s.int("SELECT COUNT(*) FROM sk_orders WHERE item_id = 7"); n > trip+1 {
-		t.Errorf("%d fenced orders, want at most %d: refused reservations reserve nothing", n, trip+1)
+	if n := s.rdb.HLen(ctx, "sk:{7}:outbox").Val(); n != trip {
+		t.Errorf("outbox has %d entries, want %d", n, trip)
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {

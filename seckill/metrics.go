@@ -20,12 +20,14 @@ type metrics struct {
 	consumerLag   *prometheus.GaugeVec
 	unknownItems  *prometheus.CounterVec
 	itemLookups   *prometheus.CounterVec
+	outbox        *prometheus.CounterVec
+	outboxWaiting prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		reservations: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachesync_seckill_reservations_total",
-			Help: "Reservation attempts by result: reserved, already_bought, sold_out, sold_out_local (answered from the local flag), not_ready, unknown_item, redis_error, lookup_error (telling a made-up id from an item not ready failed), produce_failed (Kafka did not acknowledge and the order was not found stored: fenced and released, or the fence failed and the reservation was kept; one found stored counts as reserved), kafka_down (refused before reserving while the producer's breaker is open)."}, []string{"result"}),
+			Help: "Reservation attempts by result: reserved, reserved_unacked (202, but Kafka did not acknowledge: the order stays in the outbox and the jobs leader produces it again), already_bought, sold_out, sold_out_local (answered from the local flag), not_ready, unknown_item, redis_error, lookup_error (telling a made-up id from an item not ready failed), produce_failed (the order was never handed to Kafka and was not found stored: fenced and released, or the fence failed and the reservation was kept for the orphan reaper; one found stored counts as reserved), kafka_down (refused before reserving while the producer's breaker is open)."}, []string{"result"}),
 		consumed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachesync_seckill_orders_consumed_total",
 			Help: "Orders the consumer stored, by outcome: created, failed (no MySQL stock), duplicate (redelivery, no-op)."}, []string{"outcome"}),
 		retries: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachesync_seckill_order_retries_total",
@@ -51,18 +53,22 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		checks: prometheus.NewCounter(prometheus.CounterOpts{Name: "cachesync_seckill_drift_checks_total",
 			Help: "Drift checks completed."}),
 		jobRuns: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachesync_seckill_job_runs_total",
-			Help: "Runs of the jobs role's periodic jobs in this process, by job (unpaid, orphans, ready, check, lag); only the holder of the jobs lease runs them."}, []string{"job"}),
+			Help: "Runs of the jobs role's periodic jobs in this process, by job (unpaid, outbox, orphans, ready, check, lag); only the holder of the jobs lease runs them."}, []string{"job"}),
 		consumerLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cachesync_seckill_consumer_lag_messages",
 			Help: "Orders in the topic that the consumer group has not committed yet, by partition; measured every job_interval by the holder of the jobs lease."}, []string{"partition"}),
 		unknownItems: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachesync_seckill_unknown_items_total",
 			Help: "Requests for an item id that is no sale item (not in sk_items), answered 404 without a log line or a rebuild, by endpoint: reservation, item."}, []string{"endpoint"}),
 		itemLookups: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachesync_seckill_item_lookups_total",
 			Help: "Item ids of not-ready requests looked up in MySQL because the known-items set could not be trusted (absent, or sk_items being snapshotted), by result: known, unknown, busy (too many at once: 503), error."}, []string{"result"}),
+		outbox: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cachesync_seckill_outbox_total",
+			Help: "Outbox entries older than outbox_age handled by the jobs leader, by result: produced (Kafka acknowledged; entry removed), failed (retried on the next tick), invalid (not a message the reserve script wrote; removed, its reservation left to the orphan reaper)."}, []string{"result"}),
+		outboxWaiting: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cachesync_seckill_outbox_waiting",
+			Help: "Outbox entries older than outbox_age still not acknowledged by Kafka after the jobs leader's last run: their units stay reserved, and the orphan reaper leaves them alone, until Kafka takes them."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.reservations, m.consumed, m.retries, m.deadLettered, m.storeSeconds, m.canceled, m.reaped,
 			m.rebuilds, m.rebuildErrors, m.limited, m.authFailures, m.drift, m.checks, m.jobRuns, m.consumerLag,
-			m.unknownItems, m.itemLookups)
+			m.unknownItems, m.itemLookups, m.outbox, m.outboxWaiting)
 	}
 	return m
 }
@@ -86,4 +92,5 @@ func (m *metrics) observeCheck(r Result) {
 func (m *metrics) termEnded() {
 	m.drift.Reset()
 	m.consumerLag.Reset()
+	m.outboxWaiting.Set(0)
 }

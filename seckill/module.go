@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"os"
+	"syscall"
 	"time"
 
 	"github.com/cachesync/cachesync/api"
@@ -47,6 +49,11 @@ func OpenDB(ctx context.Context, mc binlog.Config) (*sql.DB, error) {
 	}
 	return db, nil
 }
+
+// killAfterReserveEnv, set to 1, makes the process kill itself (SIGKILL)
+// right after a reserve script succeeded, before its order is produced:
+// the crash the outbox exists for, injected by the kill -9 tests.
+const killAfterReserveEnv = "CACHESYNC_TEST_KILL_AFTER_RESERVE"
 
 // JobsLease is the lease under which one process at a time runs the jobs
 // role.
@@ -110,6 +117,14 @@ func start(p Params) error {
 	var jobs *Jobs
 	var jobsLease *leader.Lease
 	var reserver *Reserver
+	var prod *Producer
+	if cfg.has(RoleAPI) || cfg.has(RoleJobs) { // jobs produce the outbox
+		prod, err = retry(ctx, func() (*Producer, error) { return NewProducer(cfg.Kafka, cfg.ProduceTimeout) })
+		if err != nil {
+			return err
+		}
+		p.Lifecycle.Append(fx.StopHook(prod.Close))
+	}
 	if cfg.has(RoleJobs) {
 		rb, err := retry(ctx, func() (*Rebuilder, error) {
 			return NewRebuilder(cfg, ks, p.Sink.Channel, p.Redis, db, store, log.With().Str("role", "rebuild").Logger())
@@ -120,20 +135,18 @@ func start(p Params) error {
 		p.Lifecycle.Append(fx.StopHook(rb.Close))
 		jobsLease = p.Elector.Lease(JobsLease)
 		p.Health.Role(JobsLease, jobsLease.Role)
-		jobs = newJobs(cfg, p.Redis, store, rb, NewChecker(cfg, ks, p.Redis, db, store), m, log.With().Str("role", "jobs").Logger())
+		jobs = newJobs(cfg, p.Redis, store, prod, rb, NewChecker(cfg, ks, p.Redis, db, store), m, log.With().Str("role", "jobs").Logger())
 	}
 	if cfg.has(RoleAPI) {
-		prod, err := retry(ctx, func() (*Producer, error) { return NewProducer(cfg.Kafka, cfg.ProduceTimeout) })
-		if err != nil {
-			return err
-		}
-		p.Lifecycle.Append(fx.StopHook(prod.Close))
 		p.Health.Register("kafka", func(context.Context) error { return prod.Available() })
 		so := newSoldOut(cfg.KeyPrefix, p.Cache.Live)
 		p.Cache.Listen(so.invalidated)
 		res := &Reserver{cfg: cfg, rdb: p.Redis, producer: prod, store: store, soldOut: so, m: m,
 			log: log.With().Str("role", "api").Logger(), now: time.Now,
-			batch: newCoalescer(p.Redis, reserveScript, 128)}
+			batch: newCoalescer(p.Redis, reserveScript, 128), acks: newCoalescer(p.Redis, ackScript, 128)}
+		if os.Getenv(killAfterReserveEnv) == "1" {
+			res.afterReserve = func() { _ = syscall.Kill(os.Getpid(), syscall.SIGKILL) }
+		}
 		res.known = newKnownItems(cfg, ks, p.Redis, store, m)
 		reserver = res
 		if jobs != nil {

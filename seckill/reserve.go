@@ -46,9 +46,12 @@ type sender interface {
 	Available() error
 }
 
-// Reserver takes reservations: one Lua call in Redis, then the order to
-// Kafka; an order Kafka did not acknowledge is fenced in MySQL, and the
-// reservation released only if the fence row was written (notProduced).
+// Reserver takes reservations: one Lua call in Redis that writes the
+// reservation and its order message to the item's outbox, then the order
+// to Kafka, then the outbox entry removed. An order Kafka may have
+// written stays in the outbox for the jobs leader to produce again; one
+// that was never handed to Kafka is fenced in MySQL, and the reservation
+// released only if the fence row was written (notProduced).
 type Reserver struct {
 	cfg      Config
 	rdb      redis.UniversalClient
@@ -60,7 +63,11 @@ type Reserver struct {
 	m        *metrics
 	log      zerolog.Logger
 	now      func() time.Time
-	batch    *coalescer
+	batch    *coalescer // the reserve script
+	acks     *coalescer // the outbox acknowledgements
+	// afterReserve, when set, runs between a successful reserve script
+	// and the produce: the crash tests kill the process there.
+	afterReserve func()
 }
 
 // run runs the pipelining workers until ctx is done; then reservations
@@ -68,11 +75,13 @@ type Reserver struct {
 func (r *Reserver) run(ctx context.Context, workers int) {
 	var wg sync.WaitGroup
 	for range workers {
-		wg.Add(1)
+		wg.Add(2)
 		go func() { defer wg.Done(); r.batch.run(ctx) }()
+		go func() { defer wg.Done(); r.acks.run(ctx) }()
 	}
 	wg.Wait()
 	r.batch.shut()
+	r.acks.shut()
 }
 
 // Reserve reserves one unit of item for user.
@@ -92,8 +101,13 @@ func (r *Reserver) Reserve(ctx context.Context, item, user int64) (Reserved, err
 	now := r.now()
 	order := fmt.Sprintf("%d-%s", item, id)
 	k := KeysFor(r.cfg.KeyPrefix, item)
+	m := message{Order: order, User: user, Item: item, ReservedMS: now.UnixMilli()}
+	body, err := json.Marshal(m)
+	if err != nil {
+		return Reserved{}, fmt.Errorf("%w: order message: %v", ErrUnavailable, err)
+	}
 	epoch := r.soldOut.epoch()
-	raw, err := r.batch.do(ctx, []string{k.Stock, k.Pending, k.Buyers, k.Ready}, user, order, now.UnixMilli())
+	raw, err := r.batch.do(ctx, []string{k.Stock, k.Pending, k.Buyers, k.Ready, k.Outbox}, user, order, now.UnixMilli(), body)
 	res, _ := raw.([]any)
 	if err == nil && len(res) != 2 {
 		err = fmt.Errorf("reserve script returned %v", raw)
@@ -137,50 +151,86 @@ func (r *Reserver) Reserve(ctx context.Context, item, user int64) (Reserved, err
 		return Reserved{}, fmt.Errorf("%w: reserve script returned %v", ErrUnavailable, res)
 	}
 	avail, _ := res[1].(int64)
-	m := message{Order: order, User: user, Item: item, ReservedMS: now.UnixMilli()}
-	body, _ := json.Marshal(m)
 	ok := Reserved{Order: order, Item: item, User: user, Available: avail}
-	if err := r.producer.Send(ctx, m, body); err != nil {
+	if r.afterReserve != nil {
+		r.afterReserve()
+	}
+	err = r.producer.Send(ctx, m, body)
+	switch {
+	case err == nil:
+		// A failed acknowledgement only means the jobs leader produces
+		// the order again: a duplicate, which the consumer ignores.
+		if err := r.ack(ctx, k, order); err != nil {
+			r.log.Debug().Err(err).Str("order", order).Msg("outbox entry not removed; the order will be produced again")
+		}
+	case notSent(err):
 		return r.notProduced(m, ok, err)
+	default:
+		// Kafka may have written it, or may still. The entry stays in the
+		// outbox and the jobs leader produces it again after outbox_age,
+		// until Kafka acknowledges: the order is as good as accepted, so
+		// the answer is the reservation (202). Releasing instead needs a
+		// fence in MySQL first, which cancels an order Kafka may hold and
+		// can itself fail; keeping the entry never loses an order, and a
+		// second copy is a duplicate the consumer ignores.
+		r.m.reservations.WithLabelValues("reserved_unacked").Inc()
+		r.log.Warn().Err(err).Str("order", order).Int64("item", item).Int64("user", user).
+			Msg("order not acknowledged by kafka; kept in the outbox to be produced again, answered 202")
+		return ok, nil
 	}
 	r.m.reservations.WithLabelValues("reserved").Inc()
 	return ok, nil
 }
 
-// notProduced settles a reservation whose order Kafka did not acknowledge
-// (an error, a timeout, the client gone): the message may have been
-// written all the same, and even consumed. The order is fenced in MySQL
-// first (a canceled row, so a message consumed later is a duplicate), and
-// what happens to the reservation depends on the fence:
+// ack removes an order's outbox entry once Kafka acknowledged its message.
+func (r *Reserver) ack(ctx context.Context, k Keys, order string) error {
+	_, err := r.acks.do(context.WithoutCancel(ctx), []string{k.Outbox}, order)
+	return err
+}
+
+// notProduced settles a reservation whose order was never handed to
+// Kafka (notSent: the breaker opened meanwhile, the client left first).
+// This process wrote nothing, but the jobs leader may be producing the
+// outbox entry at this moment (a slow request older than outbox_age). So
+// the order is fenced in MySQL first (a canceled row, so a message
+// consumed later is a duplicate), and what happens to the reservation
+// depends on the fence:
 //   - the fence row was written: the order can never be created, so the
-//     Redis entries go at once (CDC of the row would remove them a moment
-//     later); ErrUnavailable (503).
-//   - a row exists: the message was consumed meanwhile and the order is
-//     stored. The reservation is left to CDC, as for any stored order, and
-//     the answer is the reservation (202).
-//   - the fence failed: nothing is released, since a message written after
-//     all could still become an order; the orphan reaper fences the entry
-//     after OrphanAge if none does. ErrUnavailable (503).
+//     Redis entries, the outbox's included, go at once (CDC of the row
+//     would remove pending and buyers a moment later); ErrUnavailable
+//     (503).
+//   - a row exists: the order was produced and stored meanwhile. The
+//     reservation is left to CDC, as for any stored order, and the answer
+//     is the reservation (202).
+//   - the fence failed: the outbox entry is withdrawn, so that the order
+//     the user was told failed is not produced later, but pending and
+//     buyers stay: an order being produced by the jobs leader could still
+//     be stored. The orphan reaper fences the entry after OrphanAge if
+//     none does. ErrUnavailable (503).
 //
 // The 503s are not logged here: the error says what happened and the
 // HTTP handler logs it, once.
 func (r *Reserver) notProduced(m message, ok Reserved, cause error) (Reserved, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
+	k := KeysFor(r.cfg.KeyPrefix, m.Item)
 	fenced, err := r.store.Fence(ctx, m.order(), "not accepted by kafka")
 	switch {
 	case err != nil:
 		r.m.reservations.WithLabelValues("produce_failed").Inc()
+		if derr := r.ack(ctx, k, m.Order); derr != nil {
+			return Reserved{}, fmt.Errorf("%w: kafka: %v; order %s not fenced (%v) and left in the outbox (%v): it will be produced later", ErrUnavailable, cause, m.Order, err, derr)
+		}
 		return Reserved{}, fmt.Errorf("%w: kafka: %v; order %s not fenced, reservation kept for the orphan reaper: %v", ErrUnavailable, cause, m.Order, err)
 	case !fenced:
+		_ = r.ack(ctx, k, m.Order) // stored: producing it again would be a duplicate
 		r.m.reservations.WithLabelValues("reserved").Inc()
 		r.log.Warn().Err(cause).Str("order", m.Order).Int64("item", m.Item).Int64("user", m.User).
 			Msg("order not acknowledged by kafka but already stored; reservation kept, answered 202")
 		return ok, nil
 	}
 	r.m.reservations.WithLabelValues("produce_failed").Inc()
-	k := KeysFor(r.cfg.KeyPrefix, m.Item)
-	if err := releaseScript.Run(ctx, r.rdb, []string{k.Pending, k.Buyers}, m.User, m.Order).Err(); err != nil {
+	if err := releaseScript.Run(ctx, r.rdb, []string{k.Pending, k.Buyers, k.Outbox}, m.User, m.Order).Err(); err != nil {
 		return Reserved{}, fmt.Errorf("%w: kafka: %v; order %s fenced, its release left to CDC: %v", ErrUnavailable, cause, m.Order, err)
 	}
 	return Reserved{}, fmt.Errorf("%w: kafka: %v; order %s fenced and released", ErrUnavailable, cause, m.Order)

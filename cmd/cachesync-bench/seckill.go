@@ -150,7 +150,8 @@ seckill:
 	const evalN = 400_000
 	rb := exec.CommandContext(ctx, "redis-benchmark", "-h", host, "-p", strconv.Itoa(int(rport)), "-c", strconv.Itoa(*clients),
 		"-n", strconv.Itoa(evalN), "-r", "1000000000", "--csv",
-		"EVALSHA", sha, "4", k.Stock, k.Pending, k.Buyers, k.Ready, "__rand_int__", "9-__rand_int__", strconv.FormatInt(time.Now().UnixMilli(), 10))
+		"EVALSHA", sha, "5", k.Stock, k.Pending, k.Buyers, k.Ready, k.Outbox, "__rand_int__", "9-__rand_int__", strconv.FormatInt(time.Now().UnixMilli(), 10),
+		`{"order_id":"9-__rand_int__","user_id":__rand_int__,"item_id":9,"reserved_ms":1}`)
 	c0 := meter.read()
 	rbOut, err := rb.CombinedOutput()
 	if err != nil {

@@ -65,15 +65,13 @@ func TestClusterCrash(t *testing.T) {
 	const injected = 6
 	for i := range injected {
 		r.Kill(t)
-		d.Env = []string{"CACHESYNC_CRASH_AFTER_SLOTS=" + strconv.Itoa(1+rng.IntN(40))}
-		r = d.Start(t)
+		r = d.StartEnv(t, "CACHESYNC_CRASH_AFTER_SLOTS="+strconv.Itoa(1+rng.IntN(40)))
 		if err := waitUntil(60*time.Second, r.Exited); err != nil {
 			t.Fatalf("run %d (crash %d) did not crash itself between slot groups within 60s%s", r.N, i+1, r.Tail())
 		}
 		if err := r.Err(); err == nil || !strings.Contains(err.Error(), "signal: killed") {
 			t.Fatalf("run %d (crash %d) ended with %v, want its own SIGKILL%s", r.N, i+1, err, r.Tail())
 		}
-		d.Env = nil
 		r = d.Start(t)
 		time.Sleep(time.Duration(200+rng.IntN(800)) * time.Millisecond)
 		select {

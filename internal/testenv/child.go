@@ -89,8 +89,6 @@ type Child struct {
 	Bin    string // the binary, from BuildCachesync
 	Config string // the configuration file
 	Dir    string // where the logs go
-	// Env is added to ChildEnv for the runs started after it is set.
-	Env []string
 
 	mu   sync.Mutex
 	runs int
@@ -114,11 +112,18 @@ func (c *Child) logPath(n int) string {
 // started. The run becomes the current one.
 func (c *Child) Start(tb testing.TB) *ChildRun {
 	tb.Helper()
+	return c.StartEnv(tb)
+}
+
+// StartEnv is Start with more environment variables ("KEY=value") for
+// this run only, after ChildEnv: a test hook of the daemon, say.
+func (c *Child) StartEnv(tb testing.TB, env ...string) *ChildRun {
+	tb.Helper()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.runs++
 	r := &ChildRun{N: c.runs, Log: c.logPath(c.runs)}
-	p, err := startProcess(c.Bin, []string{"run", "-config", c.Config}, append(ChildEnv(), c.Env...), r.Log)
+	p, err := startProcess(c.Bin, []string{"run", "-config", c.Config}, append(ChildEnv(), env...), r.Log)
 	if err != nil {
 		tb.Fatalf("testenv: run %d: %v", r.N, err)
 	}
