@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/IBM/sarama"
 	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // resumeWithin is how soon after its start-up a restarted consumer must
@@ -130,4 +133,62 @@ func (s *stack) groupMembers() []string {
 		}
 	}
 	return ids
+}
+
+// TestConsumerReadyz: a process with the consumer role reports a
+// "consumer" check in /readyz, failing while it cannot join its group
+// (JoinGroup refused by the broker), passing once its session is
+// established, and failing for good once another process joined with
+// its instance id (fenced: it stops consuming), while that one passes.
+func TestConsumerReadyz(t *testing.T) {
+	s := newStack(t)
+	var refuse atomic.Bool
+	refuse.Store(true)
+	s.kafka.ControlKey(int16(kmsg.JoinGroup), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		s.kafka.KeepControl()
+		if !refuse.Load() {
+			return nil, nil, false
+		}
+		resp := req.(*kmsg.JoinGroupRequest).ResponseKind().(*kmsg.JoinGroupResponse)
+		resp.ErrorCode = kerr.CoordinatorNotAvailable.Code
+		return resp, nil, true
+	})
+	yaml := strings.Replace(s.configYAML(0, 0, "roles: [consumer]"), "session_timeout: 1s", "session_timeout: 1s\n    instance_id: consumer-a", 1)
+	d1 := s.startYAML(yaml)
+	readyz := func(d *node) (int, map[string]string) {
+		r, err := call("GET", d.admin+"/readyz", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body struct {
+			Failing map[string]string `json:"failing"`
+		}
+		_ = json.Unmarshal([]byte(r.Raw), &body)
+		return r.Status, body.Failing
+	}
+	consumerFailing := func(d *node, want string) func() bool {
+		return func() bool {
+			code, failing := readyz(d)
+			return code == 503 && strings.Contains(failing["consumer"], want)
+		}
+	}
+	s.eventually(15*time.Second, "consumer failing while JoinGroup is refused", consumerFailing(d1, "group"))
+	_, failing := readyz(d1)
+	t.Logf("JoinGroup refused: consumer %q", failing["consumer"])
+	refuse.Store(false)
+	ready := func(d *node) func() bool {
+		return func() bool { code, _ := readyz(d); return code == 200 }
+	}
+	s.eventually(30*time.Second, "d1 ready once it joined", ready(d1))
+
+	d2 := s.startYAML(yaml)
+	s.eventually(30*time.Second, "d1's consumer fenced by d2", consumerFailing(d1, "fenced"))
+	s.eventually(30*time.Second, "d2 ready", ready(d2))
+	time.Sleep(2 * time.Second) // d1 must not take its place back
+	if code, failing := readyz(d2); code != 200 {
+		t.Errorf("d2 /readyz %d %v after d1 was fenced, want 200", code, failing)
+	}
+	if m := s.groupMembers(); len(m) != 1 || m[0] != "consumer-a" {
+		t.Errorf("group members %v, want d2 alone as consumer-a", m)
+	}
 }
