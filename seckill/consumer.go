@@ -17,12 +17,13 @@ import (
 // committed (or after it was dead-lettered), so a crash redelivers it and
 // the redelivery is a no-op (the order id is the primary key).
 type Consumer struct {
-	cfg   Config
-	store *Store
-	group sarama.ConsumerGroup
-	dlq   sarama.SyncProducer
-	m     *metrics
-	log   zerolog.Logger
+	cfg    Config
+	store  *Store
+	client sarama.Client // the group's; closed after it
+	group  sarama.ConsumerGroup
+	dlq    sarama.SyncProducer
+	m      *metrics
+	log    zerolog.Logger
 
 	health consumerHealth
 }
@@ -43,8 +44,14 @@ func NewConsumer(cfg Config, store *Store, m *metrics, log zerolog.Logger) (*Con
 	// A static member: restarted after a crash, it takes its place back
 	// without waiting out its dead session (see Kafka.InstanceID).
 	c.Consumer.Group.InstanceId = cfg.Kafka.InstanceID
-	group, err := sarama.NewConsumerGroup(cfg.Kafka.Brokers, cfg.Kafka.Group, c)
+	// Our own client: it outlives the group's Close, for the leave.
+	client, err := sarama.NewClient(cfg.Kafka.Brokers, c)
 	if err != nil {
+		return nil, fmt.Errorf("kafka consumer group %s at %v: %w", cfg.Kafka.Group, cfg.Kafka.Brokers, err)
+	}
+	group, err := sarama.NewConsumerGroupFromClient(cfg.Kafka.Group, client)
+	if err != nil {
+		client.Close()
 		return nil, fmt.Errorf("kafka consumer group %s at %v: %w", cfg.Kafka.Group, cfg.Kafka.Brokers, err)
 	}
 	pc, err := saramaConfig(cfg.Kafka, "cachesync-dlq")
@@ -58,9 +65,10 @@ func NewConsumer(cfg Config, store *Store, m *metrics, log zerolog.Logger) (*Con
 	dlq, err := sarama.NewSyncProducer(cfg.Kafka.Brokers, pc)
 	if err != nil {
 		group.Close()
+		client.Close()
 		return nil, fmt.Errorf("kafka dead-letter producer %v: %w", cfg.Kafka.Brokers, err)
 	}
-	return &Consumer{cfg: cfg, store: store, group: group, dlq: dlq, m: m, log: log}, nil
+	return &Consumer{cfg: cfg, store: store, client: client, group: group, dlq: dlq, m: m, log: log}, nil
 }
 
 // Run consumes until ctx is done or the group is closed, rejoining at once
@@ -120,24 +128,19 @@ func (c *Consumer) Check(context.Context) error {
 // leaves nothing, so its restart takes the place back. A fenced member
 // does not leave: the place is another process's now.
 func (c *Consumer) Close() error {
-	err := errors.Join(c.group.Close(), c.dlq.Close())
+	err := c.group.Close()
 	if c.cfg.Kafka.InstanceID != "" && !c.health.isFenced() {
 		err = errors.Join(err, c.leave())
 	}
-	return err
+	return errors.Join(err, c.client.Close(), c.dlq.Close())
 }
 
 func (c *Consumer) leave() error {
 	k := c.cfg.Kafka
-	sc, err := saramaConfig(k, "cachesync-consumer")
-	if err != nil {
-		return err
-	}
-	admin, err := sarama.NewClusterAdmin(k.Brokers, sc)
+	admin, err := sarama.NewClusterAdminFromClient(c.client) // not closed: that would close the client
 	if err != nil {
 		return fmt.Errorf("leave group %s as %s: %w", k.Group, k.InstanceID, err)
 	}
-	defer admin.Close()
 	resp, err := admin.RemoveMemberFromConsumerGroup(k.Group, []string{k.InstanceID})
 	if err != nil {
 		return fmt.Errorf("leave group %s as %s: %w", k.Group, k.InstanceID, err)
