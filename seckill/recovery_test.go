@@ -15,17 +15,18 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
-// resumeWithin is how soon after its start-up a restarted consumer must
-// store an order: the bound of issue 13.
+// resumeWithin is how soon after its restart a consumer must store an
+// order: the bound of issue 13.
 const resumeWithin = 2 * time.Second
 
 // TestConsumerResumesFast: the order consumer (a child process, roles
 // [consumer], the default 10 s session timeout) is killed with SIGKILL
 // and restarted; an order produced at the restart is stored in MySQL
-// within resumeWithin of the new process's start-up ("seckill started").
-// A dynamic member waits out the dead member's session and a rebalance
-// first (20-33 s measured); a static one (seckill.kafka.instance_id)
-// takes its own place back at once.
+// within resumeWithin of starting the new process (its start-up included).
+// A dynamic member waited out the dead member's session first (9.8 s
+// measured here, 20-33 s when a rebalance followed); a static one
+// (seckill.kafka.instance_id) takes its own place back at once (0.3-0.4 s
+// after the restart, 0.13-0.15 s after "seckill started").
 func TestConsumerResumesFast(t *testing.T) {
 	const item = 61
 	bin := testenv.BuildCachesync(t)
@@ -70,8 +71,8 @@ func TestConsumerResumesFast(t *testing.T) {
 		started = done
 	}
 	t.Logf("order stored %s after the restart, %s after its start-up", done.Sub(restart).Round(time.Millisecond), done.Sub(started).Round(time.Millisecond))
-	if took := done.Sub(started); took > resumeWithin {
-		t.Errorf("restarted consumer stored the order %s after its start-up, want at most %s", took.Round(time.Millisecond), resumeWithin)
+	if took := done.Sub(restart); took > resumeWithin {
+		t.Errorf("restarted consumer stored the order %s after the restart, want at most %s", took.Round(time.Millisecond), resumeWithin)
 	}
 }
 
