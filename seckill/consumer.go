@@ -135,28 +135,48 @@ func (c *Consumer) Close() error {
 	return errors.Join(err, c.client.Close(), c.dlq.Close())
 }
 
+// leave sends LeaveGroup for this static member with the member id of its
+// last session: a coordinator that has handed the instance id to another
+// process since answers FENCED_INSTANCE_ID instead of removing that one
+// (Kafka checks the pair; kfake does not).
 func (c *Consumer) leave() error {
 	k := c.cfg.Kafka
-	admin, err := sarama.NewClusterAdminFromClient(c.client) // not closed: that would close the client
+	member := c.health.memberID()
+	if member == "" {
+		return nil // never had a session: nothing to leave
+	}
+	coord, err := c.client.Coordinator(k.Group)
 	if err != nil {
 		return fmt.Errorf("leave group %s as %s: %w", k.Group, k.InstanceID, err)
 	}
-	resp, err := admin.RemoveMemberFromConsumerGroup(k.Group, []string{k.InstanceID})
+	resp, err := coord.LeaveGroup(&sarama.LeaveGroupRequest{Version: 3, GroupId: k.Group,
+		Members: []sarama.MemberIdentity{{MemberId: member, GroupInstanceId: &k.InstanceID}}})
+	if err == nil {
+		err = leaveErr(resp)
+	}
 	if err != nil {
 		return fmt.Errorf("leave group %s as %s: %w", k.Group, k.InstanceID, err)
+	}
+	return nil
+}
+
+// leaveErr is the error of a LeaveGroup answer; an unknown member (its
+// session expired meanwhile) has left already.
+func leaveErr(resp *sarama.LeaveGroupResponse) error {
+	if resp.Err != sarama.ErrNoError {
+		return resp.Err
 	}
 	for _, m := range resp.Members {
-		// Unknown: not in the group (never joined, or already removed).
 		if m.Err != sarama.ErrNoError && m.Err != sarama.ErrUnknownMemberId {
-			return fmt.Errorf("leave group %s as %s: %w", k.Group, k.InstanceID, m.Err)
+			return m.Err
 		}
 	}
 	return nil
 }
 
 // Setup implements sarama.ConsumerGroupHandler.
-func (c *Consumer) Setup(sarama.ConsumerGroupSession) error {
-	c.health.started()
+func (c *Consumer) Setup(s sarama.ConsumerGroupSession) error {
+	c.health.started(s.MemberID())
 	return nil
 }
 

@@ -17,12 +17,19 @@ type consumerHealth struct {
 	joinErr   error     // of the last Consume; nil once a session starts
 	storeErr  error     // of the last order that could not be stored nor dead-lettered
 	fenced    bool      // another process took our instance id
+	member    string    // the member id of the last session
 }
 
-func (h *consumerHealth) started() {
+func (h *consumerHealth) started(member string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.inSession, h.joined, h.joinErr = true, true, nil
+	h.inSession, h.joined, h.joinErr, h.member = true, true, nil, member
+}
+
+func (h *consumerHealth) memberID() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.member
 }
 
 func (h *consumerHealth) ended(now time.Time) {

@@ -58,11 +58,13 @@ func (l *lagReader) waitDrained(ctx context.Context, topic, group string, item i
 	if err != nil {
 		return err
 	}
-	if from < 0 { // never committed: the consumer starts at the oldest
-		if from, err = l.client.GetOffset(topic, p, sarama.OffsetOldest); err != nil {
-			return err
-		}
+	// Never committed (-1): the consumer starts at the oldest. Below the
+	// oldest, retention removed the messages: no consumer will store them.
+	oldest, err := l.client.GetOffset(topic, p, sarama.OffsetOldest)
+	if err != nil {
+		return err
 	}
+	from = max(from, oldest)
 	if from >= end {
 		return nil // everything in the partition is stored (or it is empty)
 	}
