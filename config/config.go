@@ -221,6 +221,9 @@ func (c *Config) SetDefaults() {
 	c.Cache.SetDefaults()
 	c.Goods.SetDefaults()
 	c.Seckill.SetDefaults()
+	if c.Seckill.Kafka.InstanceID == "" {
+		c.Seckill.Kafka.InstanceID = seckill.DefaultInstanceID(c.MySQL.ServerID)
+	}
 	if c.Seckill.Enabled {
 		c.Seckill.VersionStock(c.Sink.Rules)
 	}

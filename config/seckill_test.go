@@ -18,6 +18,7 @@ func TestBadSeckillConfigs(t *testing.T) {
 		"dlq_same_topic.yaml":               {"seckill.kafka.dead_letter_topic", "must differ"},
 		"session_timeout_short.yaml":        {"seckill.kafka.session_timeout", "100ms"},
 		"mechanism_bad.yaml":                {"seckill.kafka.mechanism", "GSSAPI"},
+		"instance_id_bad.yaml":              {"seckill.kafka.instance_id", `"host 1/a"`},
 		"orphan_age_small.yaml":             {"seckill.orphan_age", "produce_timeout"},
 		"outbox_age_small.yaml":             {"seckill.outbox_age 3s", "must exceed produce_timeout 3s"},
 		"unpaid_negative.yaml":              {"seckill.unpaid_timeout", "-1s"},
@@ -60,6 +61,11 @@ func TestSeckillDefaults(t *testing.T) {
 		s.Kafka.DeadLetterTopic != "cachesync.orders.dlq" || s.ProduceTimeout != 3*time.Second || s.OrphanAge != 10*time.Minute ||
 		s.Retry.Attempts != 5 || s.CheckInterval != 0 || s.OutboxAge != seckill.DefaultOutboxAge {
 		t.Errorf("defaults = %+v", s)
+	}
+	// The consumer is a static member named after the host and the
+	// daemon's replica id (mysql.server_id, 4242 by default).
+	if want := seckill.DefaultInstanceID(4242); s.Kafka.InstanceID != want || !strings.HasPrefix(want, "cachesync-") || !strings.HasSuffix(want, "-4242") {
+		t.Errorf("instance_id %q, want %q", s.Kafka.InstanceID, want)
 	}
 	// The per-IP limit is on unless set to 0; buyers' tokens carry sub.
 	if s.Limits.PerIP == nil || *s.Limits.PerIP != seckill.DefaultPerIP || s.Auth.JWT.UserClaim != "sub" || s.Auth.JWT.Leeway != 30*time.Second {

@@ -3,6 +3,7 @@ package seckill
 import (
 	"errors"
 	"fmt"
+	"os"
 	"regexp"
 	"strings"
 	"time"
@@ -80,8 +81,21 @@ type Kafka struct {
 	// SessionTimeout of the consumer group: how long a dead member
 	// keeps its partitions.
 	SessionTimeout time.Duration `yaml:"session_timeout"`
-	Username       string        `yaml:"username"`
-	Password       string        `yaml:"password"`
+	// InstanceID makes this process's consumer a static member of the
+	// group (KIP-345): restarted with the same id after a crash, it takes
+	// its own place back at once instead of waiting out the dead member's
+	// session and a rebalance. Two live consumers with one id fence each
+	// other, so it must be unique per process and stable across its
+	// restarts. Default "cachesync-<hostname>-<mysql.server_id>"
+	// (DefaultInstanceID): the host name tells machines and pods apart
+	// (a StatefulSet pod keeps its name), mysql.server_id tells apart the
+	// daemons of one host (it must be unique per daemon already: MySQL
+	// drops a replica whose id another one uses). Letters, digits, '.',
+	// '_' and '-', at most 249. Empty (only for a Config built in code;
+	// the configuration file's loader fills the default): a dynamic member.
+	InstanceID string `yaml:"instance_id"`
+	Username   string `yaml:"username"`
+	Password   string `yaml:"password"`
 	// Mechanism is the SASL mechanism when a username is set:
 	// SCRAM-SHA-256 (default), SCRAM-SHA-512 or PLAIN. PLAIN sends the
 	// password as it is, so it is refused without TLS; SCRAM never sends
@@ -189,7 +203,24 @@ func (c *Config) SetDefaults() {
 	c.Auth.SetDefaults()
 }
 
-var identRE = regexp.MustCompile(`^[A-Za-z0-9_]+$`)
+var (
+	identRE    = regexp.MustCompile(`^[A-Za-z0-9_]+$`)
+	instanceRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,249}$`) // Kafka's rule for group.instance.id
+	notInID    = regexp.MustCompile(`[^A-Za-z0-9._-]+`)
+)
+
+// DefaultInstanceID is seckill.kafka.instance_id when none is set:
+// "cachesync-<hostname>-<serverID>", stable across restarts of one daemon
+// and distinct between the daemons of one host (see Kafka.InstanceID).
+func DefaultInstanceID(serverID uint32) string {
+	host, _ := os.Hostname()
+	host = notInID.ReplaceAllString(host, "-")
+	if host == "" {
+		host = "localhost"
+	}
+	id := fmt.Sprintf("-%d", serverID)
+	return "cachesync-" + host[:min(len(host), 249-len("cachesync-")-len(id))] + id
+}
 
 // Validate reports the first problem, naming the field.
 func (c *Config) Validate() error {
@@ -224,6 +255,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kafka.Topic == c.Kafka.DeadLetterTopic {
 		return fmt.Errorf("seckill.kafka.dead_letter_topic: must differ from topic %q", c.Kafka.Topic)
+	}
+	if c.Kafka.InstanceID != "" && !instanceRE.MatchString(c.Kafka.InstanceID) {
+		return fmt.Errorf("seckill.kafka.instance_id %q: want 1 to 249 letters, digits, '.', '_' or '-'", c.Kafka.InstanceID)
 	}
 	if c.Kafka.SessionTimeout < time.Second {
 		return fmt.Errorf("seckill.kafka.session_timeout %s: want at least 1s", c.Kafka.SessionTimeout)

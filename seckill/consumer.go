@@ -17,12 +17,15 @@ import (
 // committed (or after it was dead-lettered), so a crash redelivers it and
 // the redelivery is a no-op (the order id is the primary key).
 type Consumer struct {
-	cfg   Config
-	store *Store
-	group sarama.ConsumerGroup
-	dlq   sarama.SyncProducer
-	m     *metrics
-	log   zerolog.Logger
+	cfg    Config
+	store  *Store
+	client sarama.Client // the group's; closed after it
+	group  sarama.ConsumerGroup
+	dlq    sarama.SyncProducer
+	m      *metrics
+	log    zerolog.Logger
+
+	health consumerHealth
 }
 
 // NewConsumer joins the consumer group (it consumes once Run is called).
@@ -38,8 +41,17 @@ func NewConsumer(cfg Config, store *Store, m *metrics, log zerolog.Logger) (*Con
 	c.Consumer.Group.Heartbeat.Interval = cfg.Kafka.SessionTimeout / 5
 	c.Consumer.Group.Rebalance.Timeout = 2 * cfg.Kafka.SessionTimeout
 	c.Consumer.Return.Errors = true
-	group, err := sarama.NewConsumerGroup(cfg.Kafka.Brokers, cfg.Kafka.Group, c)
+	// A static member: restarted after a crash, it takes its place back
+	// without waiting out its dead session (see Kafka.InstanceID).
+	c.Consumer.Group.InstanceId = cfg.Kafka.InstanceID
+	// Our own client: it outlives the group's Close, for the leave.
+	client, err := sarama.NewClient(cfg.Kafka.Brokers, c)
 	if err != nil {
+		return nil, fmt.Errorf("kafka consumer group %s at %v: %w", cfg.Kafka.Group, cfg.Kafka.Brokers, err)
+	}
+	group, err := sarama.NewConsumerGroupFromClient(cfg.Kafka.Group, client)
+	if err != nil {
+		client.Close()
 		return nil, fmt.Errorf("kafka consumer group %s at %v: %w", cfg.Kafka.Group, cfg.Kafka.Brokers, err)
 	}
 	pc, err := saramaConfig(cfg.Kafka, "cachesync-dlq")
@@ -53,17 +65,22 @@ func NewConsumer(cfg Config, store *Store, m *metrics, log zerolog.Logger) (*Con
 	dlq, err := sarama.NewSyncProducer(cfg.Kafka.Brokers, pc)
 	if err != nil {
 		group.Close()
+		client.Close()
 		return nil, fmt.Errorf("kafka dead-letter producer %v: %w", cfg.Kafka.Brokers, err)
 	}
-	return &Consumer{cfg: cfg, store: store, group: group, dlq: dlq, m: m, log: log}, nil
+	return &Consumer{cfg: cfg, store: store, client: client, group: group, dlq: dlq, m: m, log: log}, nil
 }
 
 // Run consumes until ctx is done or the group is closed, rejoining at once
 // after a rebalance and, after an error, with back-off (from about 1 s to
-// 10 s, starting over after a rebalance).
+// 10 s, starting over after a rebalance). It returns errFenced, and
+// consumes no more, when another process joined with its instance id.
 func (c *Consumer) Run(ctx context.Context) error {
 	go func() {
 		for err := range c.group.Errors() {
+			if errors.Is(err, sarama.ErrFencedInstancedId) {
+				c.health.fence()
+			}
 			c.log.Warn().Err(err).Msg("consumer group")
 		}
 	}()
@@ -73,30 +90,106 @@ func (c *Consumer) Run(ctx context.Context) error {
 		// One session: Consume returns nil at a rebalance.
 		_, err := backoff.Retry(ctx, func() (struct{}, error) {
 			err := c.group.Consume(ctx, []string{c.cfg.Kafka.Topic}, c)
-			if errors.Is(err, sarama.ErrClosedConsumerGroup) {
+			switch {
+			case errors.Is(err, sarama.ErrClosedConsumerGroup):
 				return struct{}{}, backoff.Permanent(err)
+			case errors.Is(err, sarama.ErrFencedInstancedId) || c.health.isFenced():
+				c.health.fence()
+				return struct{}{}, backoff.Permanent(errFenced)
+			case err != nil && ctx.Err() == nil:
+				c.health.joinFailed(err)
 			}
 			return struct{}{}, err
 		}, backoff.WithBackOff(bo), backoff.WithMaxElapsedTime(0), backoff.WithNotify(func(err error, wait time.Duration) {
 			c.log.Warn().Err(err).Dur("retry_in", wait).Msg("consume; rejoining")
 		}))
-		if errors.Is(err, sarama.ErrClosedConsumerGroup) {
+		switch {
+		case errors.Is(err, sarama.ErrClosedConsumerGroup):
 			return nil
+		case errors.Is(err, errFenced):
+			c.log.Error().Str("instance_id", c.cfg.Kafka.InstanceID).Str("group", c.cfg.Kafka.Group).
+				Msg("consumer fenced: another process joined the group with this instance id; this one stopped consuming (set a unique seckill.kafka.instance_id)")
+			return err
 		}
 	}
 	return nil
 }
 
-// Close leaves the group and closes the dead-letter producer.
+// Check is the consumer's readiness (/readyz "consumer"): see
+// consumerHealth.check; a rebalance may last up to the session timeout.
+func (c *Consumer) Check(context.Context) error {
+	return c.health.check(time.Now(), c.cfg.Kafka.SessionTimeout)
+}
+
+// Close leaves the group and closes the dead-letter producer. A static
+// member leaves explicitly (sarama's Close keeps it in the group, KIP-345):
+// a graceful stop hands its partitions over at once, as before, instead
+// of holding them for a session timeout in case it comes back; a crash
+// leaves nothing, so its restart takes the place back. A fenced member
+// does not leave: the place is another process's now.
 func (c *Consumer) Close() error {
-	return errors.Join(c.group.Close(), c.dlq.Close())
+	err := c.group.Close()
+	if c.cfg.Kafka.InstanceID != "" && !c.health.isFenced() {
+		err = errors.Join(err, c.leave())
+	}
+	return errors.Join(err, c.client.Close(), c.dlq.Close())
+}
+
+// leave sends LeaveGroup for this static member with the member id of its
+// last session: a coordinator that has handed the instance id to another
+// process since answers FENCED_INSTANCE_ID instead of removing that one
+// (Kafka checks the pair; kfake does not).
+func (c *Consumer) leave() error {
+	k := c.cfg.Kafka
+	member := c.health.memberID()
+	if member == "" {
+		return nil // never had a session: nothing to leave
+	}
+	coord, err := c.client.Coordinator(k.Group)
+	if err != nil {
+		return fmt.Errorf("leave group %s as %s: %w", k.Group, k.InstanceID, err)
+	}
+	resp, err := coord.LeaveGroup(&sarama.LeaveGroupRequest{Version: 3, GroupId: k.Group,
+		Members: []sarama.MemberIdentity{{MemberId: member, GroupInstanceId: &k.InstanceID}}})
+	if err == nil {
+		err = leaveErr(resp)
+	}
+	if err != nil {
+		return fmt.Errorf("leave group %s as %s: %w", k.Group, k.InstanceID, err)
+	}
+	return nil
+}
+
+// leaveErr is the error of a LeaveGroup answer; an unknown member (its
+// session expired meanwhile) has left already.
+func leaveErr(resp *sarama.LeaveGroupResponse) error {
+	if resp.Err != sarama.ErrNoError {
+		return resp.Err
+	}
+	for _, m := range resp.Members {
+		if m.Err != sarama.ErrNoError && m.Err != sarama.ErrUnknownMemberId {
+			return m.Err
+		}
+	}
+	return nil
 }
 
 // Setup implements sarama.ConsumerGroupHandler.
-func (c *Consumer) Setup(sarama.ConsumerGroupSession) error { return nil }
+func (c *Consumer) Setup(s sarama.ConsumerGroupSession) error {
+	c.health.started(s.MemberID())
+	return nil
+}
 
-// Cleanup implements sarama.ConsumerGroupHandler.
-func (c *Consumer) Cleanup(sarama.ConsumerGroupSession) error { return nil }
+// Cleanup implements sarama.ConsumerGroupHandler. A session the
+// coordinator ended because another process joined with our instance id
+// has that as its cause.
+func (c *Consumer) Cleanup(s sarama.ConsumerGroupSession) error {
+	if errors.Is(context.Cause(s.Context()), sarama.ErrFencedInstancedId) {
+		c.health.fence()
+	}
+	c.health.ended(time.Now())
+	return nil
+}
 
 // ConsumeClaim stores each message, then marks it. It returns when the
 // claim ends (rebalance) or the session's context is done; a message not
@@ -110,7 +203,11 @@ func (c *Consumer) ConsumeClaim(s sarama.ConsumerGroupSession, claim sarama.Cons
 			if !ok {
 				return nil
 			}
-			if err := c.handle(s.Context(), msg); err != nil {
+			err := c.handle(s.Context(), msg)
+			if s.Context().Err() == nil {
+				c.health.stored(err)
+			}
+			if err != nil {
 				return err // not marked: redelivered
 			}
 			s.MarkMessage(msg, "")

@@ -175,6 +175,7 @@ func start(p Params) error {
 		if err != nil {
 			return err
 		}
+		p.Health.Register("consumer", cons.Check)
 	}
 	p.Lifecycle.Append(fx.Hook{
 		OnStart: func(context.Context) error {

@@ -26,7 +26,9 @@ var (
 )
 
 // Rebuilder repairs an item's Redis keys from MySQL: pause reservations
-// of the item, wait until every order already produced for it is stored,
+// of the item, wait until every order already produced for it is stored
+// (waitDrained: at once for an item with no order waiting in Kafka, such
+// as a new item, even with the consumer down),
 // fence the orphaned reservations (older than OrphanAge, no order row),
 // wait until CDC has applied MySQL's current position, then rewrite
 // stock, pending and buyers from one consistent MySQL read and resume.
@@ -221,46 +223,6 @@ func newLagReader(k Kafka) (*lagReader, error) {
 }
 
 func (l *lagReader) Close() error { return l.admin.Close() } // closes the client too
-
-// waitDrained waits until the group has committed every message that was
-// in item's partition when it was called.
-func (l *lagReader) waitDrained(ctx context.Context, topic, group string, item int64) error {
-	parts, err := l.client.Partitions(topic)
-	if err != nil {
-		return err
-	}
-	p, err := partitionOf(topic, item, int32(len(parts)))
-	if err != nil {
-		return err
-	}
-	end, err := l.client.GetOffset(topic, p, sarama.OffsetNewest)
-	if err != nil {
-		return err
-	}
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
-	if end == 0 {
-		return nil // nothing was ever produced to the partition
-	}
-	for {
-		// A group that never committed is reported as unknown by some
-		// brokers: nothing consumed yet, keep waiting.
-		resp, err := l.admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: {p}})
-		if err != nil && !errors.Is(err, sarama.ErrGroupIDNotFound) {
-			return err
-		}
-		if err == nil {
-			if b := resp.GetBlock(topic, p); b != nil && b.Err == sarama.ErrNoError && b.Offset >= end {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("partition %d of %s not consumed up to offset %d by group %s: %w", p, topic, end, group, ctx.Err())
-		case <-t.C:
-		}
-	}
-}
 
 // lags returns, for each partition of topic, how many messages the group
 // has not committed yet: the partition's end offset minus the group's

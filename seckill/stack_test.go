@@ -194,7 +194,13 @@ func (s *stack) start(seckillExtra string) *node {
 // startWith is start with more fx options (a decorated logger, say).
 func (s *stack) startWith(seckillExtra string, opts ...fx.Option) *node {
 	s.t.Helper()
-	cfg, err := config.Parse([]byte(s.configYAML(0, 0, seckillExtra)), nil)
+	return s.startYAML(s.configYAML(0, 0, seckillExtra), opts...)
+}
+
+// startYAML runs a daemon in process with a whole configuration.
+func (s *stack) startYAML(yaml string, opts ...fx.Option) *node {
+	s.t.Helper()
+	cfg, err := config.Parse([]byte(yaml), nil)
 	if err != nil {
 		s.t.Fatal(err)
 	}
