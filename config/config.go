@@ -214,6 +214,10 @@ func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 // SetDefaults fills every unset field.
 func (c *Config) SetDefaults() {
 	c.MySQL.SetDefaults()
+	c.Sink.Cluster = c.Redis.Mode == RedisCluster
+	if c.Sink.Cluster && c.Sink.Source == "" {
+		c.Sink.Source = "main"
+	}
 	c.Sink.SetDefaults()
 	c.HA.SetDefaults()
 	c.HTTP.SetDefaults()
@@ -228,10 +232,6 @@ func (c *Config) SetDefaults() {
 		c.Seckill.VersionStock(c.Sink.Rules)
 	}
 	c.Redis.SetDefaults()
-	c.Sink.Cluster = c.Redis.Mode == RedisCluster
-	if c.Sink.Cluster && c.Sink.Source == "" {
-		c.Sink.Source = "main"
-	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}

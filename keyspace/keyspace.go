@@ -112,6 +112,11 @@ func (s Keyspace) Resync() string { return s.own("resync") }
 // (see sink.Applier.SnapshotProgress).
 func (s Keyspace) SnapshotProgress() string { return s.own("snapshot:progress") }
 
+// Sources is the hash of the sources writing this Redis (field: source
+// name, value: what its rules write), shared by all of them: see
+// sink.Applier.RegisterSource.
+func (s Keyspace) Sources() string { return s.Prefix + "sources" }
+
 // SlotRecord is the hash in which, with Cluster, the sink records what it
 // applied to the keys of slot (see sink's apply per slot).
 func (s Keyspace) SlotRecord(slot int) string {

@@ -269,17 +269,22 @@ func (p *Pipeline) lead(ctx context.Context, fence sink.Fence) error {
 	}
 }
 
-// checkRedis refuses a Redis user that may not run what the daemon sends
-// and a Redis whose eviction policy may drop cachesync's keys
-// (sink.CheckRedis), retrying until Redis answers; nil when ctx is done.
+// checkRedis refuses a Redis user that may not run what the daemon sends,
+// a Redis whose eviction policy may drop cachesync's keys
+// (sink.CheckRedis) and rules that write another source's keys (it
+// registers this source's: sink.Applier.RegisterSource), retrying until
+// Redis answers; nil when ctx is done.
 func (p *Pipeline) checkRedis(ctx context.Context) error {
 	err := retry(ctx, func() error {
 		warnings, err := p.applier.CheckRedis(ctx)
 		for _, w := range warnings {
 			p.log.Warn().Msg(w)
 		}
+		if err == nil {
+			err = p.applier.RegisterSource(ctx, true)
+		}
 		switch {
-		case errors.Is(err, sink.ErrACL), errors.Is(err, sink.ErrEvictionPolicy):
+		case errors.Is(err, sink.ErrACL), errors.Is(err, sink.ErrEvictionPolicy), errors.Is(err, sink.ErrSourceOverlap):
 			return backoff.Permanent(err)
 		case err != nil:
 			p.log.Warn().Err(err).Msg("checking redis; retrying")

@@ -141,6 +141,9 @@ func CheckRedis(ctx context.Context, rdb redis.UniversalClient, rules *Rules, ks
 	if w != "" {
 		warnings = append(warnings, w)
 	}
+	if ks.Cluster {
+		warnings = append(warnings, rules.SlotWarnings()...)
+	}
 	return warnings, err
 }
 

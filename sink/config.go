@@ -23,7 +23,9 @@ type Config struct {
 	// Cluster is set from redis.mode: versions and leases go in their
 	// key's slot, and batches are applied per slot.
 	Cluster bool `yaml:"-"`
-	// Channel is the pub/sub channel of invalidation messages.
+	// Channel is the pub/sub channel of invalidation messages (default
+	// "cachesync:invalidations", with ":<source>" after it when Source is
+	// set: each source numbers its messages, so each has its channel).
 	Channel string `yaml:"channel"`
 	// BatchChanges caps the row changes applied in one script call.
 	// Consecutive transactions share a call up to this size; a larger
@@ -46,6 +48,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Channel == "" {
 		c.Channel = "cachesync:invalidations"
+		if c.Source != "" { // each source counts its own seq
+			c.Channel += ":" + c.Source
+		}
 	}
 	if c.BatchChanges == 0 {
 		c.BatchChanges = 2000

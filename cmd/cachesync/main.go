@@ -160,8 +160,7 @@ func validate(cfg *config.Config) int {
 	if err == nil {
 		rdb := daemon.NewRedisClient(cfg.Redis)
 		defer rdb.Close()
-		// The sink the daemon would run: what it refuses, validate refuses
-		// (a Redis Cluster, for now).
+		// The sink the daemon would run: what it refuses, validate refuses.
 		var a *sink.Applier
 		if a, err = sink.NewApplier(cfg.Sink, rdb, zerolog.Nop(), nil); err == nil {
 			if reached, err = redisReached(ctx, rdb, cfg.Redis); err == nil {
@@ -169,6 +168,9 @@ func validate(cfg *config.Config) int {
 				warnings, err = a.CheckRedis(ctx)
 				for _, w := range warnings {
 					fmt.Fprintln(os.Stderr, "cachesync: warning:", w)
+				}
+				if err == nil {
+					err = a.RegisterSource(ctx, false)
 				}
 			}
 			if err != nil {
