@@ -24,8 +24,7 @@ deps:
 	scripts/deps.sh
 
 ## run: start private MariaDB + Redis + Kafka (devkafka), load the demo schema, run the daemon in the background.
-## REDIS_MODE=cluster starts a 6-node Redis Cluster instead of Redis (scripts/redis-cluster.sh); the daemon refuses
-## cluster mode until issue 11 is done, so it stops there.
+## REDIS_MODE=cluster starts a 6-node Redis Cluster instead of Redis (scripts/redis-cluster.sh) and runs the daemon on it.
 run: build
 	scripts/dev-up.sh
 	scripts/demo.sh
@@ -34,9 +33,12 @@ run: build
 stop:
 	scripts/dev-down.sh
 
-## test: install servers if missing, lint, then run every test (race detector on).
+## test: install servers if missing, lint, then run every test (race detector on), then the
+## suites that can run on either once more on a private Redis Cluster (CLUSTER_SUITES).
+CLUSTER_SUITES ?= ./cache
 test: deps lint
 	CI=$${CI:-true} $(GO) test -race -count=1 -timeout 20m ./...
+	CI=$${CI:-true} CACHESYNC_TEST_REDIS_MODE=cluster $(GO) test -race -count=1 -timeout 20m $(CLUSTER_SUITES)
 
 ## bench: CDC apply rate and CPU per row vs raw go-mysql parse and a plain pipelined-SET floor, and latency; the cache
 ## consistency harness; GET /goods/{id} with L1 vs L2 vs DB; reservations vs

@@ -10,11 +10,23 @@ mysql_port=${CACHESYNC_DEV_MYSQL_PORT:-33306}
 redis_port=${CACHESYNC_DEV_REDIS_PORT:-36379}
 kafka_port=${CACHESYNC_DEV_KAFKA_PORT:-39092}
 mysql=(mariadb -h127.0.0.1 -P"$mysql_port" -uroot)
+# The daemon's configuration, and how it finds Redis: on the dev Redis
+# Cluster (make run REDIS_MODE=cluster), the same file with redis.mode
+# cluster and the six nodes as seeds.
+config=configs/cachesync.yaml
+redis_env=(CACHESYNC_REDIS_ADDR=127.0.0.1:$redis_port)
+redis_cli="redis-cli -p $redis_port"
+channel=cachesync:invalidations
 if [[ ${CACHESYNC_DEV_REDIS_MODE:-standalone} == cluster ]]; then
 	cluster_port=${CACHESYNC_DEV_REDIS_CLUSTER_PORT:-37001}
-	echo "The Redis Cluster runs (redis-cli -c -p $cluster_port), but the daemon refuses redis.mode cluster" >&2
-	echo "until its sink applies per hash slot (issue 11): not starting it. make stop stops the servers." >&2
-	exit 1
+	mkdir -p .dev
+	config=.dev/cachesync-cluster.yaml
+	sed "s/^  addr: 127.0.0.1:36379\$/  mode: cluster/" configs/cachesync.yaml >"$config"
+	grep -q '^  mode: cluster$' "$config" || { echo "demo.sh: configs/cachesync.yaml has no redis addr line to replace" >&2; exit 1; }
+	seeds=
+	for p in $(seq "$cluster_port" $((cluster_port + 5))); do seeds+=${seeds:+,}127.0.0.1:$p; done
+	redis_env=(CACHESYNC_REDIS_ADDRS=$seeds)
+	redis_cli="redis-cli -c -p $cluster_port"
 fi
 "${mysql[@]}" < configs/demo.sql
 # Flash sale: its tables and one item with 5 units.
@@ -52,9 +64,9 @@ if [[ -s .dev/cachesync.pid ]] && kill -0 "$(<.dev/cachesync.pid)" 2>/dev/null; 
 	kill "$(<.dev/cachesync.pid)" || true
 	sleep 1
 fi
-CACHESYNC_MYSQL_ADDR=127.0.0.1:$mysql_port CACHESYNC_REDIS_ADDR=127.0.0.1:$redis_port \
+env CACHESYNC_MYSQL_ADDR=127.0.0.1:$mysql_port "${redis_env[@]}" \
 	CACHESYNC_KAFKA_BROKERS=127.0.0.1:$kafka_port \
-	nohup bin/cachesync run -config configs/cachesync.yaml >.dev/cachesync.log 2>&1 &
+	nohup bin/cachesync run -config "$config" >.dev/cachesync.log 2>&1 &
 echo $! >.dev/cachesync.pid
 ready=
 for _ in $(seq 300); do
@@ -98,15 +110,15 @@ cachesync is running (pid $(<.dev/cachesync.pid), log .dev/cachesync.log).
 Try it (in this shell first:  export CACHESYNC_JWT_SECRET=$jwt_expr CACHESYNC_ADMIN_TOKEN=$token_expr
         -- the commands below load configs/cachesync.yaml, which needs the secret):
   # 1. watch the invalidation channel (in another terminal)
-  redis-cli -p $redis_port SUBSCRIBE cachesync:invalidations
+  $redis_cli SUBSCRIBE $channel
 
   # 2. change a row in MariaDB
   ${mysql[*]} -e "UPDATE shop.t_goods SET stock = stock - 1, price = 379.00 WHERE goodsId = 1"
 
   # 3. read what cachesync wrote
-  redis-cli -p $redis_port GET goods:json:1
-  redis-cli -p $redis_port GET goods:stock:1
-  redis-cli -p $redis_port SMEMBERS goods:on_sale
+  $redis_cli GET goods:json:1
+  $redis_cli GET goods:stock:1
+  $redis_cli SMEMBERS goods:on_sale
 
   # 4. read through the two-level cache (X-Cache says L1, L2 or DB)
   curl -si $api/goods/1
