@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -405,4 +406,76 @@ func TestClusterRewind(t *testing.T) {
 		t.Fatalf("replay from %s: %v", cp.Pos, err)
 	}
 	m.check(t, rdb, p)
+}
+
+// TestClusterReshard: slots move between masters (redis-cli --cluster
+// reshard) while batches stream: nothing is lost and every key ends as the
+// rows are.
+func TestClusterReshard(t *testing.T) {
+	c := testenv.StartRedisCluster(t)
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs(), ClusterStateReloadInterval: time.Second})
+	defer rdb.Close()
+	ctx := context.Background()
+	const p = "rs:"
+	m := &goodsModel{rows: map[int32][]any{}, rng: rand.New(rand.NewPCG(5, 6))}
+	var txns []*binlog.Txn
+	for i := range 3000 {
+		txns = append(txns, m.next(pos("binlog.000001", uint32(1000+100*i))))
+	}
+	a := newClusterApplier(t, rdb, p)
+	a.cfg.BatchChanges = 20
+	in := make(chan *binlog.Txn)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx, in, Resume{}) }()
+	fed := make(chan struct{})
+	go func() { // a steady stream while the slots move
+		defer close(fed)
+		for _, tx := range txns {
+			in <- tx
+			time.Sleep(2 * time.Millisecond)
+		}
+		close(in)
+	}()
+	masters, err := c.Masters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := func(r *testenv.Redis) string {
+		n := redis.NewClient(&redis.Options{Addr: r.Addr()})
+		defer n.Close()
+		s, err := n.Do(ctx, "CLUSTER", "MYID").Text()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	time.Sleep(500 * time.Millisecond)
+	moves := 0
+	for i := range 2 {
+		from, to := masters[i], masters[(i+1)%len(masters)]
+		out, err := exec.Command("redis-cli", "--cluster", "reshard", from.Addr(), "--cluster-from", id(from), "--cluster-to", id(to),
+			"--cluster-slots", "1500", "--cluster-yes", "--cluster-pipeline", "50").CombinedOutput()
+		if err != nil {
+			t.Fatalf("reshard %d: %v\n%s", i, err, out)
+		}
+		moves++
+	}
+	select {
+	case <-fed:
+		t.Fatal("the stream ended before the slots finished moving: make it longer")
+	default:
+	}
+	select {
+	case <-fed:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the stream did not finish within 2 minutes")
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if cp := a.Applied(); cp == nil || cp.Pos != txns[len(txns)-1].Pos {
+		t.Fatalf("applied up to %v, want %s", cp, txns[len(txns)-1].Pos)
+	}
+	m.check(t, rdb, p)
+	t.Logf("%d transactions streamed while %d reshards moved 1500 slots each", len(txns), moves)
 }
