@@ -112,6 +112,10 @@ func (s Keyspace) Resync() string { return s.own("resync") }
 // (see sink.Applier.SnapshotProgress).
 func (s Keyspace) SnapshotProgress() string { return s.own("snapshot:progress") }
 
+// WrittenSlots is, with Cluster, the bitmap of the slots whose record
+// (SlotRecord) this source created.
+func (s Keyspace) WrittenSlots() string { return s.own("slots") }
+
 // Sources is the hash of the sources writing this Redis (field: source
 // name, value: what its rules write), shared by all of them: see
 // sink.Applier.RegisterSource.

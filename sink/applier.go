@@ -211,6 +211,12 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, r Resume) erro
 	if a.cs != nil {
 		clear(a.cs.marks)
 		a.cs.start = r.Expect
+		if r.Expect != nil {
+			if err := a.retry(ctx, "checking the slots' records failed; retrying", func(e *zerolog.Event) *zerolog.Event { return e },
+				func() error { return a.slotsKept(ctx) }); err != nil || ctx.Err() != nil {
+				return err
+			}
+		}
 	}
 	// next is a TRUNCATE read while filling a batch: it starts the next
 	// one, alone, so that the rows before it are in Redis first.
@@ -430,6 +436,9 @@ const (
 // is the checkpoint before it, for errors.
 func (a *Applier) apply(ctx context.Context, b *batch, guard, expect, stored string) error {
 	b.finish(guard, expect, a.lastSeq.Load(), a.cfg.Channel, a.cfg.TombstoneTTL.Milliseconds())
+	if a.cs != nil {
+		b.markSlots(a.cs.unmarked(b))
+	}
 	fields := func(e *zerolog.Event) *zerolog.Event { return e.Int("txns", len(b.txns)).Int("rows", b.rows) }
 	return a.retry(ctx, "apply to redis failed; retrying", fields, func() error {
 		// A call in flight is finished even when ctx is cancelled: shutdown

@@ -50,6 +50,9 @@
 --   P f v              key k: HSET field f of hash k (the snapshot progress)
 --                      to v, unless it holds "request" (a snapshot of the
 --                      table was requested meanwhile: the next run does it)
+--   B n s1 .. sn       key k: SETBIT k s 1 for each s (on a Redis Cluster:
+--                      the slots this source has written, see
+--                      Applier.applySlots)
 -- Every check that can fail runs before the first write, so a batch is
 -- applied whole or not at all. The checks follow the member ops' keys
 -- through the batch: an A or HA on a missing key makes it a set or a hash
@@ -115,6 +118,8 @@ while i <= n do
     i, k = i + 2, k + 1
   elseif op == 'P' then
     i, k = i + 3, k + 1
+  elseif op == 'B' then
+    i, k = i + 2 + tonumber(ARGV[i + 1]), k + 1
   elseif op == 'HA' or op == 'HR' then
     local t = typeof(KEYS[k])
     if t ~= 'hash' and t ~= 'none' then
@@ -223,6 +228,11 @@ while i <= n do
       redis.call('HSET', KEYS[k], ARGV[i + 1], ARGV[i + 2])
     end
     i, k = i + 3, k + 1
+  elseif op == 'B' then
+    for j = 1, tonumber(ARGV[i + 1]) do
+      redis.call('SETBIT', KEYS[k], ARGV[i + 1 + j], 1)
+    end
+    i, k = i + 2 + tonumber(ARGV[i + 1]), k + 1
   else -- 'HR'
     if redis.call('HGET', KEYS[k], ARGV[i + 1]) == ARGV[i + 2] then
       redis.call('HDEL', KEYS[k], ARGV[i + 1])

@@ -346,6 +346,19 @@ func (b *batch) finish(guard, expect string, lastSeq int64, channel string, tomb
 	}
 }
 
+// markSlots adds to the batch's own script the op that records slots
+// in the bitmap of written slots (keyspace.WrittenSlots).
+func (b *batch) markSlots(slots []int) {
+	if len(slots) == 0 {
+		return
+	}
+	b.op("B", len(slots))
+	for _, s := range slots {
+		b.args = append(b.args, s)
+	}
+	b.keys = append(b.keys, b.ks.WrittenSlots())
+}
+
 // finishSlots fills the headers of the sub-batches (see slot.lua) after
 // finish: token is the writer's fencing token ("0" for none), recorded(s)
 // what it last recorded in slot s ("" for nothing).

@@ -41,6 +41,7 @@ import (
 
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cenkalti/backoff/v5"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -233,6 +234,7 @@ func (a *Applier) checkSlots(ctx context.Context, slots []int, f Fence, expect s
 	}
 	var oldest *Checkpoint
 	oldestSlot := -1
+	var gone []int // records this run created that vanished
 	for slot, cmd := range cmds {
 		want, ok := cs.marks[slot]
 		if !ok {
@@ -246,6 +248,7 @@ func (a *Applier) checkSlots(ctx context.Context, slots []int, f Fence, expect s
 			if oldest == nil || want.from.Version < oldest.Version {
 				oldest, oldestSlot = want.from, slot
 			}
+			gone = append(gone, slot)
 			continue
 		}
 		have, _ := strconv.ParseUint(str(v[0]), 10, 64)
@@ -271,7 +274,7 @@ func (a *Applier) checkSlots(ctx context.Context, slots []int, f Fence, expect s
 	if expect == "" { // no checkpoint yet to replay from: a snapshot runs
 		return a.refused(ErrRedisReset, fmt.Sprintf("slot %d went back during the snapshot", oldestSlot))
 	}
-	if err := moveCheckpointBack(ctx, a.rdb, a.ks, f, expect, *oldest); err != nil {
+	if err := moveCheckpointBack(ctx, a.rdb, a.ks, f, expect, *oldest, gone); err != nil {
 		if r := a.refusal(err.Error()); r != nil {
 			return r
 		}
@@ -288,7 +291,9 @@ func str(v any) string {
 // rewindScript moves the checkpoint KEYS[1] back to ARGV[3..7] (file,
 // pos, version, gtid, commit µs) if it is past it, fenced by the lease
 // KEYS[2] holding ARGV[1] ("" unfenced) and refused if another writer
-// moved it past ARGV[2], the version this writer expects ("" none).
+// moved it past ARGV[2], the version this writer expects ("" none). It
+// clears the slots ARGV[8..] in the bitmap of written slots KEYS[3]:
+// their records vanished, and the replay writes them again.
 var rewindScript = redis.NewScript(`
 if ARGV[1] ~= '' then
   local holder = redis.call('GET', KEYS[2])
@@ -303,12 +308,15 @@ end
 if stored and tonumber(stored) > tonumber(ARGV[5]) then
   redis.call('HSET', KEYS[1], 'file', ARGV[3], 'pos', ARGV[4], 'version', ARGV[5], 'gtid', ARGV[6], 'commit_us', ARGV[7])
 end
+for i = 8, #ARGV do
+  redis.call('SETBIT', KEYS[3], ARGV[i], 0)
+end
 return 1
 `)
 
 // moveCheckpointBack runs rewindScript (see there); a refusal is returned
 // as the script's text, for Applier.refusal.
-func moveCheckpointBack(ctx context.Context, rdb redis.UniversalClient, ks keyspace.Keyspace, f Fence, expect string, cp Checkpoint) error {
+func moveCheckpointBack(ctx context.Context, rdb redis.UniversalClient, ks keyspace.Keyspace, f Fence, expect string, cp Checkpoint, gone []int) error {
 	lease := f.Key
 	if lease == "" {
 		lease = ks.Checkpoint()
@@ -317,8 +325,11 @@ func moveCheckpointBack(ctx context.Context, rdb redis.UniversalClient, ks keysp
 	if !cp.Commit.IsZero() {
 		commit = strconv.FormatInt(cp.Commit.UnixMicro(), 10)
 	}
-	err := rewindScript.Run(ctx, rdb, []string{ks.Checkpoint(), lease}, f.Value, expect,
-		cp.Pos.File, strconv.FormatUint(uint64(cp.Pos.Pos), 10), strconv.FormatUint(cp.Version, 10), cp.GTID, commit).Err()
+	args := []any{f.Value, expect, cp.Pos.File, strconv.FormatUint(uint64(cp.Pos.Pos), 10), strconv.FormatUint(cp.Version, 10), cp.GTID, commit}
+	for _, s := range gone {
+		args = append(args, s)
+	}
+	err := rewindScript.Run(ctx, rdb, []string{ks.Checkpoint(), lease, ks.WrittenSlots()}, args...).Err()
 	if err != nil {
 		var rerr redis.Error
 		if errors.As(err, &rerr) && strings.HasPrefix(err.Error(), "CS") {
@@ -417,4 +428,56 @@ func globEscape(s string) string {
 		b.WriteRune(r)
 	}
 	return b.String()
+}
+
+// unmarked lists the slots of b's slot groups that this run has not
+// written yet: the batch records them in the bitmap of written slots
+// (again, after a restart: SETBIT is idempotent).
+func (s *clusterState) unmarked(b *batch) []int {
+	var out []int
+	for slot := range b.slots {
+		if _, ok := s.marks[slot]; !ok {
+			out = append(out, slot)
+		}
+	}
+	return out
+}
+
+// slotsKept checks, before a run resumes from the checkpoint, that the
+// record of every slot this source ever wrote (the bitmap of written
+// slots) still exists: a master that lost its data while no writer ran
+// (a restart without persistence that no replica took over) took them
+// with it, and only a snapshot repairs that (ErrRedisReset). A failing
+// call is returned as it is, to be retried.
+func (a *Applier) slotsKept(ctx context.Context) error {
+	bits, err := a.cs.cc.Get(ctx, a.ks.WrittenSlots()).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var slots []int
+	for i, c := range bits {
+		for j := range 8 {
+			if c&(0x80>>j) != 0 {
+				slots = append(slots, i*8+j)
+			}
+		}
+	}
+	cmds := make(map[int]*redis.BoolCmd, len(slots))
+	if _, err := a.cs.cc.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, slot := range slots {
+			cmds[slot] = p.HExists(ctx, a.ks.SlotRecord(slot), "tok")
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	for slot, c := range cmds {
+		if !c.Val() {
+			return backoff.Permanent(a.refused(ErrRedisReset, fmt.Sprintf("%s missing: Redis lost the data of slot %d", a.ks.SlotRecord(slot), slot)))
+		}
+	}
+	return nil
 }

@@ -479,3 +479,52 @@ func TestClusterReshard(t *testing.T) {
 	m.check(t, rdb, p)
 	t.Logf("%d transactions streamed while %d reshards moved 1500 slots each", len(txns), moves)
 }
+
+// TestClusterShardLostWhileStopped: a master restarts empty while no
+// writer runs (its replica did not take over). The next writer finds the
+// records of slots the source wrote gone (the bitmap of written slots
+// names them) and rebuilds (ErrRedisReset) instead of streaming on.
+func TestClusterShardLostWhileStopped(t *testing.T) {
+	c := testenv.StartRedisCluster(t)
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs(), ClusterStateReloadInterval: time.Second})
+	defer rdb.Close()
+	ctx := context.Background()
+	const p = "sl:"
+	m := &goodsModel{rows: map[int32][]any{}, rng: rand.New(rand.NewPCG(7, 8))}
+	a := newClusterApplier(t, rdb, p)
+	in := make(chan *binlog.Txn, 20)
+	for i := range 20 {
+		in <- m.next(pos("binlog.000001", uint32(1000+100*i)))
+	}
+	close(in)
+	if err := a.Run(ctx, in, Resume{}); err != nil {
+		t.Fatal(err)
+	}
+	cp, _, err := a.ReadCheckpoint(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// FLUSHALL on a master that does not hold the checkpoint's slot: as a
+	// restart without persistence, its replica following it.
+	ctl, err := rdb.MasterForKey(ctx, a.ks.Checkpoint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	flushed := ""
+	err = rdb.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+		if n.Options().Addr == ctl.Options().Addr || flushed != "" {
+			return nil
+		}
+		flushed = n.Options().Addr
+		return n.FlushAll(ctx).Err()
+	})
+	if err != nil || flushed == "" {
+		t.Fatalf("flush a master: %v", err)
+	}
+	b := newClusterApplier(t, rdb, p)
+	in2 := make(chan *binlog.Txn)
+	close(in2)
+	if err := b.Run(ctx, in2, Resume{Expect: &cp}); !errors.Is(err, ErrRedisReset) {
+		t.Fatalf("Run after %s lost its data: %v, want ErrRedisReset", flushed, err)
+	}
+}
