@@ -460,54 +460,6 @@ func committedOffsets(t *testing.T, brokers []string, group string) []int64 {
 	return offs
 }
 
-// TestKafkaConsumerGroupResume: a consumer group reads 10,000 orders exactly
-// once and commits them on Close; after 1,000 more orders, a new member of
-// the same group reads only those.
-func TestKafkaConsumerGroupResume(t *testing.T) {
-	t.Parallel()
-	const n, more, group = 10000, 1000, "flash-sale"
-	k := StartKafka(t, KafkaTopic(ordersTopic, ordersParts))
-	produce(t, k.Brokers(), saramaConfig(true), 0, n)
-	hw := highWatermarks(t, k.Brokers())
-
-	start := time.Now()
-	h := newGroupHandler(n)
-	joined := consumeGroup(t, k.Brokers(), group, h)
-	t.Logf("first member: assigned after %v, %d orders read and committed in %v", joined.Round(time.Millisecond), n, time.Since(start).Round(time.Millisecond))
-	if len(h.claims) != ordersParts {
-		t.Errorf("first member claimed partitions %v, want all %d", h.claims, ordersParts)
-	}
-	checkOrders(t, h.got, 0, n)
-	perKey := make(map[string]int)
-	for _, o := range h.got {
-		perKey[o.key]++
-	}
-	for i := 0; i < orderKeys; i++ {
-		key := fmt.Sprintf("goods-%d", i)
-		if want := (n - i + orderKeys - 1) / orderKeys; perKey[key] != want {
-			t.Errorf("key %s: %d orders read, want %d", key, perKey[key], want)
-		}
-	}
-	if got := committedOffsets(t, k.Brokers(), group); fmt.Sprint(got) != fmt.Sprint(hw) {
-		t.Fatalf("committed offsets %v after Close, want the high watermarks %v", got, hw)
-	}
-
-	produce(t, k.Brokers(), saramaConfig(true), n, more)
-	start = time.Now()
-	h2 := newGroupHandler(more)
-	joined = consumeGroup(t, k.Brokers(), group, h2)
-	t.Logf("second member: assigned after %v, %d orders read in %v", joined.Round(time.Millisecond), more, time.Since(start).Round(time.Millisecond))
-	for _, o := range h2.got {
-		if o.offset < hw[o.partition] {
-			t.Errorf("second member read %d/%d again (committed %d)", o.partition, o.offset, hw[o.partition])
-		}
-	}
-	checkOrders(t, h2.got, n, more)
-	if got, want := committedOffsets(t, k.Brokers(), group), highWatermarks(t, k.Brokers()); fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("committed offsets %v after the second member, want %v", got, want)
-	}
-}
-
 // TestKafkaDataDirRestart: with KafkaDataDir, orders and committed group
 // offsets survive Stop and Start on the same port, and offsets continue
 // where they were; without it, a restart starts empty.
