@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -87,9 +86,9 @@ func (u cdcUse) sub(v cdcUse) cdcUse {
 // average at both ends. begin collects garbage first, so that a previous
 // run's heap is not collected on this run's account.
 type window struct {
-	redisPID, mariadbPID int
-	profile              string   // CPU profile of the window, if set
-	pf                   *os.File // open while profiling
+	redisPIDs, mariadbPIDs []int    // every process of each server (a cluster's six nodes)
+	profile                string   // CPU profile of the window, if set
+	pf                     *os.File // open while profiling
 
 	t0    time.Time
 	c0    cdcUse
@@ -101,12 +100,20 @@ type window struct {
 }
 
 func (w *window) read() cdcUse {
-	r, err1 := statCPU(w.redisPID)
-	m, err2 := statCPU(w.mariadbPID)
-	if err := errors.Join(err1, err2); err != nil && w.err == nil {
-		w.err = err
+	return cdcUse{self: selfCPU(), redis: w.cpu(w.redisPIDs), mariadb: w.cpu(w.mariadbPIDs)}
+}
+
+// cpu is the sum of the processes' CPU time; the first error is kept.
+func (w *window) cpu(pids []int) time.Duration {
+	var sum time.Duration
+	for _, pid := range pids {
+		d, err := statCPU(pid)
+		if err != nil && w.err == nil {
+			w.err = err
+		}
+		sum += d
 	}
-	return cdcUse{self: selfCPU(), redis: r, mariadb: m}
+	return sum
 }
 
 func (w *window) begin() {

@@ -37,8 +37,8 @@ func (e *env) latency(ctx context.Context, rate int, d time.Duration) (latencyRe
 	if err := e.rdb.FlushAll(ctx).Err(); err != nil {
 		return res, err
 	}
-	p, _, err := e.newPipeline([]sink.RuleConfig{{Table: "bench.lat", Kind: sink.KindInvalidate, Keys: []string{"lat:{id}"}}},
-		binlog.StartConfig{From: binlog.FromCurrent})
+	p, _, err := e.newPipeline(sink.Config{Rules: []sink.RuleConfig{{Table: "bench.lat", Kind: sink.KindInvalidate, Keys: []string{"lat:{id}"}}}},
+		e.rdb, binlog.StartConfig{From: binlog.FromCurrent})
 	if err != nil {
 		return res, err
 	}
