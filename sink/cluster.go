@@ -59,8 +59,8 @@ var slotLua = func() string {
 
 // slotMark is what the applier knows of a slot it wrote: the version its
 // record holds ("0": none, the batches had no position) and the master
-// that served it then (address and run id: a failover or a restart
-// changes it).
+// that served it when it was first written or last checked (address and
+// run id: a failover or a restart changes it).
 type slotMark struct {
 	ver  string
 	node string
@@ -146,8 +146,10 @@ func (a *Applier) applySlots(ctx context.Context, b *batch) (int64, error) {
 						m.from = cs.start
 					}
 				}
+				if !ok { // later writes check the record themselves
+					m.node = cs.node(ctx, slot)
+				}
 				m.ver, _ = res[0].(string)
-				m.node = cs.node(ctx, slot)
 				cs.marks[slot] = m
 			case err == nil:
 				failed = fmt.Errorf("slot script answered %v", res)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -80,12 +81,31 @@ func TestClusterCrash(t *testing.T) {
 		default:
 		}
 	}
-	// A master killed mid-stream: its replica takes over.
+	// A master killed mid-stream: its replica takes over. /readyz says
+	// so meanwhile (the writes to its slots fail), then recovers.
+	if err := waitUntil(30*time.Second, func() bool { code, _ := getReadyz(r); return code == http.StatusOK }); err != nil {
+		t.Fatalf("run %d not ready before the failover%s", r.N, r.Tail())
+	}
 	shard := rng.IntN(testenv.ClusterShards)
 	if _, err := c.KillMaster(ctx, shard); err != nil {
 		t.Fatal(err)
 	}
 	tKill := time.Now()
+	stopPoll, dips := make(chan struct{}), make(chan int, 1)
+	go func() { // until the cluster is healthy again and 2 s more
+		n := 0
+		defer func() { dips <- n }()
+		for {
+			if code, _ := getReadyz(r); code != http.StatusOK {
+				n++
+			}
+			select {
+			case <-stopPoll:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
 	fctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	err := c.WaitHealthy(fctx)
 	cancel()
@@ -94,6 +114,12 @@ func TestClusterCrash(t *testing.T) {
 	}
 	t.Logf("master of shard %d killed; cluster healthy again after %s", shard, time.Since(tKill).Round(time.Millisecond))
 	time.Sleep(2 * time.Second) // writes go on through the new master
+	close(stopPoll)
+	if n := <-dips; n == 0 {
+		t.Errorf("/readyz said 200 all through the failover")
+	} else {
+		t.Logf("/readyz failed %d times (polled every 100 ms) during the failover", n)
+	}
 	wl.stop()
 	select {
 	case err := <-wl.werr:
