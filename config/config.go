@@ -46,8 +46,8 @@ type Redis struct {
 	// Mode is how the daemon finds Redis: "standalone" (the default)
 	// connects to Addr; "sentinel" asks the Sentinels at SentinelAddrs for
 	// the master of MasterName and follows it through failovers; "cluster"
-	// learns a Redis Cluster's nodes and slots from the seed nodes at Addrs.
-	// (The CDC sink refuses cluster mode for now: issue 11.)
+	// learns a Redis Cluster's nodes and slots from the seed nodes at Addrs
+	// (the sink then applies per hash slot: see sink.Applier.applySlots).
 	Mode string `yaml:"mode"`
 	// Addr is the server of standalone mode. Sentinel and cluster modes
 	// refuse it.
