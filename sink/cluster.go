@@ -48,6 +48,36 @@ import (
 //go:embed slot.lua
 var slotHead string
 
+// nodeLua applies several slot groups of one master in one call: slot.lua
+// as a function of each group's keys and arguments (the parameters hide
+// the globals). A script may take keys of one slot only, unless flagged
+// allow-cross-slot-keys (Redis 7), and then only undeclared keys of its
+// node: KEYS[1] is the first group's record, for routing; ARGV holds, per
+// group, its number of keys and of arguments, then both. Before a group
+// writes, one EXISTS of all its keys makes sure they are all here: in a
+// slot that is moving, a key already gone makes it fail (ASK or
+// TRYAGAIN) before any write of the group, and the batch goes per slot.
+// A refusal stops the call there (the groups before it are applied).
+// It returns each group's answer in order.
+var nodeLua = func() string {
+	return "#!lua flags=allow-cross-slot-keys\nlocal function group(KEYS, ARGV)\n" +
+		"redis.call('EXISTS', unpack(KEYS))\n" + slotLua + "\nend\n" + `
+local out, a = {}, 1
+while a <= #ARGV do
+  local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local keys = {unpack(ARGV, a + 2, a + 1 + nk)}
+  local args = {unpack(ARGV, a + 2 + nk, a + 1 + nk + na)}
+  local r = group(keys, args)
+  if type(r) == 'table' and r.err then
+    return r
+  end
+  out[#out + 1] = r
+  a = a + 2 + nk + na
+end
+return out
+`
+}()
+
 // slotLua is slot.lua with apply.lua's ops in place of its --OPS-- line.
 var slotLua = func() string {
 	i, j := strings.Index(applyLua, "-- ops:"), strings.Index(applyLua, "-- end of ops")
@@ -73,11 +103,16 @@ type slotMark struct {
 // clusterState is the applier's knowledge of the slots it wrote in this
 // run (reset by Run).
 type clusterState struct {
-	cc     *redis.ClusterClient
-	script *redis.Script
-	marks  map[int]slotMark
-	mu     sync.Mutex
-	runIDs map[string]string // master address → run id, refreshed by watchSlots
+	cc      *redis.ClusterClient
+	script  *redis.Script // slot.lua
+	nodeScr *redis.Script // nodeLua
+	// perNode: slot groups go in one call per master (runPerNode).
+	perNode bool
+	// batches that went by node, and that went by slot (tests).
+	byNode, bySlot int
+	marks   map[int]slotMark
+	mu      sync.Mutex
+	runIDs  map[string]string // master address → run id, refreshed by watchSlots
 	// start is the checkpoint the run started from (nil: none).
 	start *Checkpoint
 	// between, if set, is called after a batch's slot groups were applied
@@ -89,7 +124,8 @@ type clusterState struct {
 }
 
 func newClusterState(cc *redis.ClusterClient) *clusterState {
-	s := &clusterState{cc: cc, script: redis.NewScript(slotLua), marks: map[int]slotMark{}, runIDs: map[string]string{}}
+	s := &clusterState{cc: cc, script: redis.NewScript(slotLua), nodeScr: redis.NewScript(nodeLua), perNode: true,
+		marks: map[int]slotMark{}, runIDs: map[string]string{}}
 	// A test hook: the crash the slot records are for, at a chosen batch.
 	s.crashAfter, _ = strconv.Atoi(os.Getenv("CACHESYNC_CRASH_AFTER_SLOTS"))
 	return s
@@ -127,16 +163,9 @@ func (a *Applier) applySlots(ctx context.Context, b *batch) (int64, error) {
 	cs := a.cs
 	if len(b.slots) > 0 {
 		b.finishSlots(token(b.fence), func(slot int) string { return cs.marks[slot].ver })
-		cmds := make(map[int]*redis.Cmd, len(b.slots))
-		_, _ = cs.cc.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for slot, sub := range b.slots {
-				cmds[slot] = p.EvalSha(ctx, cs.script.Hash(), sub.keys, sub.args...)
-			}
-			return nil
-		})
 		var failed, lost error
-		for slot, cmd := range cmds {
-			res, err := cmd.Slice()
+		for slot, r := range a.runGroups(ctx, b) {
+			res, err := r.res, r.err
 			switch {
 			case err == nil && len(res) == 2:
 				m, ok := cs.marks[slot]
@@ -187,11 +216,113 @@ func (a *Applier) applySlots(ctx context.Context, b *batch) (int64, error) {
 	return a.script.Run(ctx, a.rdb, b.keys, b.args...).Int64()
 }
 
+// groupResult is what a slot group's call answered.
+type groupResult struct {
+	res []any
+	err error
+}
+
+// runGroups runs the slot groups of b: one call per master that serves
+// them (node.lua), or, when that is off or fails for a reason other than
+// a refusal (a slot moving, a stale slot map), one call per slot.
+func (a *Applier) runGroups(ctx context.Context, b *batch) map[int]groupResult {
+	cs := a.cs
+	out := make(map[int]groupResult, len(b.slots))
+	if cs.perNode && len(b.slots) >= perNodeMin {
+		if a.runPerNode(ctx, b, out) {
+			cs.byNode++
+			return out
+		}
+		clear(out)
+	}
+	cs.bySlot++
+	cmds := make(map[int]*redis.Cmd, len(b.slots))
+	_, _ = cs.cc.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for slot, sub := range b.slots {
+			cmds[slot] = p.EvalSha(ctx, cs.script.Hash(), sub.keys, sub.args...)
+		}
+		return nil
+	})
+	for slot, cmd := range cmds {
+		res, err := cmd.Slice()
+		out[slot] = groupResult{res, err}
+	}
+	return out
+}
+
+// perNodeMin is the fewest slot groups for which a batch goes by node.
+const perNodeMin = 4
+
+// runPerNode runs b's slot groups with one node.lua call per master, as
+// the client's slot map has them; false when a call failed for another
+// reason than a refusal (the caller runs them per slot then: a group a
+// failed call applied is applied again with the same state, which
+// changes nothing).
+func (a *Applier) runPerNode(ctx context.Context, b *batch, out map[int]groupResult) bool {
+	cs := a.cs
+	type call struct {
+		slots []int
+		keys  []string
+		args  []any
+	}
+	byNode := map[string]*call{}
+	for slot, sub := range b.slots {
+		c, err := cs.cc.MasterForKey(ctx, sub.keys[0])
+		if err != nil {
+			return false
+		}
+		n := byNode[c.Options().Addr]
+		if n == nil {
+			n = &call{keys: []string{sub.keys[0]}}
+			byNode[c.Options().Addr] = n
+		}
+		n.slots = append(n.slots, slot)
+		n.args = append(n.args, len(sub.keys), len(sub.args))
+		for _, k := range sub.keys {
+			n.args = append(n.args, k)
+		}
+		n.args = append(n.args, sub.args...)
+	}
+	calls := make(map[*call]*redis.Cmd, len(byNode))
+	_, _ = cs.cc.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, n := range byNode {
+			calls[n] = p.EvalSha(ctx, cs.nodeScr.Hash(), n.keys, n.args...)
+		}
+		return nil
+	})
+	ok := true
+	for n, cmd := range calls {
+		res, err := cmd.Slice()
+		switch {
+		case err != nil && strings.HasPrefix(err.Error(), "CS"):
+			for _, slot := range n.slots {
+				out[slot] = groupResult{err: err}
+			}
+		case err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT"):
+			_ = a.loadSlotScript(ctx)
+			ok = false
+		case err != nil || len(res) != len(n.slots):
+			ok = false
+		default:
+			for i, slot := range n.slots {
+				r, _ := res[i].([]any)
+				out[slot] = groupResult{res: r}
+			}
+		}
+	}
+	return ok
+}
+
 // loadSlotScript loads slot.lua on every master: EVALSHA goes first, and a
 // master that lacks the script (new, restarted, failed over) answers
 // NOSCRIPT.
 func (a *Applier) loadSlotScript(ctx context.Context) error {
 	return a.cs.cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		if err := a.cs.nodeScr.Load(ctx, c).Err(); err != nil && a.cs.perNode {
+			// A Redis before 7.0 has no script flags: per slot only.
+			a.cs.perNode = false
+			a.log.Warn().Err(err).Msg("redis cluster: node.lua refused; applying one call per slot")
+		}
 		return a.cs.script.Load(ctx, c).Err()
 	})
 }

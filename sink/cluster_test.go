@@ -245,6 +245,9 @@ func TestClusterApply(t *testing.T) {
 	}
 	replay(&mid, ^uint64(0))
 	m.check(t, rdb, p)
+	if a.cs.byNode == 0 {
+		t.Errorf("no batch went by node (%d by slot)", a.cs.bySlot)
+	}
 
 	// The first writer's token is refused by every slot the second wrote,
 	// even with the lease (as if its renewal raced the takeover).
@@ -477,7 +480,7 @@ func TestClusterReshard(t *testing.T) {
 		t.Fatalf("applied up to %v, want %s", cp, txns[len(txns)-1].Pos)
 	}
 	m.check(t, rdb, p)
-	t.Logf("%d transactions streamed while %d reshards moved 1500 slots each", len(txns), moves)
+	t.Logf("%d transactions streamed while %d reshards moved 1500 slots each; batches by node %d, by slot %d", len(txns), moves, a.cs.byNode, a.cs.bySlot)
 }
 
 // TestClusterShardLostWhileStopped: a master restarts empty while no
