@@ -114,6 +114,7 @@ func TestStartModes(t *testing.T) {
 // TestEvictionPolicy: a leader refuses a Redis that may evict any key
 // (allkeys-*), warns about volatile-*, and streams under noeviction.
 func TestEvictionPolicy(t *testing.T) {
+	standaloneOnly(t, "it changes maxmemory-policy of a private Redis; no test sets the policy on a cluster's nodes yet")
 	rs := testenv.StartRedis(t) // private: its configuration changes
 	e := newEnv(t, nil, rs)
 	ctx := context.Background()
