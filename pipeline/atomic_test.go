@@ -15,24 +15,42 @@ import (
 	"time"
 
 	"github.com/cachesync/cachesync/binlog"
+	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/sink"
 )
 
 // TestTransactionsAtomic: readers never see a transaction half-applied.
 // Each transaction sets all 50 rows to one new value; readers MGET the 50
 // mirror keys and must always find them equal.
+//
+// On a Redis Cluster each slot changes atomically, different slots do not
+// change together, and one command reads one slot only. There the keys
+// carry a hash tag of their row's group (m:{g}:id, 5 groups of 10 rows, in
+// 5 slots): every transaction changes all 5 slots, and a reader MGETs one
+// group at a time and must find its 10 keys equal.
 func TestTransactionsAtomic(t *testing.T) {
 	const rows, txns, readers = 50, 200, 4
 	e := newEnv(t, nil, nil)
-	e.exec("CREATE TABLE acc (id INT PRIMARY KEY, v INT NOT NULL)")
+	e.exec("CREATE TABLE acc (id INT PRIMARY KEY, grp INT NOT NULL, v INT NOT NULL)")
+	key, ngroups := e.p+"m:{id}", 1
+	if e.ks.Cluster {
+		key, ngroups = e.p+"m:{{{grp}}}:{id}", 5
+	}
 	var vals []string
-	keys := make([]string, rows)
+	groups := make([][]string, ngroups) // keys read by one MGET
+	slots := map[int]bool{}
 	for i := range rows {
-		vals = append(vals, fmt.Sprintf("(%d, 0)", i+1))
-		keys[i] = fmt.Sprintf("%sm:%d", e.p, i+1)
+		id, g := i+1, (i+1)%ngroups
+		vals = append(vals, fmt.Sprintf("(%d, %d, 0)", id, g))
+		k := strings.NewReplacer("{{{grp}}}", "{"+strconv.Itoa(g)+"}", "{id}", strconv.Itoa(id)).Replace(key)
+		groups[g] = append(groups[g], k)
+		slots[keyspace.Slot(k)] = true
+	}
+	if e.ks.Cluster && len(slots) != ngroups {
+		t.Fatalf("the %d groups of keys are in %d slots, want one slot each", ngroups, len(slots))
 	}
 	e.exec("INSERT INTO acc VALUES " + strings.Join(vals, ","))
-	rules := []sink.RuleConfig{{Table: e.schema + ".acc", Kind: sink.KindMirror, Key: e.p + "m:{id}", Column: "v"}}
+	rules := []sink.RuleConfig{{Table: e.schema + ".acc", Kind: sink.KindMirror, Key: key, Column: "v"}}
 	// A batch limit below the transaction size: a transaction is still
 	// never cut by it.
 	r := e.start(rules, func(_ *binlog.Config, s *sink.Config) { s.BatchChanges = 10 })
@@ -44,16 +62,17 @@ func TestTransactionsAtomic(t *testing.T) {
 	var (
 		reads, torn atomic.Int64
 		mu          sync.Mutex
-		seen        = map[string]bool{}
+		seen        = map[string]bool{} // group=value
 		firstTorn   string
 		wg          sync.WaitGroup
 	)
-	for range readers {
+	for n := range readers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for ctx.Err() == nil {
-				vs, err := e.rdb.MGet(ctx, keys...).Result()
+			for i := n; ctx.Err() == nil; i++ {
+				g := i % ngroups
+				vs, err := e.rdb.MGet(ctx, groups[g]...).Result()
 				if err != nil {
 					if ctx.Err() == nil {
 						t.Errorf("MGET: %v", err)
@@ -69,7 +88,7 @@ func TestTransactionsAtomic(t *testing.T) {
 				}
 				mu.Lock()
 				if ok {
-					seen[vs[0].(string)] = true
+					seen[fmt.Sprintf("%d=%s", g, vs[0])] = true
 				} else if torn.Add(1) == 1 {
 					firstTorn = fmt.Sprint(vs)
 				}
@@ -99,17 +118,19 @@ func TestTransactionsAtomic(t *testing.T) {
 	if n := torn.Load(); n > 0 {
 		t.Errorf("%d of %d reads saw a half-applied transaction, e.g. %s", n, reads.Load(), firstTorn)
 	}
-	t.Logf("%d reads saw %d distinct transaction states", reads.Load(), len(seen))
-	if reads.Load() < 100 || len(seen) < 10 {
-		t.Errorf("readers did too little to prove anything: %d reads, %d distinct states", reads.Load(), len(seen))
+	t.Logf("%d reads saw %d distinct transaction states (of %d groups of keys)", reads.Load(), len(seen), ngroups)
+	if reads.Load() < 100 || len(seen) < 10*ngroups {
+		t.Errorf("readers did too little to prove anything: %d reads, %d distinct states of %d groups", reads.Load(), len(seen), ngroups)
 	}
-	vs, err := e.rdb.MGet(context.Background(), keys...).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, v := range vs {
-		if v != strconv.Itoa(txns) {
-			t.Errorf("%s = %v at the end, want %d", keys[i], v, txns)
+	for _, keys := range groups {
+		vs, err := e.rdb.MGet(context.Background(), keys...).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, v := range vs {
+			if v != strconv.Itoa(txns) {
+				t.Errorf("%s = %v at the end, want %d", keys[i], v, txns)
+			}
 		}
 	}
 }

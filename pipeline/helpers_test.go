@@ -36,10 +36,13 @@ import (
 )
 
 // Servers shared by the tests that do not restart them. Each test uses its
-// own database and its own key prefix and channel.
+// own database and its own key prefix and channel. The suite runs on one
+// Redis, or with CACHESYNC_TEST_REDIS_MODE=cluster on a Redis Cluster (see
+// testenv.ClusterMode): then sharedCluster is set and sharedRedis is nil.
 var (
 	sharedMariaDB *testenv.MariaDB
 	sharedRedis   *testenv.Redis
+	sharedCluster *testenv.RedisCluster
 )
 
 func TestMain(m *testing.M) {
@@ -48,27 +51,46 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "start MariaDB:", err)
 		os.Exit(1)
 	}
-	if sharedRedis, err = testenv.NewRedis(); err != nil {
+	if testenv.ClusterMode() {
+		sharedCluster, err = testenv.NewRedisCluster()
+	} else {
+		sharedRedis, err = testenv.NewRedis()
+	}
+	if err != nil {
 		sharedMariaDB.Close()
 		fmt.Fprintln(os.Stderr, "start Redis:", err)
 		os.Exit(1)
 	}
 	code := m.Run()
 	sharedMariaDB.Close()
-	sharedRedis.Close()
+	if sharedCluster != nil {
+		sharedCluster.Close()
+	} else {
+		sharedRedis.Close()
+	}
 	os.Exit(code)
+}
+
+// standaloneOnly skips t on a cluster run: t needs a private standalone
+// Redis (it kills, pauses or reconfigures it). covered says what covers
+// the same on a Redis Cluster.
+func standaloneOnly(t *testing.T, covered string) {
+	t.Helper()
+	if sharedCluster != nil {
+		t.Skip("standalone only: " + covered)
+	}
 }
 
 // env is one test's slice of the servers.
 type env struct {
 	t      *testing.T
 	my     *testenv.MariaDB
-	rs     *testenv.Redis
+	rs     *testenv.Redis // nil on the shared Redis Cluster
 	schema string
-	db     *sql.DB // the test's database, for the workload
-	pdb    *sql.DB // the pipeline's connection (no database), as the daemon opens it
-	rdb    *redis.Client
-	p      string // prefix of application keys
+	db     *sql.DB               // the test's database, for the workload
+	pdb    *sql.DB               // the pipeline's connection (no database), as the daemon opens it
+	rdb    redis.UniversalClient // a *redis.ClusterClient on the shared cluster
+	p      string                // prefix of application keys
 	ks     keyspace.Keyspace
 	chann  string
 	// noSchemaCheck skips Rules.CheckSchema in start (the daemon runs it
@@ -81,7 +103,8 @@ type env struct {
 var nonWord = regexp.MustCompile(`[^a-z0-9]+`)
 
 // newEnv prepares a database and key prefixes named after the test, on the
-// given servers (nil: the shared ones).
+// given servers (nil: the shared ones; on a cluster run, the shared Redis
+// Cluster, with the keyspace of source "main" the daemon uses there).
 func newEnv(t *testing.T, my *testenv.MariaDB, rs *testenv.Redis) *env {
 	t.Helper()
 	if my == nil {
@@ -105,21 +128,51 @@ func newEnv(t *testing.T, my *testenv.MariaDB, rs *testenv.Redis) *env {
 	}
 	e.db = openDB(t, my, e.schema)
 	e.pdb = openDB(t, my, "")
-	e.rdb = redis.NewClient(&redis.Options{Addr: rs.Addr(), ContextTimeoutEnabled: true}) // as the daemon's
+	if rs == nil {
+		// As the daemon's (internal/daemon.NewRedisClient).
+		e.rdb = redis.NewClusterClient(&redis.ClusterOptions{Addrs: sharedCluster.Addrs(),
+			ContextTimeoutEnabled: true, ClusterStateReloadInterval: time.Second})
+		e.ks.Source, e.ks.Cluster = "main", true
+	} else {
+		e.rdb = redis.NewClient(&redis.Options{Addr: rs.Addr(), ContextTimeoutEnabled: true}) // as the daemon's
+	}
 	t.Cleanup(func() { e.rdb.Close() })
 	// Keys left by an earlier run of the same test (go test -count=N).
 	ctx := context.Background()
-	iter := e.rdb.Scan(ctx, 0, e.p+"*", 1000).Iterator()
-	for iter.Next(ctx) {
-		if err := e.rdb.Del(ctx, iter.Val()).Err(); err != nil {
+	keys, err := scanKeys(ctx, e.rdb, e.p+"*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if err := e.rdb.Del(ctx, k).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := iter.Err(); err != nil {
-		t.Fatal(err)
-	}
 	e.exec("CREATE TABLE _marker (id INT PRIMARY KEY, n BIGINT NOT NULL)")
 	return e
+}
+
+// scanKeys returns the keys matching pattern: SCAN of the Redis, or of
+// every master of a cluster.
+func scanKeys(ctx context.Context, rdb redis.UniversalClient, pattern string) ([]string, error) {
+	var (
+		mu   sync.Mutex
+		keys []string
+	)
+	scan := func(ctx context.Context, c redis.Cmdable) error {
+		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
+		for iter.Next(ctx) {
+			mu.Lock()
+			keys = append(keys, iter.Val())
+			mu.Unlock()
+		}
+		return iter.Err()
+	}
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		err := cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return scan(ctx, c) })
+		return keys, err
+	}
+	return keys, scan(ctx, rdb)
 }
 
 // openDB opens a pool like the daemon's: text values, no parseTime.
@@ -211,7 +264,7 @@ func (e *env) start(rules []sink.RuleConfig, mod func(*binlog.Config, *sink.Conf
 	e.t.Helper()
 	bcfg := binlog.Config{Addr: e.my.Addr(), User: "root", Flavor: "mariadb", ServerID: serverIDs.Add(1),
 		Heartbeat: time.Second, Start: binlog.StartConfig{From: binlog.FromCheckpoint}}
-	scfg := sink.Config{KeyPrefix: e.ks.Prefix, Channel: e.chann, Rules: rules}
+	scfg := sink.Config{KeyPrefix: e.ks.Prefix, Source: e.ks.Source, Cluster: e.ks.Cluster, Channel: e.chann, Rules: rules}
 	if mod != nil {
 		mod(&bcfg, &scfg)
 	}
@@ -586,7 +639,7 @@ func expect(rules []sink.RuleConfig, rows map[string]mysqlRow) *expectation {
 
 // check compares Redis with the expectation: every expected key holds its
 // value, and no other key of these rules exists.
-func (x *expectation) check(ctx context.Context, rdb *redis.Client) error {
+func (x *expectation) check(ctx context.Context, rdb redis.UniversalClient) error {
 	var problems []string
 	add := func(format string, args ...any) {
 		if len(problems) < 10 {
@@ -595,12 +648,12 @@ func (x *expectation) check(ctx context.Context, rdb *redis.Client) error {
 	}
 	seen := map[string]bool{}
 	for _, pat := range x.patterns {
-		iter := rdb.Scan(ctx, 0, pat, 1000).Iterator()
-		for iter.Next(ctx) {
-			seen[iter.Val()] = true
-		}
-		if err := iter.Err(); err != nil {
+		keys, err := scanKeys(ctx, rdb, pat)
+		if err != nil {
 			return err
+		}
+		for _, k := range keys {
+			seen[k] = true
 		}
 	}
 	for k, want := range x.strings {

@@ -184,7 +184,8 @@ func TestRuleKinds(t *testing.T) {
 	}
 	wantMembers(3)
 	wantInvalidated("delete", "invcat:3")
-	if vk, err := e.rdb.Keys(ctx, e.ks.Version("*")).Result(); err != nil || len(vk) > 0 {
+	// Every version key of this test: P+"v:"+K, on a cluster P+"v:{t}"+K.
+	if vk, err := scanKeys(ctx, e.rdb, e.ks.Prefix+"v:*"); err != nil || len(vk) > 0 {
 		t.Errorf("version keys %v (%v), want none", vk, err)
 	}
 

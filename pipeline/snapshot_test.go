@@ -53,7 +53,11 @@ func TestSnapshotRequest(t *testing.T) {
 	r := e.start(rules, func(_ *binlog.Config, s *sink.Config) { s.BatchChanges = 200 })
 	r.ready(t)
 	before := r.metric(t, "cachesync_snapshot_chunks_total")
-	e.rdb.Del(ctx, e.p+"json:7", e.p+"stock:2999")
+	for _, k := range []string{e.p + "json:7", e.p + "stock:2999"} { // one by one: two slots on a cluster
+		if err := e.rdb.Del(ctx, k).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	if err := r.a.RequestSnapshot(ctx, e.schema+".nope"); err == nil || !strings.Contains(err.Error(), "no rewrite, mirror or member rule") {
 		t.Errorf("RequestSnapshot of an unruled table = %v, want a refusal", err)
@@ -80,6 +84,8 @@ func TestSnapshotRequest(t *testing.T) {
 // here) is taken, instead of queueing every transaction; the binlog
 // connection survives the wait; once Redis is back, nothing is lost.
 func TestReadAheadBounded(t *testing.T) {
+	standaloneOnly(t, "it pauses a private Redis (CLIENT PAUSE); the read-ahead budget is the pipeline's, "+
+		"the same whatever the Redis, and the standalone run covers it")
 	rs := testenv.StartRedis(t) // private: it gets paused
 	e := newEnv(t, nil, rs)
 	ctx := context.Background()

@@ -11,6 +11,7 @@ import (
 	"github.com/cachesync/cachesync/binlog"
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/sink"
+	"github.com/redis/go-redis/v9"
 )
 
 // TestStartModes: without a checkpoint an invalidate-only pipeline starts
@@ -112,36 +113,71 @@ func TestStartModes(t *testing.T) {
 }
 
 // TestEvictionPolicy: a leader refuses a Redis that may evict any key
-// (allkeys-*), warns about volatile-*, and streams under noeviction.
+// (allkeys-*), warns about volatile-*, and streams under noeviction. On a
+// cluster run the policy changes on the masters of the shared cluster (set
+// back after), on one master at a time: every node must be read, not the
+// one a keyless command goes to.
 func TestEvictionPolicy(t *testing.T) {
-	rs := testenv.StartRedis(t) // private: its configuration changes
-	e := newEnv(t, nil, rs)
 	ctx := context.Background()
-	e.exec("CREATE TABLE ev (id INT PRIMARY KEY, v INT NOT NULL)")
-	rules := []sink.RuleConfig{{Table: e.schema + ".ev", Kind: sink.KindMirror, Key: e.p + "ev:{id}", Column: "v"}}
-	policy := func(p string) {
-		t.Helper()
-		if err := e.rdb.ConfigSet(ctx, "maxmemory-policy", p).Err(); err != nil {
+	var (
+		e     *env
+		nodes []redis.Cmdable // where the policy changes
+	)
+	if sharedCluster != nil {
+		e = newEnv(t, nil, nil)
+		masters, err := sharedCluster.Masters(ctx)
+		if err != nil {
 			t.Fatal(err)
 		}
-	}
-
-	policy("allkeys-lru")
-	r := e.start(rules, nil)
-	waitFor(t, func() error {
-		select {
-		case <-r.done:
-			return nil
-		default:
-			return errors.New("pipeline still running on an allkeys-lru Redis")
+		for _, m := range masters {
+			c := redis.NewClient(&redis.Options{Addr: m.Addr()})
+			t.Cleanup(func() {
+				if err := c.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err(); err != nil {
+					t.Errorf("set the policy of %s back: %v", m.Addr(), err)
+				}
+				c.Close()
+			})
+			nodes = append(nodes, c)
 		}
-	}, 20*time.Second)
-	if !errors.Is(r.err, sink.ErrEvictionPolicy) || !strings.Contains(r.err.Error(), "allkeys-lru") {
-		t.Errorf("Run = %v, want sink.ErrEvictionPolicy naming allkeys-lru", r.err)
+	} else {
+		rs := testenv.StartRedis(t) // private: its configuration changes
+		e = newEnv(t, nil, rs)
+		nodes = []redis.Cmdable{e.rdb}
+	}
+	e.exec("CREATE TABLE ev (id INT PRIMARY KEY, v INT NOT NULL)")
+	rules := []sink.RuleConfig{{Table: e.schema + ".ev", Kind: sink.KindMirror, Key: e.p + "ev:{id}", Column: "v"}}
+	// policy sets p on node i, noeviction on the others.
+	policy := func(i int, p string) {
+		t.Helper()
+		for j, n := range nodes {
+			v := "noeviction"
+			if j == i {
+				v = p
+			}
+			if err := n.ConfigSet(ctx, "maxmemory-policy", v).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 
-	policy("volatile-lru")
-	r = e.start(rules, nil)
+	for i := range nodes {
+		policy(i, "allkeys-lru")
+		r := e.start(rules, nil)
+		waitFor(t, func() error {
+			select {
+			case <-r.done:
+				return nil
+			default:
+				return fmt.Errorf("pipeline still running with an allkeys-lru Redis (node %d of %d)", i+1, len(nodes))
+			}
+		}, 20*time.Second)
+		if !errors.Is(r.err, sink.ErrEvictionPolicy) || !strings.Contains(r.err.Error(), "allkeys-lru") {
+			t.Errorf("node %d of %d: Run = %v, want sink.ErrEvictionPolicy naming allkeys-lru", i+1, len(nodes), r.err)
+		}
+	}
+
+	policy(len(nodes)-1, "volatile-lru")
+	r := e.start(rules, nil)
 	r.ready(t)
 	if !r.log.contains("maxmemory-policy is volatile-lru") {
 		t.Errorf("no warning about volatile-lru in the log:\n%s", r.log.tail(10))
@@ -150,7 +186,7 @@ func TestEvictionPolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	policy("noeviction")
+	policy(-1, "")
 	r = e.start(rules, nil)
 	r.ready(t)
 	e.exec("INSERT INTO ev VALUES (1, 7)")

@@ -139,6 +139,14 @@ func TestValueEncoding(t *testing.T) {
 	if testing.Short() {
 		bigBlob = 1 << 20
 	}
+	if sharedCluster != nil && bigBlob > 8<<20 {
+		// The script writing a 64 MiB value (JSON, hash, mirror: several
+		// copies) kept a master busy past testenv's cluster-node-timeout
+		// (2 s) under -race on 2 loaded cores: the other nodes failed it
+		// over and the test read CLUSTERDOWN. 8 MiB is still a large value
+		// through the snapshot, the binlog and one script call.
+		bigBlob = 8 << 20
+	}
 	admin := openDB(t, sharedMariaDB, "")
 	var packet int64
 	if err := admin.QueryRow("SELECT @@GLOBAL.max_allowed_packet").Scan(&packet); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -19,7 +20,32 @@ var ErrEvictionPolicy = fmt.Errorf("redis maxmemory-policy evicts keys cachesync
 // mirror and member keys have none, but its tombstones and the
 // application's cache entries may go early; that is returned as a warning.
 // An allkeys-* policy is refused (ErrEvictionPolicy).
+//
+// On a Redis Cluster every node is read (INFO goes to one node only), the
+// replicas too, since a replica becomes a master on failover; an error
+// names the node.
 func CheckEvictionPolicy(ctx context.Context, rdb redis.UniversalClient) (warning string, err error) {
+	cc, ok := rdb.(*redis.ClusterClient)
+	if !ok {
+		return checkEvictionPolicy(ctx, rdb)
+	}
+	var mu sync.Mutex
+	err = cc.ForEachShard(ctx, func(ctx context.Context, c *redis.Client) error {
+		w, err := checkEvictionPolicy(ctx, c)
+		if err != nil {
+			return fmt.Errorf("node %s: %w", c.Options().Addr, err)
+		}
+		if w != "" {
+			mu.Lock()
+			warning = "node " + c.Options().Addr + ": " + w
+			mu.Unlock()
+		}
+		return nil
+	})
+	return warning, err
+}
+
+func checkEvictionPolicy(ctx context.Context, rdb redis.Cmdable) (warning string, err error) {
 	info, err := rdb.Info(ctx, "memory").Result()
 	if err != nil {
 		return "", fmt.Errorf("read redis INFO memory: %w", err)
