@@ -211,6 +211,12 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, r Resume) erro
 	if a.cs != nil {
 		clear(a.cs.marks)
 		a.cs.start = r.Expect
+		if r.Fence.Value != "" {
+			if err := a.retry(ctx, "recording the fencing token in the slots failed; retrying", func(e *zerolog.Event) *zerolog.Event { return e },
+				func() error { return a.fenceSlots(ctx, r.Fence) }); err != nil || ctx.Err() != nil {
+				return err
+			}
+		}
 		if r.Expect != nil {
 			if err := a.retry(ctx, "checking the slots' records failed; retrying", func(e *zerolog.Event) *zerolog.Event { return e },
 				func() error { return a.slotsKept(ctx) }); err != nil || ctx.Err() != nil {

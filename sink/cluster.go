@@ -162,6 +162,20 @@ func token(f Fence) string {
 func (a *Applier) applySlots(ctx context.Context, b *batch) (int64, error) {
 	cs := a.cs
 	if len(b.slots) > 0 {
+		// The lease is in the source's slot, out of the slot groups'
+		// reach: read it first. A writer whose lease was taken since
+		// (seized, or expired while it was paused) stops here; one paused
+		// between this read and its writes meets the new writer's token
+		// in every slot record (fenceSlots).
+		if b.fence.Value != "" {
+			holder, err := cs.cc.Get(ctx, b.fence.Key).Result()
+			if err != nil && !errors.Is(err, redis.Nil) {
+				return 0, err
+			}
+			if holder != b.fence.Value {
+				return 0, fmt.Errorf("CSFENCED lease %s is held by %q, not %q", b.fence.Key, holder, b.fence.Value)
+			}
+		}
 		b.finishSlots(token(b.fence), func(slot int) string { return cs.marks[slot].ver })
 		var failed, lost error
 		for slot, r := range a.runGroups(ctx, b) {
@@ -610,6 +624,51 @@ func (a *Applier) slotsKept(ctx context.Context) error {
 	for slot, c := range cmds {
 		if !c.Val() {
 			return backoff.Permanent(a.refused(ErrRedisReset, fmt.Sprintf("%s missing: Redis lost the data of slot %d", a.ks.SlotRecord(slot), slot)))
+		}
+	}
+	return nil
+}
+
+// fenceSlotScript records fencing token ARGV[1] in the slot record
+// KEYS[1] unless a newer one is there: then it answers CSFENCED.
+var fenceSlotScript = redis.NewScript(`
+local tok = redis.call('HGET', KEYS[1], 'tok')
+if tok and tonumber(tok) > tonumber(ARGV[1]) then
+  return redis.error_reply('CSFENCED ' .. KEYS[1] .. ' was written under fencing token ' .. tok .. ', newer than ' .. ARGV[1])
+end
+if tok ~= ARGV[1] then
+  redis.call('HSET', KEYS[1], 'tok', ARGV[1])
+end
+return 1
+`)
+
+// fenceSlots records the writer's fencing token in the record of every
+// slot before its first batch, so that a writer with an older token (one
+// that lost the lease while paused after it read it) is refused by every
+// slot from then on, not only by those this writer has written.
+func (a *Applier) fenceSlots(ctx context.Context, f Fence) error {
+	tok := token(f)
+	if err := fenceSlotScript.Load(ctx, a.rdb).Err(); err != nil {
+		return err
+	}
+	if err := a.cs.cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		return fenceSlotScript.Load(ctx, c).Err()
+	}); err != nil {
+		return err
+	}
+	cmds := make([]*redis.Cmd, 0, keyspace.Slots)
+	_, _ = a.cs.cc.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for slot := range keyspace.Slots {
+			cmds = append(cmds, p.EvalSha(ctx, fenceSlotScript.Hash(), []string{a.ks.SlotRecord(slot)}, tok))
+		}
+		return nil
+	})
+	for _, c := range cmds {
+		if err := c.Err(); err != nil {
+			if msg, ok := strings.CutPrefix(err.Error(), "CSFENCED "); ok {
+				return backoff.Permanent(a.refused(ErrFenced, msg))
+			}
+			return err
 		}
 	}
 	return nil
