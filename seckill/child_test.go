@@ -16,10 +16,36 @@ import (
 	"github.com/cachesync/cachesync/internal/testenv"
 )
 
+// The suite runs on a private Redis per test, or with
+// CACHESYNC_TEST_REDIS_MODE=cluster on one Redis Cluster that every test
+// shares, flushed by newStack (see testenv.ClusterMode): the tests run one
+// at a time.
+var redisCluster *testenv.RedisCluster
+
 func TestMain(m *testing.M) {
+	if testenv.ClusterMode() {
+		c, err := testenv.NewRedisCluster()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		redisCluster = c
+	}
 	code := m.Run()
+	if redisCluster != nil {
+		redisCluster.Close()
+	}
 	testenv.RemoveBuilds() // the cachesync binary of the child daemons
 	os.Exit(code)
+}
+
+// standaloneOnly skips a test on the cluster: it stops, kills or restarts
+// its private Redis. why names what covers the same on a cluster.
+func standaloneOnly(t *testing.T, why string) {
+	t.Helper()
+	if redisCluster != nil {
+		t.Skip("standalone only: " + why)
+	}
 }
 
 // childTermWithin is how long a graceful stop of a child daemon may take.

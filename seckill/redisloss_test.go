@@ -34,6 +34,7 @@ func TestRedisLossMidSale(t *testing.T) {
 		lossAt   = 90              // accepted reservations before Redis goes
 		stallFor = 3 * time.Second // from the loss on
 	)
+	standaloneOnly(t, "kills its private Redis and starts it empty; on a cluster a master's loss is the sink's TestClusterRewind (failover to a replica that lacks writes) and the rebuild's data-loss path the same Rebuilder as here")
 	t0 := time.Now()
 	s := newStack(t)
 	d := s.start("")
@@ -302,6 +303,7 @@ func TestRedisLossMidSale(t *testing.T) {
 // the next MySQL change (which, the sale being refused, may never come).
 func TestRedisLossWhileIdle(t *testing.T) {
 	const item = 42
+	standaloneOnly(t, "kills its private Redis and starts it empty; see TestRedisLossMidSale")
 	s := newStack(t)
 	d := s.start("")
 	s.addItem(item, 10)

@@ -20,7 +20,7 @@ func (s *stack) knownSetTrusted(item int64) {
 	ctx := context.Background()
 	s.eventually(30*time.Second, "the known-items set complete", func() bool {
 		return s.rdb.SIsMember(ctx, "sk:items", item).Val() &&
-			s.rdb.HGet(ctx, "cachesync:snapshot:progress", "shop.sk_items").Val() == "done"
+			s.rdb.HGet(ctx, s.ks.SnapshotProgress(), "shop.sk_items").Val() == "done"
 	})
 }
 
