@@ -99,8 +99,9 @@ func (r *Rebuilder) Rebuild(ctx context.Context, item int64) error {
 	if err := WaitApplied(ctx, r.db, r.rdb, r.ks); err != nil {
 		return fmt.Errorf("rebuild item %d: %w", item, err)
 	}
-	// An attempt that a change of the item overtook is tried again, after a jittered wait
-	// growing from 5 ms to 250 ms (about 23 s over 100 attempts).
+	// An attempt that a change of the item overtook is tried again, after
+	// a jittered wait growing from 5 ms to 250 ms (about 23 s over 100
+	// attempts).
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval = 5*time.Millisecond, 250*time.Millisecond
 	attempts := 0
