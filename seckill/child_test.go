@@ -39,14 +39,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// standaloneOnly skips a test on the cluster: it stops, kills or restarts
-// its private Redis. why names what covers the same on a cluster.
-func standaloneOnly(t *testing.T, why string) {
-	t.Helper()
-	if redisCluster != nil {
-		t.Skip("standalone only: " + why)
-	}
-}
 
 // childTermWithin is how long a graceful stop of a child daemon may take.
 const childTermWithin = 30 * time.Second

@@ -11,8 +11,9 @@ import (
 	"time"
 )
 
-// TestRedisLossMidSale restarts Redis with its data lost (testenv's Redis
-// has no persistence) while a sale is in progress and the consumer is
+// TestRedisLossMidSale restarts Redis (on a cluster every node, see
+// loseRedisData) with its data lost (testenv's Redis has no persistence)
+// while a sale is in progress and the consumer is
 // behind (stalled on a row lock of ours, released 3 s after the loss), so
 // that orders accepted before the loss are still in Kafka when their
 // pending entries vanish. Reservations must be refused with 503 while the
@@ -34,7 +35,6 @@ func TestRedisLossMidSale(t *testing.T) {
 		lossAt   = 90              // accepted reservations before Redis goes
 		stallFor = 3 * time.Second // from the loss on
 	)
-	standaloneOnly(t, "kills its private Redis and starts it empty; on a cluster a master's loss is the sink's TestClusterRewind (failover to a replica that lacks writes) and the rebuild's data-loss path the same Rebuilder as here")
 	t0 := time.Now()
 	s := newStack(t)
 	d := s.start("")
@@ -131,13 +131,7 @@ func TestRedisLossMidSale(t *testing.T) {
 	pendingLost := s.rdb.ZCard(ctx, fmt.Sprintf("sk:{%d}:pending", item)).Val()
 	s.rdb.Set(ctx, "test:canary", "1", 0)
 	tKill := time.Now()
-	if err := s.rs.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond)
-	if err := s.rs.Start(); err != nil {
-		t.Fatal(err)
-	}
+	s.loseRedisData(300 * time.Millisecond)
 	tStart := time.Now()
 	if s.rdb.Exists(ctx, "test:canary").Val() != 0 || s.rdb.ZCard(ctx, fmt.Sprintf("sk:{%d}:pending", item)).Val() != 0 {
 		t.Fatalf("Redis kept data across the restart")
@@ -303,7 +297,6 @@ func TestRedisLossMidSale(t *testing.T) {
 // the next MySQL change (which, the sale being refused, may never come).
 func TestRedisLossWhileIdle(t *testing.T) {
 	const item = 42
-	standaloneOnly(t, "kills its private Redis and starts it empty; see TestRedisLossMidSale")
 	s := newStack(t)
 	d := s.start("")
 	s.addItem(item, 10)
@@ -317,12 +310,7 @@ func TestRedisLossWhileIdle(t *testing.T) {
 		v, _ := s.rdb.Get(ctx, fmt.Sprintf("sk:{%d}:stock", item)).Int64()
 		return v == 7 && s.rdb.ZCard(ctx, fmt.Sprintf("sk:{%d}:pending", item)).Val() == 0
 	})
-	if err := s.rs.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.rs.Start(); err != nil {
-		t.Fatal(err)
-	}
+	s.loseRedisData(0)
 	tStart := time.Now()
 	r, err := d.reserve(item, 4)
 	if err != nil || r.Status != 503 {

@@ -126,6 +126,35 @@ func (s *stack) stopRedis() {
 	}
 }
 
+// loseRedisData kills the stack's Redis, every node of a cluster, and
+// starts it again empty after down; a cluster keeps its nodes.conf, so
+// it comes back with the same slots, and it is healthy on return.
+func (s *stack) loseRedisData(down time.Duration) {
+	s.t.Helper()
+	nodes := []*testenv.Redis{s.rs}
+	if redisCluster != nil {
+		nodes = redisCluster.Nodes()
+	}
+	for _, n := range nodes {
+		if err := n.Kill(); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+	time.Sleep(down)
+	for _, n := range nodes {
+		if err := n.Start(); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+	if redisCluster != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := redisCluster.WaitHealthy(ctx); err != nil {
+			s.t.Fatalf("cluster after losing its data: %v", err)
+		}
+	}
+}
+
 // redisYAML is the redis section's body for the stack's Redis.
 func (s *stack) redisYAML() string {
 	if redisCluster != nil {
