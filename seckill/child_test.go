@@ -39,7 +39,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-
 // childTermWithin is how long a graceful stop of a child daemon may take.
 const childTermWithin = 30 * time.Second
 
