@@ -26,8 +26,9 @@ type Drift struct {
 func (d Drift) key() string { return fmt.Sprintf("%d/%s/%s", d.Item, d.Kind, d.Detail) }
 
 // Checker compares Redis with MySQL at a consistent cut: it reads MySQL in
-// one snapshot at binlog version V, waits until CDC has applied V, then
-// reads the item's keys and the checkpoint in one atomic step. A
+// one snapshot at binlog version V, waits until CDC has applied V (the
+// checkpoint moves once every slot has the batch), then reads the item's
+// keys in one atomic step. A
 // difference that can be explained by a change after V (the stock key was
 // rewritten after V, an order moved on) is not drift; only differences
 // seen in every one of Rounds rounds are reported.
@@ -150,7 +151,7 @@ func (c *Checker) checkItem(ctx context.Context, item int64) (ItemReport, []Drif
 	if err := waitCheckpoint(wctx, c.rdb, c.ks, ver); err != nil {
 		return rep, nil, err
 	}
-	raw, err := inspectScript.Run(ctx, c.rdb, []string{k.Stock, c.ks.Version(k.Stock), k.Pending, k.Buyers, k.Ready, c.ks.Checkpoint(), k.Outbox}).Slice()
+	raw, err := inspectScript.Run(ctx, c.rdb, []string{k.Stock, c.ks.Version(k.Stock), k.Pending, k.Buyers, k.Ready, k.Outbox}).Slice()
 	if err != nil {
 		return rep, nil, err
 	}
@@ -160,8 +161,8 @@ func (c *Checker) checkItem(ctx context.Context, item int64) (ItemReport, []Drif
 	buyers, _ := raw[3].([]any)
 	ready, _ := raw[4].(int64)
 	queued := map[string]bool{} // orders waiting in the outbox for Kafka: not orphans
-	if len(raw) > 6 {
-		ids, _ := raw[6].([]any)
+	if len(raw) > 5 {
+		ids, _ := raw[5].([]any)
 		for _, id := range ids {
 			o, _ := id.(string)
 			queued[o] = true

@@ -16,8 +16,25 @@ import (
 	"github.com/cachesync/cachesync/internal/testenv"
 )
 
+// The suite runs on a private Redis per test, or with
+// CACHESYNC_TEST_REDIS_MODE=cluster on one Redis Cluster that every test
+// shares, flushed by newStack (see testenv.ClusterMode): the tests run one
+// at a time.
+var redisCluster *testenv.RedisCluster
+
 func TestMain(m *testing.M) {
+	if testenv.ClusterMode() {
+		c, err := testenv.NewRedisCluster()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		redisCluster = c
+	}
 	code := m.Run()
+	if redisCluster != nil {
+		redisCluster.Close()
+	}
 	testenv.RemoveBuilds() // the cachesync binary of the child daemons
 	os.Exit(code)
 }

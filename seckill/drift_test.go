@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/seckill"
 	"github.com/rs/zerolog"
 )
@@ -38,7 +37,7 @@ func newDriftKit(t *testing.T, s *stack, d *node) *driftKit {
 	}
 	t.Cleanup(func() { db.Close() })
 	store := seckill.NewStore(db, d.cfg.Seckill.Database)
-	ks := keyspace.Keyspace{Prefix: d.cfg.Sink.KeyPrefix}
+	ks := d.cfg.Sink.Keyspace()
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel).With().Str("component", "drift-test").Logger()
 	rb, err := seckill.NewRebuilder(d.cfg.Seckill, ks, d.cfg.Sink.Channel, s.rdb, db, store, log)
 	if err != nil {

@@ -271,7 +271,7 @@ func TestStrictInput(t *testing.T) {
 	s := newStack(t)
 	d := s.start("admin_token: " + adminToken)
 	s.addItem(11, 10)
-	stopMonitor := monitor(t, s.rs.Addr())
+	stopMonitor := s.monitor(t)
 	admin := []string{"Authorization", "Bearer " + adminToken}
 	res := d.base + "/seckill/items/11/reservations"
 	restock := d.admin + "/admin/items/11/restock"
@@ -328,10 +328,31 @@ func TestStrictInput(t *testing.T) {
 	}
 }
 
-// monitor runs Redis's MONITOR on its own connection (go-redis's Monitor
-// races with its pool) until the returned function, which returns every
+// monitor runs MONITOR on the stack's Redis, on every node of a cluster
+// (see monitorAddr), until the returned function, which returns every
 // command seen, is called.
-func monitor(t *testing.T, addr string) func() []string {
+func (s *stack) monitor(t *testing.T) func() []string {
+	t.Helper()
+	if redisCluster == nil {
+		return monitorAddr(t, s.rs.Addr())
+	}
+	var stops []func() []string
+	for _, a := range redisCluster.Addrs() {
+		stops = append(stops, monitorAddr(t, a))
+	}
+	return func() []string {
+		var seen []string
+		for _, stop := range stops {
+			seen = append(seen, stop()...)
+		}
+		return seen
+	}
+}
+
+// monitorAddr runs Redis's MONITOR on its own connection (go-redis's
+// Monitor races with its pool) until the returned function, which returns
+// every command seen, is called.
+func monitorAddr(t *testing.T, addr string) func() []string {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {

@@ -24,7 +24,7 @@ var jobNames = []string{"unpaid", "orphans", "ready", "check", "lag"}
 var leaderJobs = []string{"unpaid", "orphans", "ready", "lag"}
 
 // jobsLeaseKey is the jobs lease (default sink.key_prefix).
-const jobsLeaseKey = "cachesync:leader:jobs"
+func (s *stack) jobsLeaseKey() string { return s.ks.Leader("jobs") }
 
 // TestJobsSingleton: two daemons run the jobs role (with api and consumer)
 // on one stack. Exactly one holds the jobs lease and runs the jobs; the
@@ -70,7 +70,7 @@ func TestJobsSingleton(t *testing.T) {
 	s.eventually(10*time.Second, "one daemon holds the jobs lease", func() bool {
 		lead, stand = nil, nil
 		for _, c := range []*jobsChild{a, b} {
-			if strings.HasSuffix(s.rdb.Get(ctx, jobsLeaseKey).Val(), " "+c.id) {
+			if strings.HasSuffix(s.rdb.Get(ctx, s.jobsLeaseKey()).Val(), " "+c.id) {
 				lead, stand = c, a
 				if c == a {
 					stand = b
@@ -79,7 +79,7 @@ func TestJobsSingleton(t *testing.T) {
 		}
 		return lead != nil && lead.gauge() == 1 && stand.gauge() == 0
 	})
-	t.Logf("%s holds the jobs lease (%q)", lead.id, s.rdb.Get(ctx, jobsLeaseKey).Val())
+	t.Logf("%s holds the jobs lease (%q)", lead.id, s.rdb.Get(ctx, s.jobsLeaseKey()).Val())
 	lead.wantRole(t, "leader")
 	stand.wantRole(t, "standby")
 
@@ -129,7 +129,7 @@ func TestJobsSingleton(t *testing.T) {
 	lead.kill(t)
 	tKill := time.Now()
 	s.eventually(4*leaseTTL, "the standby takes the jobs lease", func() bool {
-		return strings.HasSuffix(s.rdb.Get(ctx, jobsLeaseKey).Val(), " "+stand.id) && stand.gauge() == 1
+		return strings.HasSuffix(s.rdb.Get(ctx, s.jobsLeaseKey()).Val(), " "+stand.id) && stand.gauge() == 1
 	})
 	takeover := time.Since(tKill)
 	t.Logf("%s took the jobs lease %s after the kill", stand.id, takeover.Round(time.Millisecond))
@@ -420,7 +420,7 @@ func (p *sampler) sample(ctx context.Context) {
 	}
 	wg.Wait()
 	took := time.Since(start)
-	if v, err := p.s.rdb.Get(ctx, jobsLeaseKey).Result(); err == nil {
+	if v, err := p.s.rdb.Get(ctx, p.s.jobsLeaseKey()).Result(); err == nil {
 		holder := v[strings.IndexByte(v, ' ')+1:]
 		if n := len(p.holders); n == 0 || p.holders[n-1] != holder {
 			p.holders = append(p.holders, holder)

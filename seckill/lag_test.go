@@ -43,7 +43,7 @@ func TestConsumerLagMetric(t *testing.T) {
 	s.eventually(10*time.Second, "a drift check", func() bool { return len(series(t, d, "cachesync_seckill_drift")) > 0 })
 
 	// Another holder takes the jobs lease: d's term ends at its next renewal.
-	if err := s.rdb.Set(context.Background(), jobsLeaseKey, "1 intruder", time.Minute).Err(); err != nil {
+	if err := s.rdb.Set(context.Background(), s.jobsLeaseKey(), "1 intruder", time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
 	s.eventually(10*time.Second, "d a standby of the jobs lease", func() bool {

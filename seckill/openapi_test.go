@@ -326,9 +326,7 @@ func TestOpenAPIConformance(t *testing.T) {
 
 	// Backends down: Redis first (readiness, the pending set an unknown
 	// order is looked up in, the goods' L2), then MySQL (restock).
-	if err := s.rs.Stop(); err != nil {
-		t.Fatal(err)
-	}
+	s.stopRedis()
 	unknown := "1-01a22a86-76b1-7df6-99e0-0c6fb35f7a2b"
 	c.until(503, "not ready", func() reply { return c.do(reqValid, 0, "GET", d.admin+"/readyz", "") })
 	c.do(reqValid, 503, "GET", ord(unknown), "", asUser(10)...)

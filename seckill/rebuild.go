@@ -6,6 +6,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -23,6 +24,11 @@ var (
 	//go:embed inspect.lua
 	inspectSrc    string
 	inspectScript = redis.NewScript(inspectSrc)
+	// announceScript publishes an invalidation of ARGV[2..] on channel
+	// ARGV[1], numbered by the counter KEYS[1], as apply.lua does.
+	announceScript = redis.NewScript(`local seq = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', ARGV[1], '{"seq":' .. seq .. ',"keys":' .. cjson.encode({unpack(ARGV, 2)}) .. '}')
+return seq`)
 )
 
 // Rebuilder repairs an item's Redis keys from MySQL: pause reservations
@@ -67,6 +73,9 @@ func (r *Rebuilder) Rebuild(ctx context.Context, item int64) error {
 	if err := r.rdb.Del(ctx, k.Ready).Err(); err != nil {
 		return fmt.Errorf("pause item %d: %w", item, err)
 	}
+	if err := r.announce(ctx, k); err != nil {
+		return fmt.Errorf("pause item %d: %w", item, err)
+	}
 	r.log.Info().Int64("item", item).Msg("rebuild: reservations paused")
 	select {
 	case <-ctx.Done():
@@ -90,8 +99,9 @@ func (r *Rebuilder) Rebuild(ctx context.Context, item int64) error {
 	if err := WaitApplied(ctx, r.db, r.rdb, r.ks); err != nil {
 		return fmt.Errorf("rebuild item %d: %w", item, err)
 	}
-	// An attempt that CDC overtook is tried again, after a jittered wait
-	// growing from 5 ms to 250 ms (about 23 s over 100 attempts).
+	// An attempt that a change of the item overtook is tried again, after
+	// a jittered wait growing from 5 ms to 250 ms (about 23 s over 100
+	// attempts).
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval = 5*time.Millisecond, 250*time.Millisecond
 	attempts := 0
@@ -102,7 +112,7 @@ func (r *Rebuilder) Rebuild(ctx context.Context, item int64) error {
 		case err != nil:
 			return struct{}{}, backoff.Permanent(err)
 		case !done:
-			return struct{}{}, fmt.Errorf("CDC applied newer changes during each of %d attempts", attempts)
+			return struct{}{}, fmt.Errorf("CDC applied a newer change of the item during each of %d attempts", attempts)
 		}
 		return struct{}{}, nil
 	}, backoff.WithBackOff(bo), backoff.WithMaxTries(100), backoff.WithMaxElapsedTime(0))
@@ -116,13 +126,45 @@ func (r *Rebuilder) Rebuild(ctx context.Context, item int64) error {
 	return fmt.Errorf("rebuild item %d: %w", item, err)
 }
 
-// rebuildOnce reads MySQL in one consistent snapshot and writes the keys,
-// unless CDC applied something newer than the snapshot meanwhile.
+// rebuildOnce reads MySQL in one consistent snapshot at binlog version V
+// and writes the keys, unless CDC applied a newer change of this item
+// meanwhile. The guard takes the item's own keys only, in its slot:
+//
+//   - Every change of an item's stock reaches Redis through the mirror
+//     rule with its binlog version beside the stock (versioned). A
+//     version above V means CDC applied a change of this item after the
+//     snapshot: writing the snapshot would undo it, so retry. Every order
+//     that takes stock (PlaceOrder) and every cancel that returns it
+//     (unpaid timeout) changes the stock in the same transaction, so
+//     those are caught too.
+//   - An order stored as failed, a fence and a payment change no stock.
+//     CDC only removes the failed or fenced order from pending and buyers,
+//     which the rewrite keeps removed: it only removes from pending, and
+//     buyers becomes the snapshot's live orders (where such an order is
+//     not) plus the users still pending. A live order canceled after V
+//     without a stock change (by hand) would be written back into buyers:
+//     buyers is read before the snapshot, and an entry of a live order
+//     there that is gone when the script runs means a retry.
+//   - Changes up to V that CDC applies after the rewrite move the keys to
+//     where they already are: the stock's older version is refused, a
+//     member already removed is removed again, a buyer set again to the
+//     same order.
+//
+// No reservation adds to pending meanwhile (the item is paused), so the
+// rewrite never loses one: available = stock − |pending| is MySQL's stock
+// at V minus the reservations without an order row at V, each counted
+// once, and CDC applies whatever comes after V on top of it. Writes to
+// other tables, however many, do not matter: the old guard (the global
+// checkpoint not past V) retried after each of them, and on a busy
+// database gave up after 100 attempts.
 func (r *Rebuilder) rebuildOnce(ctx context.Context, item int64, k Keys) (bool, error) {
-	pending, err := r.rdb.ZRange(ctx, k.Pending, 0, -1).Result()
-	if err != nil {
+	pipe := r.rdb.Pipeline()
+	zr := pipe.ZRange(ctx, k.Pending, 0, -1)
+	hg := pipe.HGetAll(ctx, k.Buyers)
+	if _, err := pipe.Exec(ctx); err != nil {
 		return false, err
 	}
+	pending, seen := zr.Val(), hg.Val()
 	orders := make([]string, 0, len(pending))
 	byOrder := map[string]string{}
 	var junk []string // not "order:user": no reservation wrote it
@@ -147,7 +189,7 @@ func (r *Rebuilder) rebuildOnce(ctx context.Context, item int64, k Keys) (bool, 
 	if err != nil {
 		return false, err
 	}
-	args := []any{ver, st.Stock, r.channel, 0}
+	args := []any{ver, st.Stock, 0}
 	drop := 0
 	for o := range st.Orders {
 		args = append(args, byOrder[o])
@@ -157,12 +199,37 @@ func (r *Rebuilder) rebuildOnce(ctx context.Context, item int64, k Keys) (bool, 
 		args = append(args, m)
 		drop++
 	}
-	args[3] = drop
+	args[2] = drop
 	for u, o := range st.Live {
-		args = append(args, u, o)
+		us := strconv.FormatInt(u, 10)
+		held := "0"
+		if seen[us] == o {
+			held = "1"
+		}
+		args = append(args, us, o, held)
 	}
-	n, err := rebuildScript.Run(ctx, r.rdb, []string{k.Stock, r.ks.Version(k.Stock), k.Pending, k.Buyers, k.Ready, r.ks.Checkpoint(), r.ks.Seq()}, args...).Int()
-	return n == 1, err
+	n, err := rebuildScript.Run(ctx, r.rdb, []string{k.Stock, r.ks.Version(k.Stock), k.Pending, k.Buyers, k.Ready}, args...).Int()
+	if err != nil || n != 1 {
+		return false, err
+	}
+	// The keys changed: say so, as CDC does after a write. The pause
+	// announced them already, which is what the API's sold-out flags need
+	// (see announce), so a failure here is only logged.
+	if err := r.announce(ctx, k); err != nil {
+		r.log.Warn().Err(err).Int64("item", item).Msg("rebuild: keys rewritten, invalidation not published")
+	}
+	return true, nil
+}
+
+// announce publishes an invalidation message naming the item's keys, with
+// the next number of the source's sequence (its own slot on a Redis
+// Cluster, not the item's: a call of its own, after the keys' call). The
+// API drops the item's sold-out flag on it. It is published at the pause
+// too: from then until the rewrite sets the ready marker, reservations
+// answer "not ready" and set no flag, so a flag set before the rebuild is
+// dropped even if the rebuild dies before the rewrite's message.
+func (r *Rebuilder) announce(ctx context.Context, k Keys) error {
+	return announceScript.Run(ctx, r.rdb, []string{r.ks.Seq()}, r.channel, k.Stock, k.Pending, k.Buyers).Err()
 }
 
 // WaitApplied waits until the daemon's CDC checkpoint in Redis has reached

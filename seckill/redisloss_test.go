@@ -11,8 +11,9 @@ import (
 	"time"
 )
 
-// TestRedisLossMidSale restarts Redis with its data lost (testenv's Redis
-// has no persistence) while a sale is in progress and the consumer is
+// TestRedisLossMidSale restarts Redis (on a cluster every node, see
+// loseRedisData) with its data lost (testenv's Redis has no persistence)
+// while a sale is in progress and the consumer is
 // behind (stalled on a row lock of ours, released 3 s after the loss), so
 // that orders accepted before the loss are still in Kafka when their
 // pending entries vanish. Reservations must be refused with 503 while the
@@ -130,13 +131,7 @@ func TestRedisLossMidSale(t *testing.T) {
 	pendingLost := s.rdb.ZCard(ctx, fmt.Sprintf("sk:{%d}:pending", item)).Val()
 	s.rdb.Set(ctx, "test:canary", "1", 0)
 	tKill := time.Now()
-	if err := s.rs.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond)
-	if err := s.rs.Start(); err != nil {
-		t.Fatal(err)
-	}
+	s.loseRedisData(300 * time.Millisecond)
 	tStart := time.Now()
 	if s.rdb.Exists(ctx, "test:canary").Val() != 0 || s.rdb.ZCard(ctx, fmt.Sprintf("sk:{%d}:pending", item)).Val() != 0 {
 		t.Fatalf("Redis kept data across the restart")
@@ -315,12 +310,7 @@ func TestRedisLossWhileIdle(t *testing.T) {
 		v, _ := s.rdb.Get(ctx, fmt.Sprintf("sk:{%d}:stock", item)).Int64()
 		return v == 7 && s.rdb.ZCard(ctx, fmt.Sprintf("sk:{%d}:pending", item)).Val() == 0
 	})
-	if err := s.rs.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.rs.Start(); err != nil {
-		t.Fatal(err)
-	}
+	s.loseRedisData(0)
 	tStart := time.Now()
 	r, err := d.reserve(item, 4)
 	if err != nil || r.Status != 503 {

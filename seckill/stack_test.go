@@ -18,6 +18,7 @@ import (
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/daemon"
 	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/seckill/auth"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
@@ -48,16 +49,20 @@ func logTo(buf *testenv.LogBuffer, level zerolog.Level) fx.Option {
 type stack struct {
 	t     *testing.T
 	my    *testenv.MariaDB
-	rs    *testenv.Redis
+	rs    *testenv.Redis // nil on a cluster (redisCluster)
 	kafka *kfake.Cluster
 	db    *sql.DB
-	rdb   *redis.Client
+	rdb   redis.UniversalClient
+	ks    keyspace.Keyspace // the daemons' own keys (default sink settings)
 	seq   atomic.Int32
 }
 
 func newStack(t *testing.T) *stack {
 	t.Helper()
-	s := &stack{t: t, my: testenv.StartMariaDB(t), rs: testenv.StartRedis(t)}
+	s := &stack{t: t, my: testenv.StartMariaDB(t)}
+	if redisCluster == nil {
+		s.rs = testenv.StartRedis(t)
+	}
 	var err error
 	s.kafka, err = kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(8, "cachesync.orders"), kfake.SeedTopics(1, "cachesync.orders.dlq"),
 		kfake.GroupMinSessionTimeout(500*time.Millisecond))
@@ -74,9 +79,88 @@ func newStack(t *testing.T) *stack {
 			t.Fatalf("schema: %v\n%s", err, stmt)
 		}
 	}
-	s.rdb = redis.NewClient(&redis.Options{Addr: s.rs.Addr()})
+	if redisCluster != nil {
+		cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: redisCluster.Addrs(), ClusterStateReloadInterval: time.Second})
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return c.FlushAll(ctx).Err() }); err != nil {
+			t.Fatalf("flush the cluster: %v", err)
+		}
+		s.rdb = cc
+		s.ks = keyspace.Keyspace{Prefix: "cachesync:", Source: "main", Cluster: true}
+	} else {
+		s.rdb = redis.NewClient(&redis.Options{Addr: s.rs.Addr()})
+		s.ks = keyspace.Keyspace{Prefix: "cachesync:"}
+	}
 	t.Cleanup(func() { s.rdb.Close() })
 	return s
+}
+
+// stopRedis stops the stack's Redis: on a cluster every node, started
+// again (empty) and healthy when the test ends, for the next test.
+func (s *stack) stopRedis() {
+	s.t.Helper()
+	if redisCluster == nil {
+		if err := s.rs.Stop(); err != nil {
+			s.t.Fatal(err)
+		}
+		return
+	}
+	nodes := redisCluster.Nodes()
+	s.t.Cleanup(func() {
+		for _, n := range nodes {
+			if err := n.Start(); err != nil {
+				s.t.Errorf("start cluster node %s again: %v", n.Addr(), err)
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := redisCluster.WaitHealthy(ctx); err != nil {
+			s.t.Errorf("cluster after the restart: %v", err)
+		}
+	})
+	for _, n := range nodes {
+		if err := n.Stop(); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+}
+
+// loseRedisData kills the stack's Redis, every node of a cluster, and
+// starts it again empty after down; a cluster keeps its nodes.conf, so
+// it comes back with the same slots, and it is healthy on return.
+func (s *stack) loseRedisData(down time.Duration) {
+	s.t.Helper()
+	nodes := []*testenv.Redis{s.rs}
+	if redisCluster != nil {
+		nodes = redisCluster.Nodes()
+	}
+	for _, n := range nodes {
+		if err := n.Kill(); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+	time.Sleep(down)
+	for _, n := range nodes {
+		if err := n.Start(); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+	if redisCluster != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := redisCluster.WaitHealthy(ctx); err != nil {
+			s.t.Fatalf("cluster after losing its data: %v", err)
+		}
+	}
+}
+
+// redisYAML is the redis section's body for the stack's Redis.
+func (s *stack) redisYAML() string {
+	if redisCluster != nil {
+		return "mode: cluster\n  addrs: [" + strings.Join(redisCluster.Addrs(), ", ") + "]"
+	}
+	return "addr: " + s.rs.Addr()
 }
 
 func stripComments(s string) string {
@@ -148,7 +232,7 @@ func (s *stack) configYAML(httpPort, adminPort int, seckillExtra string) string 
   user: root
   server_id: %d
 redis:
-  addr: %s
+  %s
 http:
   addr: 127.0.0.1:%d
 admin:
@@ -164,7 +248,7 @@ seckill:
     session_timeout: 1s
   %sjob_interval: 200ms
   retry: {attempts: 3, initial: 20ms, max: 200ms}
-%s`, s.my.Addr(), 5000+s.seq.Add(1), s.rs.Addr(), httpPort, adminPort, saleRules, strings.Join(s.kafka.ListenAddrs(), ","), produce, indent(seckillExtra))
+%s`, s.my.Addr(), 5000+s.seq.Add(1), s.redisYAML(), httpPort, adminPort, saleRules, strings.Join(s.kafka.ListenAddrs(), ","), produce, indent(seckillExtra))
 }
 
 func indent(s string) string {
