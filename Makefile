@@ -35,7 +35,7 @@ stop:
 
 ## test: install servers if missing, lint, then run every test (race detector on), then the
 ## suites that can run on either once more on a private Redis Cluster (CLUSTER_SUITES).
-CLUSTER_SUITES ?= ./cache ./pipeline
+CLUSTER_SUITES ?= ./cache ./pipeline ./seckill
 test: deps lint
 	CI=$${CI:-true} $(GO) test -race -count=1 -timeout 20m ./...
 	CI=$${CI:-true} CACHESYNC_TEST_REDIS_MODE=cluster $(GO) test -race -count=1 -timeout 20m $(CLUSTER_SUITES)
