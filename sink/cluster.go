@@ -1,9 +1,10 @@
 package sink
 
 // Applying on a Redis Cluster. A script may only take keys of one hash
-// slot, so a batch is applied as one script call per slot it writes
-// (slot.lua), then one in the slot of the source's own keys (apply.lua:
-// the ops there, the checkpoint and the message). What a reader sees:
+// slot, so a batch is applied per slot it writes (slot.lua; the groups of
+// one master go in one call, nodeLua), then by one call in the slot of
+// the source's own keys (apply.lua: the ops there, the checkpoint and the
+// message). What a reader sees:
 //
 //   - Each slot changes atomically: keys that share a hash tag (one sale
 //     item's keys, "goods:{42}" and "goods:{42}:stock") move together,
@@ -19,7 +20,9 @@ package sink
 // ends before the recorded version is not applied to that slot: after a
 // crash between the slot groups of a batch, the replay from the
 // checkpoint does not take a slot back through older states. A record
-// written under a newer fencing token refuses the batch (CSFENCED). The
+// written under a newer fencing token refuses the batch (CSFENCED); a
+// writer records its token in every slot before its first batch
+// (fenceSlots) and reads its lease before each batch's slot groups. The
 // applier remembers what it recorded in each slot: a record that went
 // back (a failover to a lagging replica, a restart from an older file)
 // makes it move the checkpoint back to the record's position and replay
