@@ -113,9 +113,9 @@ type clusterState struct {
 	perNode bool
 	// batches that went by node, and that went by slot (tests).
 	byNode, bySlot int
-	marks   map[int]slotMark
-	mu      sync.Mutex
-	runIDs  map[string]string // master address → run id, refreshed by watchSlots
+	marks          map[int]slotMark
+	mu             sync.Mutex
+	runIDs         map[string]string // master address → run id, refreshed by watchSlots
 	// start is the checkpoint the run started from (nil: none).
 	start *Checkpoint
 	// between, if set, is called after a batch's slot groups were applied
