@@ -21,11 +21,11 @@ if [[ ${CACHESYNC_DEV_REDIS_MODE:-standalone} == cluster ]]; then
 	cluster_port=${CACHESYNC_DEV_REDIS_CLUSTER_PORT:-37001}
 	mkdir -p .dev
 	config=.dev/cachesync-cluster.yaml
-	sed "s/^  addr: 127.0.0.1:36379\$/  mode: cluster/" configs/cachesync.yaml >"$config"
-	grep -q '^  mode: cluster$' "$config" || { echo "demo.sh: configs/cachesync.yaml has no redis addr line to replace" >&2; exit 1; }
 	seeds=
-	for p in $(seq "$cluster_port" $((cluster_port + 5))); do seeds+=${seeds:+,}127.0.0.1:$p; done
-	redis_env=(CACHESYNC_REDIS_ADDRS=$seeds)
+	for p in $(seq "$cluster_port" $((cluster_port + 5))); do seeds+=${seeds:+, }127.0.0.1:$p; done
+	sed "s/^  addr: 127.0.0.1:36379\$/  mode: cluster\n  addrs: [$seeds]/" configs/cachesync.yaml >"$config"
+	grep -q '^  mode: cluster$' "$config" || { echo "demo.sh: configs/cachesync.yaml has no redis addr line to replace" >&2; exit 1; }
+	redis_env=()
 	redis_cli="redis-cli -c -p $cluster_port"
 fi
 "${mysql[@]}" < configs/demo.sql
@@ -64,7 +64,7 @@ if [[ -s .dev/cachesync.pid ]] && kill -0 "$(<.dev/cachesync.pid)" 2>/dev/null; 
 	kill "$(<.dev/cachesync.pid)" || true
 	sleep 1
 fi
-env CACHESYNC_MYSQL_ADDR=127.0.0.1:$mysql_port "${redis_env[@]}" \
+env CACHESYNC_MYSQL_ADDR=127.0.0.1:$mysql_port ${redis_env[@]+"${redis_env[@]}"} \
 	CACHESYNC_KAFKA_BROKERS=127.0.0.1:$kafka_port \
 	nohup bin/cachesync run -config "$config" >.dev/cachesync.log 2>&1 &
 echo $! >.dev/cachesync.pid
@@ -104,11 +104,11 @@ cachesync is running (pid $(<.dev/cachesync.pid), log .dev/cachesync.log).
                    (to choose it: export CACHESYNC_ADMIN_TOKEN=<32+ random bytes> before make run)
   buyers:          the sale identifies buyers by a JWT (HS256, secret from $jwt_from);
                    mint one for test user N, valid for an hour (-ttl to change):
-                     bin/cachesync token -config configs/cachesync.yaml -user N
+                     bin/cachesync token -config $config -user N
                    and send it as  -H "Authorization: Bearer <token>"
 
 Try it (in this shell first:  export CACHESYNC_JWT_SECRET=$jwt_expr CACHESYNC_ADMIN_TOKEN=$token_expr
-        -- the commands below load configs/cachesync.yaml, which needs the secret):
+        -- the commands below load $config, which needs the secret):
   # 1. watch the invalidation channel (in another terminal)
   $redis_cli SUBSCRIBE $channel
 
@@ -125,8 +125,8 @@ Try it (in this shell first:  export CACHESYNC_JWT_SECRET=$jwt_expr CACHESYNC_AD
 
   # 5. flash sale: item 100 has 5 units. Tokens for users 1 and 2; user 1
   #    reserves one (202 + order id), again (409); no token (401)
-  T1=\$(bin/cachesync token -config configs/cachesync.yaml -user 1)
-  T2=\$(bin/cachesync token -config configs/cachesync.yaml -user 2)
+  T1=\$(bin/cachesync token -config $config -user 1)
+  T2=\$(bin/cachesync token -config $config -user 2)
   curl -s -XPOST $api/seckill/items/100/reservations -H "Authorization: Bearer \$T1"
   curl -s -XPOST $api/seckill/items/100/reservations -H "Authorization: Bearer \$T1"
   curl -si -XPOST $api/seckill/items/100/reservations
@@ -139,8 +139,8 @@ Try it (in this shell first:  export CACHESYNC_JWT_SECRET=$jwt_expr CACHESYNC_AD
   # 6. admin (admin listener, bearer token): restock item 100 in MySQL
   curl -s -XPOST $admin/admin/items/100/restock -H "Authorization: Bearer \$CACHESYNC_ADMIN_TOKEN" \\
        -H 'Content-Type: application/json' -d '{"add":10}'
-  bin/cachesync check  -config configs/cachesync.yaml      # Redis vs MySQL, exit 1 on drift
-  bin/cachesync resync -config configs/cachesync.yaml -item 100
+  bin/cachesync check  -config $config # Redis vs MySQL, exit 1 on drift
+  bin/cachesync resync -config $config -item 100
 
 Stop everything with: make stop
 MSG
