@@ -33,19 +33,12 @@ run: build
 stop:
 	scripts/dev-down.sh
 
-## test: install servers if missing, lint, then run every test (race detector on), and meanwhile
-## the suites that can run on either once more on a private Redis Cluster (CLUSTER_SUITES; their
-## output follows the first run's). The tests wait on servers much of the time: side by side, the
-## two runs take little longer than the first alone.
+## test: install servers if missing, lint, then run every test (race detector on), then the
+## suites that can run on either once more on a private Redis Cluster (CLUSTER_SUITES).
 CLUSTER_SUITES ?= ./cache ./pipeline ./seckill
 test: deps lint
-	@mkdir -p .dev; \
-	CI=$${CI:-true} CACHESYNC_TEST_REDIS_MODE=cluster $(GO) test -race -count=1 -timeout 20m $(CLUSTER_SUITES) >.dev/test-cluster.log 2>&1 & cluster=$$!; \
-	echo "go test -race ./... (and, meanwhile, CACHESYNC_TEST_REDIS_MODE=cluster go test -race $(CLUSTER_SUITES))"; \
-	CI=$${CI:-true} $(GO) test -race -count=1 -timeout 20m ./...; rc=$$?; \
-	wait $$cluster; crc=$$?; \
-	echo "--- on a Redis Cluster: CACHESYNC_TEST_REDIS_MODE=cluster go test -race $(CLUSTER_SUITES)"; cat .dev/test-cluster.log; \
-	if [ $$rc -ne 0 ]; then exit $$rc; fi; exit $$crc
+	CI=$${CI:-true} $(GO) test -race -count=1 -timeout 20m ./...
+	CI=$${CI:-true} CACHESYNC_TEST_REDIS_MODE=cluster $(GO) test -race -count=1 -timeout 20m $(CLUSTER_SUITES)
 
 ## bench: CDC apply rate and CPU per row vs raw go-mysql parse and a plain pipelined-SET floor, and latency; the cache
 ## consistency harness; GET /goods/{id} with L1 vs L2 vs DB; reservations vs

@@ -11,6 +11,7 @@ import (
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/pipeline"
 	"github.com/cachesync/cachesync/sink"
+	"github.com/redis/go-redis/v9"
 )
 
 // TestMySQLRestart: MariaDB crashes (SIGKILL) and comes back while writes
@@ -104,10 +105,11 @@ func TestRedisLossNoticedByLease(t *testing.T) {
 	w.stop()
 	e.sync(r)
 
-	// Another holder for 3 s: the leader steps down and cannot come back
-	// before Redis has lost everything of this test.
+	// Another holder until Redis has lost everything of this test (on a
+	// cluster that is 16,384 slot records more, each writer fences them
+	// all): the leader steps down and cannot come back before.
 	lease := e.ks.Leader(pipeline.LeaseName)
-	if err := e.rdb.Set(ctx, lease, "1 someone-else", 3*time.Second).Err(); err != nil {
+	if err := e.rdb.Set(ctx, lease, "1 someone-else", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	waitUntilTrue(t, "the leader stepped down", func() bool { return r.p.Role() == "standby" })
@@ -115,12 +117,18 @@ func TestRedisLossNoticedByLease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range keys {
-		if k != lease {
-			if err := e.rdb.Del(ctx, k).Err(); err != nil {
-				t.Fatal(err)
+	if _, err := e.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			if k != lease {
+				p.Del(ctx, k)
 			}
 		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rdb.Del(ctx, lease).Err(); err != nil {
+		t.Fatal(err)
 	}
 	waitUntilTrue(t, "a checkpoint again", func() bool { _, ok := e.checkpoint(); return ok })
 	e.sync(r)
