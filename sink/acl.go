@@ -155,14 +155,4 @@ func (a *Applier) CheckRedis(ctx context.Context) (warnings []string, err error)
 
 // Example renders t with "0" for every column: a key of the form it
 // writes.
-func (t *Template) Example() string {
-	var b strings.Builder
-	for _, p := range t.parts {
-		if p.col != "" {
-			b.WriteString("0")
-			continue
-		}
-		b.WriteString(p.lit)
-	}
-	return b.String()
-}
+func (t *Template) Example() string { return t.render("0") }

@@ -535,11 +535,11 @@ func (a *Applier) DiscardUnfinishedSnapshot(ctx context.Context) (int, error) {
 		}
 	}
 	if a.cs != nil { // the journals of the other slots
-		err := a.slotJournals(ctx, func(c *redis.Client, journal string) error {
-			iter := c.SScan(ctx, journal, 0, "", 1000).Iterator()
+		err := a.slotJournals(ctx, func(journal string) error {
+			iter := a.rdb.SScan(ctx, journal, 0, "", 1000).Iterator()
 			for iter.Next(ctx) {
-				if k := iter.Val(); k != "" {
-					if err := c.Del(ctx, k, a.ks.Version(k)).Err(); err != nil {
+				if k := iter.Val(); k != "" { // k and its version: journal's slot
+					if err := a.rdb.Del(ctx, k, a.ks.Version(k)).Err(); err != nil {
 						return err
 					}
 					n++
@@ -548,7 +548,7 @@ func (a *Applier) DiscardUnfinishedSnapshot(ctx context.Context) (int, error) {
 			if err := iter.Err(); err != nil {
 				return err
 			}
-			return c.Del(ctx, journal).Err()
+			return a.rdb.Del(ctx, journal).Err()
 		})
 		if err != nil {
 			return n, fmt.Errorf("delete keys of an unfinished snapshot: %w", err)

@@ -548,36 +548,41 @@ func (a *Applier) watchSlots(ctx context.Context, f Fence, expect string) error 
 // would have the next unfinished snapshot's discard delete keys that are
 // in place.
 func (a *Applier) dropSlotJournals(ctx context.Context) error {
-	return a.slotJournals(ctx, func(c *redis.Client, journal string) error {
-		return c.Del(ctx, journal).Err()
+	return a.slotJournals(ctx, func(journal string) error {
+		return a.rdb.Del(ctx, journal).Err()
 	})
 }
 
-// slotJournals calls fn with every slot journal of this source and the
-// master holding it.
-func (a *Applier) slotJournals(ctx context.Context, fn func(c *redis.Client, journal string) error) error {
+// slotJournals calls fn with every slot journal of this source, on every
+// master (see scan).
+func (a *Applier) slotJournals(ctx context.Context, fn func(journal string) error) error {
 	match := globEscape(a.ks.Prefix) + "snapshot:{*}:" + globEscape(a.ks.Source)
-	return a.cs.cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
-		iter := c.Scan(ctx, 0, match, 1000).Iterator()
-		for iter.Next(ctx) {
-			if err := fn(c, iter.Val()); err != nil {
+	return a.scan(ctx, match, func(keys []string) error {
+		for _, k := range keys {
+			if err := fn(k); err != nil {
 				return err
 			}
 		}
-		return iter.Err()
+		return nil
 	})
 }
 
 // globEscape quotes the characters SCAN's MATCH treats as a pattern.
 func globEscape(s string) string {
 	var b strings.Builder
-	for _, r := range s {
-		if strings.ContainsRune(`*?[]\`, r) {
+	appendGlobEscaped(&b, s)
+	return b.String()
+}
+
+// appendGlobEscaped appends s to b with SCAN MATCH's pattern characters
+// quoted.
+func appendGlobEscaped(b *strings.Builder, s string) {
+	for i := 0; i < len(s); i++ {
+		if strings.IndexByte(`*?[]\`, s[i]) >= 0 {
 			b.WriteByte('\\')
 		}
-		b.WriteRune(r)
+		b.WriteByte(s[i])
 	}
-	return b.String()
 }
 
 // unmarked lists the slots of b's slot groups that this run has not
@@ -651,12 +656,7 @@ return 1
 // slot from then on, not only by those this writer has written.
 func (a *Applier) fenceSlots(ctx context.Context, f Fence) error {
 	tok := token(f)
-	if err := fenceSlotScript.Load(ctx, a.rdb).Err(); err != nil {
-		return err
-	}
-	if err := a.cs.cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
-		return fenceSlotScript.Load(ctx, c).Err()
-	}); err != nil {
+	if err := fenceSlotScript.Load(ctx, a.rdb).Err(); err != nil { // on every master
 		return err
 	}
 	cmds := make([]*redis.Cmd, 0, keyspace.Slots)

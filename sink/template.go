@@ -201,12 +201,7 @@ func (t *Template) Glob() string {
 			continue
 		}
 		star = false
-		for _, c := range []byte(p.lit) {
-			if strings.IndexByte(`*?[]\`, c) >= 0 {
-				b.WriteByte('\\')
-			}
-			b.WriteByte(c)
-		}
+		appendGlobEscaped(&b, p.lit)
 	}
 	return b.String()
 }
