@@ -456,6 +456,15 @@ func TestClusterReshard(t *testing.T) {
 	moves := 0
 	for i := range 2 {
 		from, to := masters[i], masters[(i+1)%len(masters)]
+		// redis-cli refuses to reshard ("Nodes don't agree about
+		// configuration") until every node has heard of the last move
+		// over the cluster bus, which can take a moment on a loaded box.
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := c.WaitHealthy(wctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("before reshard %d: %v", i, err)
+		}
 		out, err := exec.Command("redis-cli", "--cluster", "reshard", from.Addr(), "--cluster-from", id(from), "--cluster-to", id(to),
 			"--cluster-slots", "1500", "--cluster-yes", "--cluster-pipeline", "50").CombinedOutput()
 		if err != nil {
