@@ -233,3 +233,20 @@ func header(m *sarama.ConsumerMessage, key string) (string, error) {
 	}
 	return "", errNoHeader
 }
+
+// Why a test runs in the standalone pass only: what it checks does not
+// depend on the kind of Redis, and the cluster pass (make test runs the
+// suite twice) is the longest part of CI.
+const (
+	whyHTTP  = "the HTTP surface (authentication, input, answers) is the same on either Redis; the sale's scripts on a cluster are covered by TestConcurrentSale and the outbox, rebuild and drift tests"
+	whyMySQL = "checks MySQL grants only"
+	whyKafka = "the consumer's group membership and Kafka health do not involve Redis; orders reaching Redis by CDC on a cluster are covered by TestConcurrentSale and TestDeadLetter"
+)
+
+// standaloneOnly skips t in the cluster pass, saying why.
+func standaloneOnly(t *testing.T, why string) {
+	t.Helper()
+	if testenv.ClusterMode() {
+		t.Skip("standalone pass only: " + why)
+	}
+}

@@ -24,6 +24,7 @@ import (
 // MySQL (stock mirror, nothing pending, buyers = live orders). Redelivery
 // must have happened (duplicate outcomes counted by the child runs).
 func TestConsumerKill9(t *testing.T) {
+	standaloneOnly(t, whyKafka)
 	if testing.Short() {
 		t.Skip("kill -9 test: skipped in -short mode")
 	}

@@ -13,6 +13,7 @@ import (
 // Each privilege the sale needs is probed without changing a row, and
 // every missing one is named with its GRANT.
 func TestCheckGrants(t *testing.T) {
+	standaloneOnly(t, whyMySQL)
 	s := newStack(t)
 	users := map[string][]string{
 		"sk_all": {"SELECT, UPDATE ON shop.sk_items", "SELECT, INSERT, UPDATE ON shop.sk_orders", "INSERT ON shop.sk_failures", "BINLOG MONITOR ON *.*"},

@@ -25,6 +25,7 @@ import (
 // reserved it; for anyone else it does not exist (404, the same answer as
 // an unknown order), queued or stored, and their payment changes nothing.
 func TestOrdersOwnerOnly(t *testing.T) {
+	standaloneOnly(t, whyHTTP)
 	s := newStack(t)
 	d := s.start("")
 	s.addItem(7, 10)
@@ -86,6 +87,7 @@ func TestOrdersOwnerOnly(t *testing.T) {
 // and reserve nothing. Past 20 failures from one address, that address
 // gets 429 even with a good token.
 func TestTokensRefused(t *testing.T) {
+	standaloneOnly(t, whyHTTP)
 	s := newStack(t)
 	d := s.start("")
 	s.addItem(8, 10)
@@ -163,6 +165,7 @@ func TestTokensRefused(t *testing.T) {
 // TestGatewayHeaderMode: behind a gateway the user header counts only
 // with the gateway's secret; a bearer token means nothing there.
 func TestGatewayHeaderMode(t *testing.T) {
+	standaloneOnly(t, whyHTTP)
 	const gw = "gateway-secret-0123456789abcdef-xyz"
 	s := newStack(t)
 	d := s.start("auth: {mode: header, header: {secret: " + gw + "}}")
@@ -226,6 +229,7 @@ func reserveVia(t *testing.T, c *http.Client, base string, item, user int64, xff
 // nothing). The per-user limit keys on the token's user, whatever the
 // address.
 func TestClientIPTrustedProxies(t *testing.T) {
+	standaloneOnly(t, whyHTTP)
 	s := newStack(t)
 	d := s.start("limits: {per_ip: 0.001, ip_burst: 1, per_user: 0.001, user_burst: 1}\ntrusted_proxies: [127.0.0.2]")
 	s.addItem(10, 100)
@@ -390,6 +394,7 @@ func monitorAddr(t *testing.T, addr string) func() []string {
 // error text is only in the log, on a line with the same request id. A
 // client's safe X-Request-Id is kept, an unsafe one replaced.
 func TestErrorBodiesGeneric(t *testing.T) {
+	standaloneOnly(t, whyHTTP)
 	s := newStack(t)
 	var logs testenv.LogBuffer
 	d := s.startWith("", logTo(&logs, zerolog.WarnLevel))

@@ -16,6 +16,7 @@ import (
 // reporting lag and drift (a former holder's last values must not keep an
 // alert firing beside the new holder's).
 func TestConsumerLagMetric(t *testing.T) {
+	standaloneOnly(t, whyKafka)
 	const item = 51
 	s := newStack(t)
 	d := s.start("roles: [api, jobs]\ncheck_interval: 300ms")

@@ -180,6 +180,7 @@ func TestProduceFailure(t *testing.T) {
 // (a message and the request id of X-Request-Id), never a panic or a
 // reservation.
 func TestBadInput(t *testing.T) {
+	standaloneOnly(t, whyHTTP)
 	s := newStack(t)
 	d := s.start("limits: {per_user: 1, user_burst: 2, per_ip: 0}")
 	s.addItem(6, 100)
@@ -258,6 +259,7 @@ func wantErrorBody(t *testing.T, r reply) {
 // are refused at once (503), reserving nothing, and /readyz reports kafka
 // failing.
 func TestKafkaBreaker(t *testing.T) {
+	standaloneOnly(t, whyKafka)
 	const trip = 3 // seckill's breakerTrip
 	s := newStack(t)
 	d := s.start("")

@@ -216,6 +216,7 @@ func (s *stack) startWithGoods(seckillExtra string) (*node, *api.Server) {
 // request and answer against the spec (kin-openapi), and checks that each
 // documented route is the route the daemon's muxes serve.
 func TestOpenAPIConformance(t *testing.T) {
+	standaloneOnly(t, whyHTTP)
 	s := newStack(t)
 	d, srv := s.startWithGoods("admin_token: " + adminToken + "\nlimits: {per_ip: 0, per_user: 0.01, user_burst: 2}")
 	c := newConformance(t, d)
@@ -378,6 +379,7 @@ func (c *conformance) checkCoverage() {
 // TestOpenAPIGatewayHeader: the spec's second buyer scheme, the gateway's
 // user and secret headers, validated like the bearer token.
 func TestOpenAPIGatewayHeader(t *testing.T) {
+	standaloneOnly(t, whyHTTP)
 	const gw = "gateway-secret-0123456789abcdef-xyz"
 	s := newStack(t)
 	d := s.start("auth: {mode: header, header: {secret: " + gw + "}}")

@@ -28,6 +28,7 @@ const resumeWithin = 2 * time.Second
 // (seckill.kafka.instance_id) takes its own place back at once (0.3-0.4 s
 // after the restart, 0.13-0.15 s after "seckill started").
 func TestConsumerResumesFast(t *testing.T) {
+	standaloneOnly(t, whyKafka)
 	const item = 61
 	bin := testenv.BuildCachesync(t)
 	s := newStack(t)
@@ -96,6 +97,7 @@ func (c *saleChild) setConfig(t *testing.T, old, new string) {
 // at once, so another consumer takes its partitions without waiting out
 // its session (a static member's Close would otherwise stay).
 func TestConsumerLeavesOnStop(t *testing.T) {
+	standaloneOnly(t, whyKafka)
 	s := newStack(t)
 	// The default session timeout: the stop takes longer than the tests' 1 s.
 	d := s.startYAML(strings.Replace(s.configYAML(0, 0, "roles: [consumer]"), "session_timeout: 1s", "session_timeout: 10s", 1))
@@ -142,6 +144,7 @@ func (s *stack) groupMembers() []string {
 // established, and failing for good once another process joined with
 // its instance id (fenced: it stops consuming), while that one passes.
 func TestConsumerReadyz(t *testing.T) {
+	standaloneOnly(t, whyKafka)
 	s := newStack(t)
 	var refuse atomic.Bool
 	refuse.Store(true)
