@@ -112,6 +112,9 @@ type Applier struct {
 	// Retry is the back-off between failed script calls (for tests).
 	newBackOff func() backoff.BackOff
 	cs         *clusterState // on a Redis Cluster: see applySlots
+	// checked, if set, runs between applyDirect's checks and its EXEC
+	// (for tests of the WATCH).
+	checked func()
 }
 
 // NewApplier compiles the rules of cfg (already validated). A
@@ -583,13 +586,22 @@ func (a *Applier) call(ctx context.Context, b *batch) (int64, error) {
 // first if Redis lacks it (an EVALSHA answered NOSCRIPT inside EXEC would
 // not stop the commands beside it; a SCRIPT FLUSH between the two is
 // retried like any failed call, and the retry applies the batch whole).
+// Two round trips: WATCH goes with the reads, MULTI…EXEC follows.
 func (a *Applier) applyDirect(ctx context.Context, b *batch) (int64, error) {
 	cp := a.ks.Checkpoint()
 	for {
 		var seq int64
 		err := a.rdb.Watch(ctx, func(tx *redis.Tx) error {
 			if err := checkDirect(ctx, tx, cp, b, a.script); err != nil {
+				// EXEC will not run: release the WATCH sent beside the
+				// reads (Tx.Close releases only its own).
+				if uerr := tx.Unwatch(ctx).Err(); uerr != nil {
+					return errors.Join(err, uerr)
+				}
 				return err
+			}
+			if a.checked != nil {
+				a.checked()
 			}
 			cmds, err := tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
 				// The script first: a key's earlier ops in it (see
@@ -615,21 +627,22 @@ func (a *Applier) applyDirect(ctx context.Context, b *batch) (int64, error) {
 			}
 			seq, err = cmds[0].(*redis.Cmd).Int64()
 			return err
-		}, cp, b.fence.Key)
+		})
 		if !errors.Is(err, redis.TxFailedErr) {
 			return seq, err
 		}
 	}
 }
 
-// checkDirect makes apply.lua's checks for a batch with a checkpoint
-// (guard "1"), answering as the script would, and loads the script if
-// Redis lacks it.
+// checkDirect watches the checkpoint and the lease and makes apply.lua's
+// checks for a batch with a checkpoint (guard "1") in one round trip,
+// answering as the script would, and loads the script if Redis lacks it.
 func checkDirect(ctx context.Context, tx *redis.Tx, cp string, b *batch, script *redis.Script) error {
 	expect, fence := b.args[10].(string), b.args[11].(string)
 	var stored, holder *redis.StringCmd
 	var loaded *redis.BoolSliceCmd
 	_, err := tx.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Do(ctx, "WATCH", cp, b.fence.Key)
 		stored = p.HGet(ctx, cp, "version")
 		if fence != "" {
 			holder = p.Get(ctx, b.fence.Key)

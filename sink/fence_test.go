@@ -266,3 +266,55 @@ func testApplierSeqGapAfterRewind(t *testing.T, e *fenceEnv) {
 		t.Errorf("replayed key m:2 = %q, want 2", v)
 	}
 }
+
+// TestDirectWatch: on the direct path the checks are made before EXEC,
+// so the checkpoint and the lease are WATCHed from the checks on. A
+// writer whose lease is taken, or whose checkpoint moves, between its
+// checks and its EXEC writes nothing: EXEC aborts, the next try reads the
+// change and refuses.
+func TestDirectWatch(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		want error
+		move func(e *fenceEnv, lease string)
+	}{
+		{"lease taken", ErrFenced, func(e *fenceEnv, lease string) {
+			e.rdb.Set(context.Background(), lease, "6 b", 0)
+		}},
+		{"checkpoint moved", ErrConflict, func(e *fenceEnv, lease string) {
+			e.rdb.HIncrBy(context.Background(), e.ks.Checkpoint(), "version", 100)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			e := newFenceEnv(t)
+			e.bulk = directMin
+			lease := e.ks.Leader("cdc")
+			if err := e.rdb.Set(ctx, lease, "5 a", 0).Err(); err != nil {
+				t.Fatal(err)
+			}
+			term5 := Fence{Key: lease, Value: "5 a"}
+			if err := e.run(Resume{Fence: term5}, e.stock(1, 1)); err != nil {
+				t.Fatal(err)
+			}
+			cp := e.stored()
+			moved := 0
+			e.a.checked = func() {
+				if moved++; moved == 1 {
+					tc.move(e, lease)
+				}
+			}
+			defer func() { e.a.checked = nil }()
+			err := e.run(Resume{Expect: &cp, Fence: term5}, e.stock(2, 2))
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("Run = %v, want %v", err, tc.want)
+			}
+			if moved != 1 {
+				t.Fatalf("the checks passed %d times, want once (the second try must refuse)", moved)
+			}
+			if e.exists("m:2") || e.exists("m:2000") {
+				t.Error("a batch wrote its keys after its lease or checkpoint changed under WATCH")
+			}
+		})
+	}
+}
