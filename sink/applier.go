@@ -93,6 +93,18 @@ type Resume struct {
 	Fence  Fence
 }
 
+// While catching up (the newest transaction of a batch committed at least
+// catchUpAge ago: the binlog's commit times have second resolution), a
+// batch that is not full waits up to catchUpWait for more transactions
+// before it is sent. Larger batches cost Redis and this process less per
+// row (each call has its checks, its checkpoint and its round trips),
+// as a plain syncer's large pipelines do; the parser keeps the CPU busy
+// meanwhile. Live batches never wait.
+const (
+	catchUpAge  = 2 * time.Second
+	catchUpWait = 10 * time.Millisecond
+)
+
 // Applier applies transactions to Redis. It is driven by one goroutine
 // calling Run.
 type Applier struct {
@@ -211,6 +223,8 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, r Resume) erro
 	}
 	idle := time.NewTicker(time.Second)
 	defer idle.Stop()
+	fillWait := time.NewTimer(time.Hour)
+	fillWait.Stop()
 	if a.cs != nil {
 		clear(a.cs.marks)
 		a.cs.start = r.Expect
@@ -263,23 +277,42 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, r Resume) erro
 				}
 			}
 		}
+		waiting := false
 	fill:
 		for b.rows < a.cfg.BatchChanges && b.bytes < a.cfg.BatchBytes && b.txns[0].Truncated == "" {
+			var t *binlog.Txn
+			var ok bool
 			select {
-			case t, ok := <-in:
-				if !ok {
-					break fill
-				}
-				if t.Truncated != "" {
-					next = t
-					break fill
-				}
-				if err := a.add(b, t, stored); err != nil {
-					return err
-				}
+			case t, ok = <-in:
 			default:
+				if !waiting {
+					if c := b.txns[len(b.txns)-1].Commit; c.IsZero() || time.Since(c) < catchUpAge {
+						break fill // live (or not known): send what there is
+					}
+					waiting = true
+					fillWait.Reset(catchUpWait)
+				}
+				select {
+				case t, ok = <-in:
+				case <-fillWait.C:
+					break fill
+				case <-ctx.Done():
+					return nil
+				}
+			}
+			if !ok {
 				break fill
 			}
+			if t.Truncated != "" {
+				next = t
+				break fill
+			}
+			if err := a.add(b, t, stored); err != nil {
+				return err
+			}
+		}
+		if waiting {
+			fillWait.Stop() // no stale tick after Stop since Go 1.23
 		}
 		if tbl := b.txns[0].Truncated; tbl != "" {
 			if done, err := a.truncateRetrying(ctx, tbl, r.Fence); err != nil || !done {

@@ -454,3 +454,50 @@ func TestApplierAllOrNothing(t *testing.T) {
 		t.Errorf("on_sale = %q, want [1]", m)
 	}
 }
+
+// TestApplierCatchUpBatches: transactions that committed long ago (a
+// catch-up) trickling in are gathered into few batches (each waits up to
+// catchUpWait for more), while live ones arriving the same way go out as
+// they come.
+func TestApplierCatchUpBatches(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: testenv.StartRedis(t).Addr()})
+	defer rdb.Close()
+	const n = 60
+	batches := func(t *testing.T, commit func() time.Time) float64 {
+		e := startApplier(t, rdb, Resume{}, RuleConfig{Table: "shop.goods", Kind: KindRewrite, Key: "g:{id}"})
+		var last *binlog.Txn
+		for i := range n {
+			last = txn(pos("binlog.000001", uint32(1000+100*i)), ins(int32(i), "x", int32(i), "on"))
+			last.Commit = commit()
+			e.in <- last
+			time.Sleep(time.Millisecond)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for cp := e.a.Applied(); cp == nil || cp.Pos != last.Pos; cp = e.a.Applied() {
+			if time.Now().After(deadline) {
+				t.Fatalf("not applied within 10 s: at %v", cp)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		for i := range n {
+			if _, ok := e.get(fmt.Sprintf("g:%d", i)); !ok {
+				t.Fatalf("g:%d missing", i)
+			}
+		}
+		return testutil.ToFloat64(e.a.m.batches)
+	}
+	var catchUp, live float64
+	t.Run("catch-up", func(t *testing.T) {
+		catchUp = batches(t, func() time.Time { return time.Now().Add(-time.Hour) })
+	})
+	t.Run("live", func(t *testing.T) {
+		live = batches(t, time.Now)
+	})
+	t.Logf("%d transactions 1 ms apart: %v batches catching up, %v live", n, catchUp, live)
+	if catchUp > n/3 {
+		t.Errorf("catching up, %d transactions went in %v batches, want at most %d", n, catchUp, n/3)
+	}
+	if live < 2*catchUp {
+		t.Errorf("live, %d transactions went in %v batches, want more than twice the %v of a catch-up (live batches do not wait)", n, live, catchUp)
+	}
+}
