@@ -32,7 +32,8 @@
 --          below it went back with a rewound Redis and jumps past it when
 --          the next message is published, so that subscribers see a gap.
 -- ARGV[14..] ops, with the keys they take from KEYS:
---   D n                keys k1, l1 .. kn, ln: DEL data keys and their leases
+--   D n                keys k1, l1 .. kn, ln: DEL them in pairs (the resync
+--                      request; invalidations go as Y, see batch.invalidate)
 --   M n v1 .. vn       keys k1 .. kn: MSET k1 v1 .. kn vn (no versions: the
 --                      stream applies in binlog order under one writer)
 --   Y n                keys k1 .. kn: DEL them (no tombstones, as M)

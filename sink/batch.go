@@ -230,12 +230,14 @@ func (b *batch) flushWrites(direct bool) {
 // The row ops below go to the batch of their key's slot (at); the key is
 // announced in the batch's one message.
 
+// invalidate deletes k and its read lease (see package cache) as
+// unversioned last writes, so that a batch of many goes beside the script
+// as one plain DEL (Applier.applyDirect) instead of through Lua.
 func (b *batch) invalidate(k string) {
 	b.announce(k)
 	s := b.at(k)
-	s.settle(k)
-	s.runOp("D", 1)
-	s.keys = append(s.keys, k, b.ks.Lease(k))
+	s.put(k, write{kind: 'Y'})
+	s.put(b.ks.Lease(k), write{kind: 'Y'})
 }
 
 // set stores val at k; a nil ver stores it unversioned (see
