@@ -103,6 +103,11 @@ type result struct {
 	entry
 	src Source
 	e0  uint64 // epoch when the fetch began
+	// stale: the fill was refused, so an invalidation came after the
+	// load's lease was taken and the load may predate the change. Not
+	// kept in L1 even if the invalidation message has not arrived yet (on
+	// a Redis Cluster the lease goes before the message is published).
+	stale bool
 }
 
 // New builds a read path over rdb. ks and channel must match the sink's
@@ -196,7 +201,7 @@ func (e entry) value() ([]byte, Source, error) {
 // fetch began. Checked again after the put: an invalidation handled between
 // the check and the put would otherwise miss the entry.
 func (c *Cache) keepL1(key string, r result) {
-	if c.l1 == nil || c.invalidatedSince(key, r.e0) {
+	if c.l1 == nil || r.stale || c.invalidatedSince(key, r.e0) {
 		return
 	}
 	c.l1.Set(key, r.entry)
@@ -255,6 +260,7 @@ func (c *Cache) fetch(ctx context.Context, key string, load Loader) (result, err
 		c.log.Warn().Err(err).Str("key", key).Msg("cache fill failed")
 	} else if ok == 0 {
 		c.m.refused.Inc()
+		r.stale = true
 	}
 	return r, nil
 }

@@ -66,6 +66,7 @@ type fixture struct {
 	prefix string
 	rdb    redis.UniversalClient
 	c      *Cache
+	a      *sink.Applier
 	txns   chan *binlog.Txn
 	pos    uint32
 	table  *binlog.Table
@@ -97,7 +98,7 @@ func newFixture(t *testing.T) *fixture {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	f := &fixture{t: t, prefix: prefix, rdb: rdb, c: c, txns: make(chan *binlog.Txn, 16), pos: 4,
+	f := &fixture{t: t, prefix: prefix, rdb: rdb, c: c, a: a, txns: make(chan *binlog.Txn, 16), pos: 4,
 		table: binlog.NewTable("db", "items", []string{"id", "v"}, nil)}
 	wg.Add(2)
 	go func() { defer wg.Done(); _ = a.Run(ctx, f.txns, sink.Resume{}) }()
@@ -502,6 +503,10 @@ func TestConcurrentReadsAndInvalidations(t *testing.T) {
 		}
 	}()
 	wg.Wait()
+	// Every invalidation applied (sent is not applied: the applier may
+	// still be filling a batch), then its message seen.
+	t.Logf("%d invalidations", f.pos/100)
+	waitFor(t, "last invalidation applied", func() bool { cp := f.a.Applied(); return cp != nil && cp.Pos.Pos == f.pos })
 	seq := func() string { return f.rdb.Get(context.Background(), f.c.ks.Seq()).Val() }
 	waitFor(t, "last message", func() bool { return seq() != "" && strconv.FormatInt(f.c.lastSeq.Load(), 10) == seq() })
 	for id := 0; id < keys; id++ {
