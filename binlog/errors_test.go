@@ -222,3 +222,16 @@ func TestClassify(t *testing.T) {
 		t.Error("classify(nil) != nil")
 	}
 }
+
+// TestClockOffset: MariaDB runs on this host, so its clock is ours, within
+// the query's round trip.
+func TestClockOffset(t *testing.T) {
+	db := freshDB(t, "clocktest")
+	off, err := ClockOffset(context.Background(), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if off < -time.Second || off > time.Second {
+		t.Fatalf("ClockOffset = %v on the same host, want within 1 s", off)
+	}
+}

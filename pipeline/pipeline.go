@@ -454,7 +454,11 @@ func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.
 			cancel()
 		}
 	})
-	err = p.applier.Run(ctx, q, sink.Resume{Expect: expect, Fence: fence})
+	offset, err := binlog.ClockOffset(ctx, p.db)
+	if err != nil { // only batching while catching up depends on it
+		p.log.Warn().Err(err).Msg("assuming MySQL's clock is this host's")
+	}
+	err = p.applier.Run(ctx, q, sink.Resume{Expect: expect, Fence: fence, ClockOffset: offset})
 	cancel()
 	wg.Wait()
 	switch {

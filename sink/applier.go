@@ -91,10 +91,15 @@ type Resume struct {
 	// configured start).
 	Expect *Checkpoint
 	Fence  Fence
+	// ClockOffset is MySQL's clock minus this host's
+	// (binlog.ClockOffset): a commit time is compared with now+ClockOffset
+	// to tell a catch-up from live traffic (see catchUpAge).
+	ClockOffset time.Duration
 }
 
 // While catching up (the newest transaction of a batch committed at least
-// catchUpAge ago: the binlog's commit times have second resolution), a
+// catchUpAge ago by MySQL's clock: the binlog's commit times have second
+// resolution), a
 // batch that is not full waits up to catchUpWait for more transactions
 // before it is sent. Larger batches cost Redis and this process less per
 // row (each call has its checks, its checkpoint and its round trips),
@@ -286,7 +291,7 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn, r Resume) erro
 			case t, ok = <-in:
 			default:
 				if !waiting {
-					if c := b.txns[len(b.txns)-1].Commit; c.IsZero() || time.Since(c) < catchUpAge {
+					if c := b.txns[len(b.txns)-1].Commit; c.IsZero() || time.Since(c)+r.ClockOffset < catchUpAge {
 						break fill // live (or not known): send what there is
 					}
 					waiting = true

@@ -463,8 +463,8 @@ func TestApplierCatchUpBatches(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: testenv.StartRedis(t).Addr()})
 	defer rdb.Close()
 	const n = 60
-	batches := func(t *testing.T, commit func() time.Time) float64 {
-		e := startApplier(t, rdb, Resume{}, RuleConfig{Table: "shop.goods", Kind: KindRewrite, Key: "g:{id}"})
+	batches := func(t *testing.T, commit func() time.Time, offset time.Duration) float64 {
+		e := startApplier(t, rdb, Resume{ClockOffset: offset}, RuleConfig{Table: "shop.goods", Kind: KindRewrite, Key: "g:{id}"})
 		var last *binlog.Txn
 		for i := range n {
 			last = txn(pos("binlog.000001", uint32(1000+100*i)), ins(int32(i), "x", int32(i), "on"))
@@ -486,14 +486,16 @@ func TestApplierCatchUpBatches(t *testing.T) {
 		}
 		return testutil.ToFloat64(e.a.m.batches)
 	}
-	var catchUp, live float64
-	t.Run("catch-up", func(t *testing.T) {
-		catchUp = batches(t, func() time.Time { return time.Now().Add(-time.Hour) })
-	})
-	t.Run("live", func(t *testing.T) {
-		live = batches(t, time.Now)
-	})
-	t.Logf("%d transactions 1 ms apart: %v batches catching up, %v live", n, catchUp, live)
+	hourAgo := func() time.Time { return time.Now().Add(-time.Hour) }
+	var catchUp, live, skewed float64
+	t.Run("catch-up", func(t *testing.T) { catchUp = batches(t, hourAgo, 0) })
+	t.Run("live", func(t *testing.T) { live = batches(t, time.Now, 0) })
+	// MySQL's clock an hour behind: its commit times look old, yet are live.
+	t.Run("live, MySQL's clock behind", func(t *testing.T) { skewed = batches(t, hourAgo, -time.Hour) })
+	t.Logf("%d transactions 1 ms apart: %v batches catching up, %v live, %v live with MySQL's clock an hour behind", n, catchUp, live, skewed)
+	if skewed <= catchUp {
+		t.Errorf("live with MySQL's clock behind, %d transactions went in %v batches, want more than the %v of a catch-up", n, skewed, catchUp)
+	}
 	if catchUp > n/3 {
 		t.Errorf("catching up, %d transactions went in %v batches, want at most %d", n, catchUp, n/3)
 	}
