@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/go-mysql-org/go-mysql/replication"
 	"github.com/klauspost/compress/zstd"
@@ -25,6 +26,30 @@ type decoder struct {
 	inner    *replication.BinlogParser
 	checksum bool // outer events end in a CRC32
 	options  func(*replication.BinlogParser)
+	// signedness holds the SignednessBitmap taken out of each table map
+	// parsed (see takeSignedness) until the reader claims it.
+	signedness sync.Map // *replication.TableMapEvent -> []byte
+}
+
+// takeSignedness moves a table map's signedness out of the event, so
+// that go-mysql decodes the integers of its rows as signed instead of
+// building a map of the unsigned columns for every row image
+// (TableMapEvent.UnsignedMap: 7% of the CPU with 10-row transactions).
+// The table's conversions (valueConv.unsigned) make them unsigned again.
+func (d *decoder) takeSignedness(p *replication.BinlogEvent) {
+	if tm, ok := p.Event.(*replication.TableMapEvent); ok {
+		d.signedness.Store(tm, tm.SignednessBitmap)
+		tm.SignednessBitmap = nil
+	}
+}
+
+// signednessOf returns what takeSignedness took from e, once: the reader
+// calls it when it handles e. (Not put back: the parser goes on decoding
+// rows with e on its own goroutine.)
+func (d *decoder) signednessOf(e *replication.TableMapEvent) []byte {
+	v, _ := d.signedness.LoadAndDelete(e)
+	b, _ := v.([]byte)
+	return b
 }
 
 // maxPayloadWindow bounds the zstd window a payload may ask for: MySQL's
@@ -55,6 +80,7 @@ func (d *decoder) decode(ev *replication.BinlogEvent, emit func(*replication.Bin
 	if err != nil {
 		return fmt.Errorf("parse %s at %d: %w", ev.Header.EventType, ev.Header.LogPos, err)
 	}
+	d.takeSignedness(p)
 	// The syncer computes positions MariaDB leaves at 0.
 	p.Header.LogPos = ev.Header.LogPos
 	if fde, ok := p.Event.(*replication.FormatDescriptionEvent); ok {
@@ -167,7 +193,12 @@ func (d *decoder) innerEvent(r io.Reader) (*replication.BinlogEvent, error) {
 	if _, err := io.ReadFull(r, buf[replication.EventHeaderSize:]); err != nil {
 		return nil, fmt.Errorf("read %d-byte event: %w", size, err)
 	}
-	return d.inner.Parse(buf)
+	p, err := d.inner.Parse(buf)
+	if err != nil {
+		return nil, err
+	}
+	d.takeSignedness(p)
+	return p, nil
 }
 
 // payloadFields reads a payload's header fields (type, length, value, each

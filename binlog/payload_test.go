@@ -184,6 +184,7 @@ func TestCompressedPayloadStreamed(t *testing.T) {
 	}
 	r.src.SetBudget(NewBudget(8 << 20))
 	dec := newDecoder(r.src.parserOptions)
+	r.dec = dec
 	var got, pieces atomic.Int64
 	var last atomic.Pointer[Txn]
 	var first atomic.Pointer[Change]

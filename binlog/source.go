@@ -141,7 +141,8 @@ type reader struct {
 	inTxn      bool // inside BEGIN ... COMMIT/XID
 	gtid       string
 	commit     time.Time
-	split      bool // current transaction was already partly sent
+	split      bool     // current transaction was already partly sent
+	dec        *decoder // holds the signedness of table maps (see takeSignedness)
 }
 
 func (r *reader) stream(ctx context.Context, start Start) error {
@@ -210,7 +211,8 @@ func (r *reader) stream(ctx context.Context, start Start) error {
 			}
 		}
 	}()
-	events, stopParse := parse(ctx, st, newDecoder(s.parserOptions))
+	r.dec = newDecoder(s.parserOptions)
+	events, stopParse := parse(ctx, st, r.dec)
 	defer stopParse()
 	first := true
 	for {
@@ -461,6 +463,10 @@ func (s *Source) watched(schema, table []byte) bool {
 }
 
 func (r *reader) tableMap(e *replication.TableMapEvent, raw []byte) error {
+	var signedness []byte
+	if r.dec != nil {
+		signedness = r.dec.signednessOf(e)
+	}
 	// A table map repeats before every row event of its table, mostly
 	// unchanged: reading its column names, collations and conversions
 	// again cost 13% of the CPU with single-row transactions. The same
@@ -472,7 +478,7 @@ func (r *reader) tableMap(e *replication.TableMapEvent, raw []byte) error {
 	if prev, ok := r.tableMaps[e.TableID]; ok && body != nil && bytes.Equal(prev, body) {
 		return nil
 	}
-	if err := r.readTableMap(e); err != nil {
+	if err := r.readTableMap(e, signedness); err != nil {
 		return err
 	}
 	if body != nil {
@@ -484,8 +490,9 @@ func (r *reader) tableMap(e *replication.TableMapEvent, raw []byte) error {
 	return nil
 }
 
-// readTableMap records the table e maps, or nil for an unwatched one.
-func (r *reader) readTableMap(e *replication.TableMapEvent) error {
+// readTableMap records the table e maps, or nil for an unwatched one;
+// signedness is e's SignednessBitmap, taken out of it by the decoder.
+func (r *reader) readTableMap(e *replication.TableMapEvent, signedness []byte) error {
 	if !r.src.watched(e.Schema, e.Table) {
 		r.tables[e.TableID] = nil
 		return nil
@@ -495,7 +502,7 @@ func (r *reader) readTableMap(e *replication.TableMapEvent) error {
 		return fmt.Errorf("%w: table map of %s.%s has %d column names for %d columns: set binlog_row_metadata=FULL on the server",
 			ErrFatal, e.Schema, e.Table, len(cols), e.ColumnCount)
 	}
-	conv := valueConvs(e)
+	conv := valueConvs(e, signedness)
 	if old := r.tables[e.TableID]; old != nil && equalStrings(old.Columns, cols) && equalConvs(old.conv, conv) {
 		return nil
 	}

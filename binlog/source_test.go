@@ -365,3 +365,49 @@ func TestLatin1ToUTF8(t *testing.T) {
 		t.Error("ASCII changed")
 	}
 }
+
+// TestIntegerWidths: integers of every width at their limits, signed and
+// UNSIGNED, read from the stream with the types go-mysql gives them
+// (its signedness is applied by valueConv, see takeSignedness), and equal
+// to what SELECT reads.
+func TestIntegerWidths(t *testing.T) {
+	m := mariadb
+	db := freshDB(t, "ints")
+	if _, err := db.Exec(`CREATE TABLE t (id INT PRIMARY KEY,
+		s8 TINYINT, u8 TINYINT UNSIGNED, s16 SMALLINT, u16 SMALLINT UNSIGNED, s24 MEDIUMINT, u24 MEDIUMINT UNSIGNED,
+		s32 INT, u32 INT UNSIGNED, s64 BIGINT, u64 BIGINT UNSIGNED)`); err != nil {
+		t.Fatal(err)
+	}
+	e := startSource(t, m, db, 1000, "ints.t")
+	e.exec(`INSERT INTO t VALUES
+		(1, -128, 255, -32768, 65535, -8388608, 16777215, -2147483648, 4294967295, -9223372036854775808, 18446744073709551615),
+		(2, 127, 128, 32767, 32768, 8388607, 8388608, 2147483647, 2147483648, 9223372036854775807, 9223372036854775808),
+		(3, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0)`)
+	stream := e.next()
+	snap, err := ReadChunk(context.Background(), db, "ints.t", []string{"id"}, "", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := [][]any{
+		{int32(1), int8(-128), uint8(255), int16(-32768), uint16(65535), int32(-8388608), uint32(16777215),
+			int32(-2147483648), uint32(4294967295), int64(-9223372036854775808), uint64(18446744073709551615)},
+		{int32(2), int8(127), uint8(128), int16(32767), uint16(32768), int32(8388607), uint32(8388608),
+			int32(2147483647), uint32(2147483648), int64(9223372036854775807), uint64(9223372036854775808)},
+		{int32(3), int8(-1), uint8(0), int16(-1), uint16(0), int32(-1), uint32(0), int32(-1), uint32(0), int64(-1), uint64(0)},
+	}
+	if len(stream.Changes) != 3 || len(snap.Changes) != 3 {
+		t.Fatalf("stream %d rows, snapshot %d, want 3", len(stream.Changes), len(snap.Changes))
+	}
+	cols := stream.Changes[0].Table.Columns
+	for r, row := range want {
+		for i, w := range row {
+			got := stream.Changes[r].After[i]
+			if got != w {
+				t.Errorf("row %d column %s: stream %#v, want %#v", r+1, cols[i], got, w)
+			}
+			if s := render(snap.Changes[r].After[i]); s != render(got) {
+				t.Errorf("row %d column %s: snapshot %q, stream %q", r+1, cols[i], s, render(got))
+			}
+		}
+	}
+}

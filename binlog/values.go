@@ -34,17 +34,21 @@ type valueConv struct {
 	binary bool     // binary that may arrive as a string
 	pad    int      // BINARY(pad): 0x00-padded to pad bytes
 	bit    bool     // BIT: unsigned
-	fsp    int      // TIME(fsp), fsp > 0
+	// unsigned: the width in bits of an UNSIGNED integer column (8, 16,
+	// 24, 32, 64), which go-mysql decoded as signed (see takeSignedness).
+	unsigned int
+	fsp      int // TIME(fsp), fsp > 0
 }
 
 // binaryCollation is the collation id of the binary character set: the
 // columns that hold bytes rather than text.
 const binaryCollation = 63
 
-// valueConvs returns the conversions a table's columns need (nil: none).
-// Character sets other than latin1 and UTF-8 are passed through as bytes
+// valueConvs returns the conversions a table's columns need (nil: none);
+// signedness is e's SignednessBitmap (see takeSignedness). Character sets
+// other than latin1 and UTF-8 are passed through as bytes
 // (sink.Rules.CheckSchema refuses rules that read them).
-func valueConvs(e *replication.TableMapEvent) map[int]valueConv {
+func valueConvs(e *replication.TableMapEvent, signedness []byte) map[int]valueConv {
 	var conv map[int]valueConv
 	add := func(i int, f func(*valueConv)) {
 		if conv == nil {
@@ -60,6 +64,15 @@ func valueConvs(e *replication.TableMapEvent) map[int]valueConv {
 	var coll map[int]uint64
 	if mayNeedCollations(e.DefaultCharset) || mayNeedCollations(e.ColumnCharset) {
 		coll = e.CollationMap()
+	}
+	if len(signedness) > 0 {
+		withBits := *e
+		withBits.SignednessBitmap = signedness
+		for i, u := range withBits.UnsignedMap() {
+			if w := intWidth[e.ColumnType[i]]; u && w > 0 {
+				add(i, func(c *valueConv) { c.unsigned = w })
+			}
+		}
 	}
 	for i, typ := range e.ColumnType {
 		meta := e.ColumnMeta[i]
@@ -117,6 +130,10 @@ func valueConvs(e *replication.TableMapEvent) map[int]valueConv {
 	return conv
 }
 
+// intWidth is the width in bits of each integer column type.
+var intWidth = map[byte]int{mysql.MYSQL_TYPE_TINY: 8, mysql.MYSQL_TYPE_SHORT: 16, mysql.MYSQL_TYPE_INT24: 24,
+	mysql.MYSQL_TYPE_LONG: 32, mysql.MYSQL_TYPE_LONGLONG: 64}
+
 // mayNeedCollations is a cheap test on the raw charset metadata (collation
 // ids mixed with column indexes): false means no column is binary or
 // latin1.
@@ -139,7 +156,7 @@ func stringLength(meta uint16) int {
 
 func (c valueConv) equal(d valueConv) bool {
 	return c.latin1 == d.latin1 && c.text == d.text && c.json == d.json && c.binary == d.binary && c.pad == d.pad && c.bit == d.bit &&
-		c.fsp == d.fsp && slices.Equal(c.enum, d.enum) && slices.Equal(c.set, d.set)
+		c.unsigned == d.unsigned && c.fsp == d.fsp && slices.Equal(c.enum, d.enum) && slices.Equal(c.set, d.set)
 }
 
 func equalConvs(a, b map[int]valueConv) bool {
@@ -164,8 +181,25 @@ func (t *Table) convert(row []any) {
 
 func (c valueConv) apply(v any) any {
 	switch x := v.(type) {
+	case int8:
+		if c.unsigned > 0 {
+			return uint8(x)
+		}
+	case int16:
+		if c.unsigned > 0 {
+			return uint16(x)
+		}
+	case int32:
+		switch c.unsigned {
+		case 24: // sign-extended from 24 bits
+			return uint32(x) & 0xFFFFFF
+		case 32:
+			return uint32(x)
+		}
 	case int64:
 		switch {
+		case c.unsigned > 0:
+			return uint64(x)
 		case c.enum != nil:
 			if x >= 1 && x <= int64(len(c.enum)) {
 				return c.enum[x-1]
