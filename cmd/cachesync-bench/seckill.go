@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/rand"
 	"database/sql"
-	"encoding/csv"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -500,18 +499,24 @@ func kafkaEnd(ctx context.Context, brokers []string) (int64, error) {
 }
 
 // parseRedisBenchCSV reads redis-benchmark --csv output: rps and latencies.
+// The first column, the command, is not CSV-quoted (a JSON argument's
+// quotes stay as they are), so each line is read from its end: the last
+// seven columns are the figures.
 func parseRedisBenchCSV(s string) (float64, time.Duration, time.Duration, error) {
-	recs, err := csv.NewReader(strings.NewReader(s)).ReadAll()
-	if err != nil {
-		return 0, 0, 0, fmt.Errorf("redis-benchmark csv: %w: %s", err, s)
-	}
-	for _, r := range recs {
-		if len(r) >= 7 && r[0] != "test" {
-			rate, _ := strconv.ParseFloat(r[1], 64)
-			p50, _ := strconv.ParseFloat(r[4], 64)
-			p99, _ := strconv.ParseFloat(r[6], 64)
-			return rate, time.Duration(p50 * float64(time.Millisecond)), time.Duration(p99 * float64(time.Millisecond)), nil
+	for _, line := range strings.Split(strings.TrimSpace(s), "\n") {
+		f := strings.Split(strings.TrimSpace(line), ",")
+		if len(f) < 8 || strings.HasPrefix(line, `"test"`) {
+			continue
 		}
+		num := func(i int) float64 {
+			v, _ := strconv.ParseFloat(strings.Trim(f[len(f)-7+i], `"`), 64)
+			return v
+		}
+		rate, p50, p99 := num(0), num(3), num(5)
+		if rate == 0 {
+			continue
+		}
+		return rate, time.Duration(p50 * float64(time.Millisecond)), time.Duration(p99 * float64(time.Millisecond)), nil
 	}
 	return 0, 0, 0, fmt.Errorf("redis-benchmark output not understood: %s", s)
 }
