@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -13,17 +14,22 @@ import (
 // pipelines: each worker takes every call waiting (up to max) and sends
 // them in one round trip. With one round trip per request, Redis and the
 // network stack spend most of their time on syscalls; pipelined, the same
-// script runs several times faster (see DESIGN.md §4).
+// script runs several times faster (see DESIGN.md §4). Other scripts can
+// ride along (post): the outbox acknowledgements share the reservations'
+// round trips instead of paying their own.
 //
 // Shutdown: the workers (run) return when their context is done, each
 // answering the calls it took; then shut answers every call still queued
-// with errStopped, and every later do returns errStopped at once. No call
-// is ever left waiting.
+// with errStopped, and every later do or post returns errStopped at once.
+// No call is ever left waiting; a posted call still queued is dropped.
 type coalescer struct {
 	rdb    redis.UniversalClient
 	script *redis.Script
 	calls  chan *call
 	max    int
+	// sizes, when set, observes the number of calls of script (do's
+	// calls, not post's) in each pipeline.
+	sizes prometheus.Observer
 
 	// quit is closed by shut: it wakes callers blocked on a full queue.
 	quit     chan struct{}
@@ -37,19 +43,31 @@ type coalescer struct {
 }
 
 type call struct {
-	ctx  context.Context
-	keys []string
-	args []any
-	done chan struct{}
-	res  any
-	err  error
+	ctx    context.Context
+	script *redis.Script // nil: the coalescer's
+	keys   []string
+	args   []any
+	done   chan struct{} // nil: posted, nobody waits for the answer
+	res    any
+	err    error
+}
+
+// answer hands a call its result.
+func (cl *call) answer(res any, err error) {
+	cl.res, cl.err = res, err
+	if cl.done != nil {
+		close(cl.done)
+	}
 }
 
 // errStopped: the coalescer's workers are gone (shutting down).
 var errStopped = errors.New("reservations stopped")
 
-func newCoalescer(rdb redis.UniversalClient, script *redis.Script, max int) *coalescer {
-	return &coalescer{rdb: rdb, script: script, calls: make(chan *call, 4*max), max: max, quit: make(chan struct{})}
+// newCoalescer pipelines script (and the scripts posted) in batches of at
+// most max calls; sizes, if not nil, observes how many calls of script
+// each batch carried.
+func newCoalescer(rdb redis.UniversalClient, script *redis.Script, max int, sizes prometheus.Observer) *coalescer {
+	return &coalescer{rdb: rdb, script: script, calls: make(chan *call, 4*max), max: max, sizes: sizes, quit: make(chan struct{})}
 }
 
 // do runs the script for keys and args as part of some pipeline. It
@@ -62,6 +80,16 @@ func (c *coalescer) do(ctx context.Context, keys []string, args ...any) (any, er
 	}
 	<-cl.done // a worker, or shut, always answers a queued call
 	return cl.res, cl.err
+}
+
+// post queues script for keys and args in one of the next pipelines, with
+// the calls of do, and returns without waiting for it to run: for a write
+// whose failure the caller would only log, and whose round trip is then
+// shared with the calls already going to Redis. It blocks only while the
+// queue is full, never past ctx or shut; errStopped once shut has begun,
+// and a call queued when shut comes is dropped.
+func (c *coalescer) post(ctx context.Context, script *redis.Script, keys []string, args ...any) error {
+	return c.enqueue(&call{ctx: ctx, script: script, keys: keys, args: args})
 }
 
 func (c *coalescer) enqueue(cl *call) error {
@@ -93,8 +121,7 @@ func (c *coalescer) shut() {
 	for {
 		select {
 		case cl := <-c.calls:
-			cl.err = errStopped
-			close(cl.done)
+			cl.answer(nil, errStopped)
 		default:
 			return // nothing can be queued any more
 		}
@@ -127,19 +154,25 @@ func (c *coalescer) run(ctx context.Context) {
 
 func (c *coalescer) exec(ctx context.Context, batch []*call) {
 	live := batch[:0:0]
+	own := 0
 	for _, cl := range batch {
-		if cl.ctx.Err() != nil { // the client gave up before anything ran
-			cl.err = cl.ctx.Err()
-			close(cl.done)
+		if err := cl.ctx.Err(); err != nil { // the client gave up before anything ran
+			cl.answer(nil, err)
 			continue
 		}
+		if cl.script == nil {
+			own++
+		}
 		live = append(live, cl)
+	}
+	if c.sizes != nil && own > 0 {
+		c.sizes.Observe(float64(own))
 	}
 	for attempt := 0; attempt < 2 && len(live) > 0; attempt++ {
 		pipe := c.rdb.Pipeline()
 		cmds := make([]*redis.Cmd, len(live))
 		for i, cl := range live {
-			cmds[i] = c.script.EvalSha(context.WithoutCancel(ctx), pipe, cl.keys, cl.args...)
+			cmds[i] = c.scriptOf(cl).EvalSha(context.WithoutCancel(ctx), pipe, cl.keys, cl.args...)
 		}
 		_, _ = pipe.Exec(context.WithoutCancel(ctx))
 		var retry []*call
@@ -149,18 +182,32 @@ func (c *coalescer) exec(ctx context.Context, batch []*call) {
 				retry = append(retry, cl) // Redis restarted: load and run again
 				continue
 			}
-			cl.res, cl.err = res, err
-			close(cl.done)
+			cl.answer(res, err)
 		}
-		if len(retry) > 0 {
-			if err := c.script.Load(context.WithoutCancel(ctx), c.rdb).Err(); err != nil {
-				for _, cl := range retry {
-					cl.err = err
-					close(cl.done)
-				}
-				return
+		if len(retry) == 0 {
+			return
+		}
+		loaded := map[*redis.Script]error{}
+		for _, cl := range retry {
+			s := c.scriptOf(cl)
+			if _, ok := loaded[s]; !ok {
+				loaded[s] = s.Load(context.WithoutCancel(ctx), c.rdb).Err()
 			}
 		}
-		live = retry
+		live = retry[:0]
+		for _, cl := range retry {
+			if err := loaded[c.scriptOf(cl)]; err != nil {
+				cl.answer(nil, err)
+				continue
+			}
+			live = append(live, cl)
+		}
 	}
+}
+
+func (c *coalescer) scriptOf(cl *call) *redis.Script {
+	if cl.script != nil {
+		return cl.script
+	}
+	return c.script
 }

@@ -33,8 +33,8 @@ func TestCoalescerShutdown(t *testing.T) {
 	)
 	for round := range rounds {
 		// A small queue (4 × max) that the callers keep full.
-		c := newCoalescer(rdb, script, 2)
-		r := &Reserver{batch: c, acks: newCoalescer(rdb, script, 2)}
+		c := newCoalescer(rdb, script, 2, nil)
+		r := &Reserver{batch: c}
 		ctx, cancel := context.WithCancel(context.Background())
 		stopped := make(chan struct{})
 		go func() { defer close(stopped); r.run(ctx, workers) }()

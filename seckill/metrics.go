@@ -22,6 +22,7 @@ type metrics struct {
 	itemLookups   *prometheus.CounterVec
 	outbox        *prometheus.CounterVec
 	outboxWaiting prometheus.Gauge
+	pipelined     prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -64,11 +65,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Outbox entries older than outbox_age handled by the jobs leader, by result: produced (Kafka acknowledged; entry removed), failed (retried on the next tick), invalid (not a message the reserve script wrote; removed, its reservation left to the orphan reaper)."}, []string{"result"}),
 		outboxWaiting: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cachesync_seckill_outbox_waiting",
 			Help: "Outbox entries older than outbox_age still not acknowledged by Kafka after the jobs leader's last run: their units stay reserved, and the orphan reaper leaves them alone, until Kafka takes them."}),
+		pipelined: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cachesync_seckill_reserve_pipeline_calls",
+			Help:    "Reserve script calls sent in one Redis pipeline (the outbox acknowledgements that ride along are not counted): the mean (sum / count) is how many concurrent reservations share a round trip.",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128}}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.reservations, m.consumed, m.retries, m.deadLettered, m.storeSeconds, m.canceled, m.reaped,
 			m.rebuilds, m.rebuildErrors, m.limited, m.authFailures, m.drift, m.checks, m.jobRuns, m.consumerLag,
-			m.unknownItems, m.itemLookups, m.outbox, m.outboxWaiting)
+			m.unknownItems, m.itemLookups, m.outbox, m.outboxWaiting, m.pipelined)
 	}
 	return m
 }

@@ -143,7 +143,7 @@ func start(p Params) error {
 		p.Cache.Listen(so.invalidated)
 		res := &Reserver{cfg: cfg, rdb: p.Redis, producer: prod, store: store, soldOut: so, m: m,
 			log: log.With().Str("role", "api").Logger(), now: time.Now,
-			batch: newCoalescer(p.Redis, reserveScript, 128), acks: newCoalescer(p.Redis, ackScript, 128)}
+			batch: newCoalescer(p.Redis, reserveScript, 128, m.pipelined)}
 		if os.Getenv(killAfterReserveEnv) == "1" {
 			res.afterReserve = func() { _ = syscall.Kill(os.Getpid(), syscall.SIGKILL) }
 		}

@@ -63,8 +63,9 @@ type Reserver struct {
 	m        *metrics
 	log      zerolog.Logger
 	now      func() time.Time
-	batch    *coalescer // the reserve script
-	acks     *coalescer // the outbox acknowledgements
+	// batch runs the reserve script, and the outbox acknowledgements
+	// (ackScript, posted) in the same pipelines.
+	batch *coalescer
 	// afterReserve, when set, runs between a successful reserve script
 	// and the produce: the crash tests kill the process there.
 	afterReserve func()
@@ -75,13 +76,11 @@ type Reserver struct {
 func (r *Reserver) run(ctx context.Context, workers int) {
 	var wg sync.WaitGroup
 	for range workers {
-		wg.Add(2)
+		wg.Add(1)
 		go func() { defer wg.Done(); r.batch.run(ctx) }()
-		go func() { defer wg.Done(); r.acks.run(ctx) }()
 	}
 	wg.Wait()
 	r.batch.shut()
-	r.acks.shut()
 }
 
 // Reserve reserves one unit of item for user.
@@ -158,9 +157,11 @@ func (r *Reserver) Reserve(ctx context.Context, item, user int64) (Reserved, err
 	err = r.producer.Send(ctx, m, body)
 	switch {
 	case err == nil:
-		// A failed acknowledgement only means the jobs leader produces
-		// the order again: a duplicate, which the consumer ignores.
-		if err := r.ack(ctx, k, order); err != nil {
+		// The entry is removed in one of the next pipelines, without
+		// waiting: a failed acknowledgement only means the jobs leader
+		// produces the order again after outbox_age, a duplicate, which
+		// the consumer ignores.
+		if err := r.batch.post(context.WithoutCancel(ctx), ackScript, []string{k.Outbox}, order); err != nil {
 			r.log.Debug().Err(err).Str("order", order).Msg("outbox entry not removed; the order will be produced again")
 		}
 	case notSent(err):
@@ -184,8 +185,7 @@ func (r *Reserver) Reserve(ctx context.Context, item, user int64) (Reserved, err
 
 // ack removes an order's outbox entry once Kafka acknowledged its message.
 func (r *Reserver) ack(ctx context.Context, k Keys, order string) error {
-	_, err := r.acks.do(context.WithoutCancel(ctx), []string{k.Outbox}, order)
-	return err
+	return ackScript.Run(context.WithoutCancel(ctx), r.rdb, []string{k.Outbox}, order).Err()
 }
 
 // notProduced settles a reservation whose order was never handed to

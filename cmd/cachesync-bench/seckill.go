@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/rand"
 	"database/sql"
-	"encoding/csv"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -17,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"sort"
 	"strconv"
@@ -52,6 +52,7 @@ func seckillBench(args []string) error {
 	clients := fs.Int("clients", 50, "concurrent connections")
 	out := fs.String("out", "", "also write the table to this file")
 	prof := fs.String("cpuprofile", "", "write a CPU profile of the HTTP reservation variant here")
+	onlyReserve := fs.Bool("only-reserve", false, "run the reservation variant alone and report its latency tail's causes (scheduler, GC, run-queue waits)")
 	tokens := fs.Int("tokens", 400_000, "buyers' JWTs minted for the reservation run, one user each: more than it makes")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -63,6 +64,10 @@ func seckillBench(args []string) error {
 		return errors.New("redis-benchmark is needed (Debian package redis-tools)")
 	}
 	ctx := context.Background()
+	loadBefore := "?"
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		loadBefore = strings.Join(strings.Fields(string(b))[:3], " ")
+	}
 	e, stop, err := startEnv()
 	if err != nil {
 		return err
@@ -78,7 +83,7 @@ func seckillBench(args []string) error {
 		return fmt.Errorf("run from the repository root: %w", err)
 	}
 	if _, err := e.db.ExecContext(ctx, "CREATE DATABASE IF NOT EXISTS shop; USE shop; "+strings.TrimRight(strings.TrimSpace(string(schema)), ";")+
-		"; INSERT INTO shop.sk_items (id, name, stock) VALUES (1, 'reserve', 1000000000), (2, 'sold out', 0), (3, 'for update', 1000000000)"); err != nil {
+		"; INSERT INTO shop.sk_items (id, name, stock) VALUES (1, 'reserve', 1000000000), (2, 'sold out', 0), (3, 'for update', 1000000000), (4, 'cdc probe', 1)"); err != nil {
 		return fmt.Errorf("schema: %w", err)
 	}
 	port, err := testenv.FreePort()
@@ -125,7 +130,7 @@ seckill:
 		return err
 	}
 	defer app.Stop(context.Background()) //nolint:errcheck // end of the run
-	for _, item := range []int64{1, 2, 3} {
+	for _, item := range []int64{1, 2, 3, 4} {
 		for e.rdb.Exists(ctx, seckill.KeysFor("sk:", item).Ready).Val() == 0 {
 			if sctx.Err() != nil {
 				return fmt.Errorf("item %d never became ready", item)
@@ -134,6 +139,12 @@ seckill:
 		}
 	}
 	base := "http://" + srv.PublicAddr().String()
+	metricsURL := "http://" + srv.AdminAddr().String() + "/metrics"
+	probe := cdcProbe{db: e.db, rdb: e.rdb, item: 4}
+	settings, err := durability(ctx, e)
+	if err != nil {
+		return err
+	}
 
 	meter := cpuMeter{redis: e.rd.PID(), mariadb: e.my.PID(), broker: broker.cmd.Process.Pid}
 	var rows []loadRow
@@ -146,20 +157,11 @@ seckill:
 	if err != nil {
 		return err
 	}
-	host, rport := splitAddr(e.rd.Addr())
-	const evalN = 400_000
-	rb := exec.CommandContext(ctx, "redis-benchmark", "-h", host, "-p", strconv.Itoa(int(rport)), "-c", strconv.Itoa(*clients),
-		"-n", strconv.Itoa(evalN), "-r", "1000000000", "--csv",
-		"EVALSHA", sha, "5", k.Stock, k.Pending, k.Buyers, k.Ready, k.Outbox, "__rand_int__", "9-__rand_int__", strconv.FormatInt(time.Now().UnixMilli(), 10),
-		`{"order_id":"9-__rand_int__","user_id":__rand_int__,"item_id":9,"reserved_ms":1}`)
-	c0 := meter.read()
-	rbOut, err := rb.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("redis-benchmark: %v: %s", err, rbOut)
+	evalsha := func(name string, pipeline int) (loadRow, error) {
+		return redisBenchEvalsha(ctx, meter, e.rd.Addr(), sha, k, *clients, pipeline, name)
 	}
-	eval := loadRow{name: "redis-benchmark EVALSHA of reserve.lua (no HTTP, no Kafka)", n: evalN,
-		gen: rb.ProcessState.UserTime() + rb.ProcessState.SystemTime(), use: meter.read().sub(c0)}
-	if eval.rate, eval.p50, eval.p99, err = parseRedisBenchCSV(string(rbOut)); err != nil {
+	eval, err := evalsha("redis-benchmark EVALSHA of reserve.lua, one call per round trip (no HTTP, no Kafka)", 1)
+	if err != nil {
 		return err
 	}
 	rows = append(rows, eval)
@@ -189,8 +191,19 @@ seckill:
 			return err
 		}
 	}
+	m0, err := scrape(metricsURL)
+	if err != nil {
+		return err
+	}
+	pids := map[string]int{"this process": 0, "Redis": e.rd.PID(), "Kafka broker": broker.cmd.Process.Pid, "MariaDB": e.my.PID()}
+	s0 := readSched(pids)
 	res, err := meter.wrk(ctx, "POST reservation over HTTP, JWT + Lua + Kafka ack (wrk)", base+"/seckill/items/1/reservations", *clients, *dur, false, script)
 	pprof.StopCPUProfile()
+	s1 := readSched(pids)
+	m1, serr := scrape(metricsURL)
+	if serr != nil {
+		return serr
+	}
 	if err != nil {
 		return fmt.Errorf("reserve (with more than %d requests users repeat and get 409: raise -tokens): %w", *tokens, err)
 	}
@@ -214,6 +227,26 @@ seckill:
 			return fmt.Errorf("reservations (%d) and Kafka messages (%d) still moving 30 s after the run", reserved, end)
 		}
 	}
+
+	res.cdc = m1.delta(m0, cdcTxns)
+	tail := s0.report(s1, res.n)
+	if *onlyReserve {
+		load, _ := os.ReadFile("/proc/loadavg")
+		return emit(fmt.Sprintf("%s, %d connections, %s, GOMAXPROCS %d, load average before %s, after %s: %.0f requests/s, p50 %s, p99 %s; CPU µs/request wrk / Redis / MariaDB / broker / daemon: %s; reserve calls per pipeline %.1f.\n%s\n",
+			res.name, *clients, *dur, runtime.GOMAXPROCS(0), loadBefore, strings.Join(strings.Fields(string(load))[:3], " "), res.rate, ms(res.p50), ms(res.p99), res.cpuPerRequest(),
+			m1.delta(m0, "cachesync_seckill_reserve_pipeline_calls_sum")/max(1, m1.delta(m0, "cachesync_seckill_reserve_pipeline_calls_count")), tail), *out)
+	}
+	cdcLive := []string{"reservations: " + probe.check(ctx)}
+	batch := m1.delta(m0, "cachesync_seckill_reserve_pipeline_calls_sum") /
+		max(1, m1.delta(m0, "cachesync_seckill_reserve_pipeline_calls_count"))
+
+	// 2b. EVALSHA pipelined as deep as the daemon's reserve pipelines were.
+	depth := max(1, int(batch+0.5))
+	evalP, err := evalsha(fmt.Sprintf("redis-benchmark EVALSHA of reserve.lua, pipelined -P %d like the daemon (no HTTP, no Kafka)", depth), depth)
+	if err != nil {
+		return err
+	}
+	rows = append(rows, evalP)
 
 	// 3. sold-out item: the first answer sets the local flag.
 	tok, err := auth.Mint(jwtCfg, 1, time.Hour, time.Now())
@@ -239,28 +272,50 @@ seckill:
 	rows = append(rows, floor)
 
 	// 5. SELECT … FOR UPDATE per reservation.
-	c0 = meter.read()
+	m0, err = scrape(metricsURL)
+	if err != nil {
+		return err
+	}
+	c0 := meter.read()
 	fu, err := forUpdate(ctx, e.db, *clients, *dur)
 	if err != nil {
 		return err
 	}
 	fu.use = meter.read().sub(c0)
+	if m1, err = scrape(metricsURL); err != nil {
+		return err
+	}
+	fu.cdc = m1.delta(m0, cdcTxns)
+	cdcLive = append(cdcLive, "FOR UPDATE: "+probe.check(ctx))
 	rows = append(rows, fu)
 
 	var b strings.Builder
-	fmt.Fprintf(&b, "Reservations on one hot item, %d concurrent connections, %s per variant, everything on the same 2 cores. "+
-		"CPU per request is each process's CPU time over the variant divided by the requests served; the Kafka broker is cmd/devkafka (kfake) in its own process; this process holds the daemon (its CDC applies the FOR UPDATE rows to Redis too) and the FOR UPDATE clients.\n\n", *clients, *dur)
-	fmt.Fprintf(&b, "| variant | requests/s | p50 | p99 | ratio | CPU µs/request: load generator / Redis / MariaDB / Kafka broker / this process |\n|---|---:|---:|---:|---|---|\n")
+	load, _ := os.ReadFile("/proc/loadavg")
+	fmt.Fprintf(&b, "Reservations on one hot item, %d concurrent connections, %s per variant, everything on the same 2 cores (load average before the run %s, after %s). "+
+		"CPU per request is each process's CPU time over the variant divided by the requests served; the Kafka broker is cmd/devkafka (kfake) in its own process; this process holds the daemon (its CDC applies the FOR UPDATE rows to Redis too) and the FOR UPDATE clients.\n\n",
+		*clients, *dur, loadBefore, strings.Join(strings.Fields(string(load))[:3], " "))
+	fmt.Fprintf(&b, "| variant | requests/s | p50 | p99 | ratio | CPU µs/request: load generator / Redis / MariaDB / Kafka broker / this process | CDC transactions applied |\n|---|---:|---:|---:|---|---|---:|\n")
 	ratio := []string{
 		"baseline",
-		fmt.Sprintf("**%.2f× EVALSHA**, **%.1f× FOR UPDATE**", res.rate/eval.rate, res.rate/fu.rate),
+		fmt.Sprintf("**%.2f× EVALSHA**, %.2f× pipelined EVALSHA, **%.1f× FOR UPDATE**", res.rate/eval.rate, res.rate/evalP.rate, res.rate/fu.rate),
+		fmt.Sprintf("%.2f× EVALSHA", evalP.rate/eval.rate),
 		fmt.Sprintf("**%.2f× reserve**, %.2f× HTTP floor", sold.rate/res.rate, sold.rate/floor.rate),
 		fmt.Sprintf("%.2f× EVALSHA, %.2f× reserve", floor.rate/eval.rate, floor.rate/res.rate),
 		"baseline",
 	}
 	for i, r := range rows {
-		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %s | %s |\n", r.name, r.rate, ms(r.p50), ms(r.p99), ratio[i], r.cpuPerRequest())
+		cdc := "–"
+		if r.cdc >= 0 && (i == 1 || i == len(rows)-1) {
+			cdc = fmt.Sprintf("%.0f", r.cdc)
+		}
+		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %s | %s | %s |\n", r.name, r.rate, ms(r.p50), ms(r.p99), ratio[i], r.cpuPerRequest(), cdc)
 	}
+	resCPU, floorCPU := res.perRequest(res.use.self), floor.perRequest(floor.use.self)
+	fmt.Fprintf(&b, "\nDaemon CPU per reservation ÷ per HTTP-floor request: %.0f µs ÷ %.0f µs = **%.2f** (goal ≤ 2.0).\n", resCPU, floorCPU, resCPU/floorCPU)
+	fmt.Fprintf(&b, "Pipelines: a Redis pipeline of the daemon carried %.1f reserve script calls on average during the reservation run (cachesync_seckill_reserve_pipeline_calls); the pipelined EVALSHA row uses -P %d.\n", batch, depth)
+	fmt.Fprintf(&b, "Reservation run's tail: %s\n", tail)
+	fmt.Fprintf(&b, "Durability, the same in every row (the same servers): %s.\n", settings)
+	fmt.Fprintf(&b, "CDC running (a stock change of item 4 reached Redis after the variant): %s. In the reservation run nothing is written to MySQL (the consumer role is off), so CDC is idle; in the FOR UPDATE run it applies every order.\n", strings.Join(cdcLive, "; "))
 	fmt.Fprintf(&b, "\nChecks: redis-benchmark reserved %d; the HTTP run made %d reservations and Kafka holds %d order messages.\n", reservedBefore, reserved, end)
 	if end < reserved {
 		return fmt.Errorf("%d reservations but only %d messages in Kafka", reserved, end)
@@ -276,7 +331,11 @@ type loadRow struct {
 	n        float64       // requests served
 	gen      time.Duration // CPU of a separate load generator
 	use      cpuUse        // CPU of the servers and this process
+	cdc      float64       // transactions the daemon's CDC applied meanwhile
 }
+
+// perRequest is d in µs per request served.
+func (r loadRow) perRequest(d time.Duration) float64 { return float64(d.Microseconds()) / r.n }
 
 func (r loadRow) cpuPerRequest() string {
 	us := func(d time.Duration) string { return fmt.Sprintf("%.0f", float64(d.Microseconds())/r.n) }
@@ -500,18 +559,24 @@ func kafkaEnd(ctx context.Context, brokers []string) (int64, error) {
 }
 
 // parseRedisBenchCSV reads redis-benchmark --csv output: rps and latencies.
+// The first column, the command, is not CSV-quoted (a JSON argument's
+// quotes stay as they are), so each line is read from its end: the last
+// seven columns are the figures.
 func parseRedisBenchCSV(s string) (float64, time.Duration, time.Duration, error) {
-	recs, err := csv.NewReader(strings.NewReader(s)).ReadAll()
-	if err != nil {
-		return 0, 0, 0, fmt.Errorf("redis-benchmark csv: %w: %s", err, s)
-	}
-	for _, r := range recs {
-		if len(r) >= 7 && r[0] != "test" {
-			rate, _ := strconv.ParseFloat(r[1], 64)
-			p50, _ := strconv.ParseFloat(r[4], 64)
-			p99, _ := strconv.ParseFloat(r[6], 64)
-			return rate, time.Duration(p50 * float64(time.Millisecond)), time.Duration(p99 * float64(time.Millisecond)), nil
+	for _, line := range strings.Split(strings.TrimSpace(s), "\n") {
+		f := strings.Split(strings.TrimSpace(line), ",")
+		if len(f) < 8 || strings.HasPrefix(line, `"test"`) {
+			continue
 		}
+		num := func(i int) float64 {
+			v, _ := strconv.ParseFloat(strings.Trim(f[len(f)-7+i], `"`), 64)
+			return v
+		}
+		rate, p50, p99 := num(0), num(3), num(5)
+		if rate == 0 {
+			continue
+		}
+		return rate, time.Duration(p50 * float64(time.Millisecond)), time.Duration(p99 * float64(time.Millisecond)), nil
 	}
 	return 0, 0, 0, fmt.Errorf("redis-benchmark output not understood: %s", s)
 }
