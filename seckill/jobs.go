@@ -179,10 +179,14 @@ func (j *Jobs) reapOrphans(ctx context.Context) {
 	}
 	cutoff := j.now().Add(-j.cfg.OrphanAge)
 	for _, item := range items {
-		fenced, err := fenceOrphans(ctx, j.rdb, j.store, KeysFor(j.cfg.KeyPrefix, item), item, cutoff, 1000, "reservation orphaned: no order arrived")
+		fenced, err := fenceOrphans(ctx, j.rdb, j.store, KeysFor(j.cfg.KeyPrefix, item), item, cutoff, 1000, "reservation orphaned: no order arrived", j.consumed)
 		for _, o := range fenced {
 			j.m.reaped.Inc()
 			j.log.Warn().Str("order", o.ID).Int64("item", item).Int64("user", o.User).Msg("orphaned reservation released")
+		}
+		if errors.Is(err, errConsumerBehind) { // the lag metric shows it; try again next round
+			j.log.Debug().Err(err).Msg("orphan reaper waits for the consumer")
+			return
 		}
 		if err != nil {
 			if ctx.Err() == nil {
@@ -193,9 +197,36 @@ func (j *Jobs) reapOrphans(ctx context.Context) {
 	}
 }
 
+// consumed returns nil once the consumer group has read every message in
+// the topic: a reservation whose outbox entry was removed because its
+// message is in Kafka is then stored (an order row) or dead-lettered, and
+// no longer looks orphaned. Before that, the reaper leaves reservations
+// alone: with the consumer behind by more than orphan_age (down, or slow
+// on a loaded machine), it would fence orders that were accepted (202) and
+// wait in Kafka.
+func (j *Jobs) consumed(context.Context) error {
+	lags, err := j.rebuild.lag.lags(j.cfg.Kafka.Topic, j.cfg.Kafka.Group)
+	if err != nil {
+		return fmt.Errorf("reading the consumer group's offsets: %w", err)
+	}
+	var behind int64
+	for _, n := range lags {
+		behind += n
+	}
+	if behind > 0 {
+		return fmt.Errorf("%w: %d messages to read", errConsumerBehind, behind)
+	}
+	return nil
+}
+
+// errConsumerBehind: the consumer group has not read every message yet.
+var errConsumerBehind = errors.New("the consumer group is behind")
+
 // fenceOrphans fences (Store.Fence) the pending reservations of item
 // reserved before cutoff that have no order row, at most limit of them
-// (0: all). CDC of the fence row then removes the entry from pending and
+// (0: all). consumed, when not nil, is asked once before the first fence
+// whether every message in Kafka was read (see Jobs.consumed); if not,
+// nothing is fenced. CDC of the fence row then removes the entry from pending and
 // the user from buyers, and a message for the order that still arrives is
 // a duplicate. It returns the orders it fenced; an entry whose row exists
 // is left to CDC, an unparsable one to the drift check and the rebuild.
@@ -203,7 +234,8 @@ func (j *Jobs) reapOrphans(ctx context.Context) {
 // waiting to be produced (Kafka has been failing for that long), and a
 // fence would turn an order the user was told is accepted into a
 // duplicate.
-func fenceOrphans(ctx context.Context, rdb redis.UniversalClient, store *Store, k Keys, item int64, cutoff time.Time, limit int64, reason string) ([]Order, error) {
+func fenceOrphans(ctx context.Context, rdb redis.UniversalClient, store *Store, k Keys, item int64, cutoff time.Time, limit int64, reason string,
+	consumed func(context.Context) error) ([]Order, error) {
 	old, err := rdb.ZRangeByScoreWithScores(ctx, k.Pending, &redis.ZRangeBy{Min: "-inf", Max: strconv.FormatInt(cutoff.UnixMilli(), 10), Count: limit}).Result()
 	if err != nil {
 		return nil, fmt.Errorf("read pending: %w", err)
@@ -227,6 +259,12 @@ func fenceOrphans(ctx context.Context, rdb redis.UniversalClient, store *Store, 
 		order, user, ok := parseMember(m)
 		if !ok || queued[order] {
 			continue
+		}
+		if consumed != nil {
+			if err := consumed(ctx); err != nil {
+				return fenced, fmt.Errorf("not releasing reservations older than orphan_age yet: %w", err)
+			}
+			consumed = nil // asked once: read after the outbox, it covers every entry read
 		}
 		o := Order{ID: order, User: user, Item: item, ReservedAt: time.UnixMilli(int64(z.Score)).UTC()}
 		done, err := store.Fence(ctx, o, reason)

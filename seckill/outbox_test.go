@@ -242,3 +242,36 @@ func TestOutboxSparedByReaper(t *testing.T) {
 		t.Errorf("orphans reaped = %v, want 0", v)
 	}
 }
+
+// TestReaperWaitsForConsumer: an accepted order whose message waits in
+// Kafka (no consumer runs) is not an orphan, however old its reservation:
+// the reaper waits until the consumer group has read every message.
+// Before, past orphan_age it fenced the order (the stress run of the
+// suite saw it with a consumer slowed down) and the buyer's 202 was lost.
+func TestReaperWaitsForConsumer(t *testing.T) {
+	s := newStack(t)
+	d := s.start("orphan_age: 2s\nroles: [api, jobs]") // no consumer anywhere
+	s.addItem(44, 5)
+	ctx := context.Background()
+	r, err := d.reserve(44, 1)
+	if err != nil || r.Status != 202 {
+		t.Fatalf("reserve: %v %+v", err, r)
+	}
+	order, _ := r.Body["order_id"].(string)
+	s.eventually(2*time.Second, "the acknowledged order's outbox entry removed", func() bool { return s.rdb.HLen(ctx, "sk:{44}:outbox").Val() == 0 })
+	time.Sleep(5 * time.Second) // orphan_age 2s, job_interval 200ms
+	if n := s.int("SELECT COUNT(*) FROM sk_orders WHERE order_id = ?", order); n != 0 {
+		t.Fatalf("%d rows for order %s while its message waits in Kafka, want none (not fenced)", n, order)
+	}
+	if s.rdb.ZScore(ctx, "sk:{44}:pending", order+":1").Err() != nil {
+		t.Fatalf("reservation %s released while its message waits in Kafka", order)
+	}
+	if v := metric(t, d, `cachesync_seckill_orphans_reaped_total`); v != 0 {
+		t.Errorf("orphans reaped = %v, want 0", v)
+	}
+	s.start("roles: [consumer]")
+	s.eventually(30*time.Second, "the order stored once a consumer runs", func() bool {
+		return s.int("SELECT COUNT(*) FROM sk_orders WHERE order_id = ? AND user_id = 1 AND status = 'created'", order) == 1
+	})
+	s.settled(44, 1)
+}

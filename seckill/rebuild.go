@@ -89,7 +89,7 @@ func (r *Rebuilder) Rebuild(ctx context.Context, item int64) error {
 	// older than OrphanAge without a row is an orphan (the reaper's rule),
 	// which a rewrite would otherwise keep as in flight. Fence it; CDC
 	// releases it before the rewrite reads pending.
-	fenced, err := fenceOrphans(ctx, r.rdb, r.store, k, item, time.Now().Add(-r.cfg.OrphanAge), 0, "reservation orphaned: no order arrived (resync)")
+	fenced, err := fenceOrphans(ctx, r.rdb, r.store, k, item, time.Now().Add(-r.cfg.OrphanAge), 0, "reservation orphaned: no order arrived (resync)", nil)
 	for _, o := range fenced {
 		r.log.Warn().Str("order", o.ID).Int64("item", item).Int64("user", o.User).Msg("rebuild: orphaned reservation released")
 	}
