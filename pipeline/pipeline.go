@@ -454,7 +454,9 @@ func (p *Pipeline) runOnce(ctx context.Context, reset, rewound bool, fence sink.
 			cancel()
 		}
 	})
-	offset, err := binlog.ClockOffset(ctx, p.db)
+	cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+	offset, err := binlog.ClockOffset(cctx, p.db)
+	ccancel()
 	if err != nil { // only batching while catching up depends on it
 		p.log.Warn().Err(err).Msg("assuming MySQL's clock is this host's")
 	}

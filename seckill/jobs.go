@@ -206,8 +206,8 @@ func (j *Jobs) reapOrphans(ctx context.Context) {
 // wait in Kafka.
 func (j *Jobs) consumed(context.Context) error {
 	lags, err := j.rebuild.lag.lags(j.cfg.Kafka.Topic, j.cfg.Kafka.Group)
-	if err != nil {
-		return fmt.Errorf("reading the consumer group's offsets: %w", err)
+	if err != nil { // logged by measureLag
+		return fmt.Errorf("%w, or not: its offsets cannot be read: %v", errConsumerBehind, err)
 	}
 	var behind int64
 	for _, n := range lags {
@@ -219,7 +219,8 @@ func (j *Jobs) consumed(context.Context) error {
 	return nil
 }
 
-// errConsumerBehind: the consumer group has not read every message yet.
+// errConsumerBehind: the consumer group has not read every message yet
+// (or its offsets cannot be read).
 var errConsumerBehind = errors.New("the consumer group is behind")
 
 // fenceOrphans fences (Store.Fence) the pending reservations of item

@@ -98,13 +98,12 @@ type Resume struct {
 }
 
 // While catching up (the newest transaction of a batch committed at least
-// catchUpAge ago by MySQL's clock: the binlog's commit times have second
-// resolution), a
-// batch that is not full waits up to catchUpWait for more transactions
-// before it is sent. Larger batches cost Redis and this process less per
-// row (each call has its checks, its checkpoint and its round trips),
-// as a plain syncer's large pipelines do; the parser keeps the CPU busy
-// meanwhile. Live batches never wait.
+// catchUpAge ago by MySQL's clock; the binlog's commit times have second
+// resolution), a batch that is not full waits up to catchUpWait for more
+// transactions before it is sent. Larger batches cost Redis and this
+// process less per row (each call has its checks, its checkpoint and its
+// round trips), as a plain syncer's large pipelines do; the parser keeps
+// the CPU busy meanwhile. Live batches never wait.
 const (
 	catchUpAge  = 2 * time.Second
 	catchUpWait = 10 * time.Millisecond
