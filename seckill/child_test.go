@@ -1,13 +1,11 @@
 package seckill_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -117,23 +115,7 @@ func scrapeMetrics(base string) (map[string]float64, error) {
 	if r.Status != 200 {
 		return nil, fmt.Errorf("GET /metrics: %d", r.Status)
 	}
-	m := map[string]float64{}
-	sc := bufio.NewScanner(strings.NewReader(r.Raw))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			m[line[:i]] = v
-		}
-	}
-	return m, sc.Err()
+	return testenv.ParseMetrics(strings.NewReader(r.Raw))
 }
 
 // saramaTestConfig is a client configuration for the in-process broker.

@@ -1,16 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"database/sql"
 	"fmt"
 	"net/http"
 	"os/exec"
 	"strconv"
-	"strings"
 	"time"
 
+	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/seckill"
 	"github.com/redis/go-redis/v9"
 )
@@ -48,23 +47,8 @@ func scrape(url string) (metricsSnap, error) {
 		return nil, fmt.Errorf("scrape %s: %w", url, err)
 	}
 	defer resp.Body.Close()
-	m := metricsSnap{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			m[line[:i]] = v
-		}
-	}
-	return m, sc.Err()
+	m, err := testenv.ParseMetrics(resp.Body)
+	return metricsSnap(m), err
 }
 
 func (m metricsSnap) delta(before metricsSnap, series string) float64 {
