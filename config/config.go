@@ -39,6 +39,8 @@ type Config struct {
 	HA leader.Config `yaml:"ha"`
 	// Admin is the operators' listener: metrics, probes, pprof, /admin.
 	Admin api.AdminConfig `yaml:"admin"`
+	// Runtime tunes Go's garbage collector.
+	Runtime Runtime `yaml:"runtime"`
 }
 
 // Redis configures the Redis connection.
@@ -232,6 +234,7 @@ func (c *Config) SetDefaults() {
 		c.Seckill.VersionStock(c.Sink.Rules)
 	}
 	c.Redis.SetDefaults()
+	c.Runtime.SetDefaults(c.MySQL)
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
@@ -276,6 +279,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.HA.Validate(); err != nil {
+		return err
+	}
+	if err := c.Runtime.Validate(); err != nil {
 		return err
 	}
 	switch strings.ToLower(c.Log.Level) {

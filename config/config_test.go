@@ -76,6 +76,8 @@ func TestBadConfigs(t *testing.T) {
 		"redis_db_negative.yaml":                 {"redis.db", "-1"},
 		"cache_load_timeout_short.yaml":          {"cache.load_timeout", "1ms"},
 		"ha_lease_ttl_short.yaml":                {"ha.lease_ttl", "50ms"},
+		"runtime_gc_percent_small.yaml":          {"runtime.gc_percent", "5"},
+		"runtime_memory_limit_small.yaml":        {"runtime.memory_limit", "1048576", "64 MiB"},
 		"ha_renew_too_slow.yaml":                 {"ha.renew_interval", "2s", "half"},
 		"ha_poll_too_slow.yaml":                  {"ha.poll_interval", "4s"},
 		"redis_db_too_big.yaml":                  {"redis.db", "16"},
@@ -197,6 +199,8 @@ func TestDefaults(t *testing.T) {
 		{"seckill.admin_token", c.Seckill.AdminToken, ""},
 		{"log.level", c.Log.Level, "info"},
 		{"log.format", c.Log.Format, "json"},
+		{"runtime.gc_percent", c.Runtime.GCPercent, 400},
+		{"runtime.memory_limit", c.Runtime.MemoryLimit, int64(256 << 20)},
 	}
 	for _, ck := range checks {
 		if ck.got != ck.want {
@@ -248,6 +252,9 @@ func TestFullConfig(t *testing.T) {
 		WriteTimeout: 15 * time.Second, IdleTimeout: 45 * time.Second, MaxHeaderBytes: 4096, MaxConns: 16},
 		ReadyzInterval: 500 * time.Millisecond, ReadyzTimeout: 750 * time.Millisecond}) {
 		t.Errorf("admin = %+v", c.Admin)
+	}
+	if c.Runtime != (Runtime{GCPercent: 200, MemoryLimit: 1 << 30}) {
+		t.Errorf("runtime = %+v", c.Runtime)
 	}
 }
 
@@ -564,4 +571,14 @@ func checkBadFiles(t *testing.T, dir string, want map[string][]string) int {
 		}
 	}
 	return len(files)
+}
+
+func TestRuntimeFollowsBudgets(t *testing.T) {
+	c, err := Parse([]byte("mysql: {read_ahead_bytes: 134217728}\nsink: {rules: [{table: shop.goods, kind: invalidate, keys: [\"goods:{id}\"]}]}\n"), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := int64(2*(128+8)+112) << 20; c.Runtime.MemoryLimit != want {
+		t.Errorf("runtime.memory_limit = %d, want %d (2 × (read_ahead_bytes + max_txn_bytes) + 112 MiB)", c.Runtime.MemoryLimit, want)
+	}
 }

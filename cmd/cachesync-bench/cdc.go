@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/cachesync/cachesync/binlog"
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/daemon"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -140,19 +142,45 @@ type cdcPipeline struct {
 
 func (e *env) pipelines(o cdcOptions) []cdcPipeline {
 	all := []cdcPipeline{
+		{id: "wire", name: "binlog read, nothing parsed (go-mysql raw mode)", run: e.wire},
 		{id: "raw", name: "raw go-mysql BinlogSyncer parse (ceiling)", run: e.rawParse},
 		{id: "floor", name: "floor: parse → JSON → pipelined SET (plain syncer)", checked: true,
 			run: func(ctx context.Context, w *workload, win *window) (int, error) {
 				return e.floor(ctx, w, win, o.floorBatch)
 			}},
 	}
+	all = append(all, cdcPipeline{id: "floor-gc", name: "floor at the daemon's GC settings", checked: true,
+		run: withDaemonGC(func(ctx context.Context, w *workload, win *window) (int, error) {
+			return e.floor(ctx, w, win, o.floorBatch)
+		})})
 	for _, rs := range ruleSets {
 		all = append(all, cdcPipeline{id: rs.id, name: "cachesync, " + rs.name + " rules", checked: rs.checked,
-			run: func(ctx context.Context, w *workload, win *window) (int, error) {
+			run: withDaemonGC(func(ctx context.Context, w *workload, win *window) (int, error) {
 				return e.applyRate(ctx, rs, w, win)
-			}})
+			})})
 	}
 	return slices.DeleteFunc(all, func(p cdcPipeline) bool { return !slices.Contains(o.pipelines, p.id) })
+}
+
+// withDaemonGC runs run with the garbage collector set as the daemon sets
+// it by default (runtime.gc_percent and memory_limit: config.Runtime),
+// unless GOGC or GOMEMLIMIT is set for this process. The other pipelines
+// run at Go's defaults, as a plain syncer ships.
+func withDaemonGC(run func(context.Context, *workload, *window) (int, error)) func(context.Context, *workload, *window) (int, error) {
+	return func(ctx context.Context, w *workload, win *window) (int, error) {
+		_, restore := daemon.TuneGC(gcDefaults(), os.LookupEnv)
+		defer restore()
+		return run(ctx, w, win)
+	}
+}
+
+// gcDefaults is the daemon's default runtime section.
+func gcDefaults() config.Runtime {
+	var my binlog.Config
+	my.SetDefaults()
+	var rt config.Runtime
+	rt.SetDefaults(my)
+	return rt
 }
 
 // runResult is one measured run of one pipeline over one workload.

@@ -116,8 +116,9 @@ func (r cdcReport) markdown() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Each pipeline replays the same binlog range of each workload on a %d-row table into an empty Redis; %d runs each, round-robin, median reported; %d CPUs shared by MariaDB, Redis and this process. "+
 		"CPU µs/row = the process's user + system time over the run (getrusage for this process, which runs only the measured pipeline; /proc/PID/stat for the servers) divided by the row changes. "+
-		"The floor parses with the bare BinlogSyncer, encodes each after-image as JSON (map + encoding/json) and sends pipelined plain SETs of the rewrite rule's key, %d rows per pipeline, position saved every 3 s; no version guard, atomic apply, checkpoint or message.\n",
-		tableKeys, r.o.runs, runtime.NumCPU(), r.o.floorBatch)
+		"The floor parses with the bare BinlogSyncer, encodes each after-image as JSON (map + encoding/json) and sends pipelined plain SETs of the rewrite rule's key, %d rows per pipeline, position saved every 3 s; no version guard, atomic apply, checkpoint or message. "+
+		"cachesync's pipelines and the floor at the daemon's GC settings run with Go's collector as the daemon sets it by default (runtime.gc_percent %d, runtime.memory_limit %d MiB); the others at Go's defaults (GOGC=100, no limit), as a plain syncer ships. GOGC or GOMEMLIMIT set for the bench overrides both.\n",
+		tableKeys, r.o.runs, runtime.NumCPU(), r.o.floorBatch, gcDefaults().GCPercent, gcDefaults().MemoryLimit>>20)
 	for wi, w := range r.workloads {
 		sums := make([]summary, len(r.pipes))
 		var floor, raw *summary

@@ -22,10 +22,16 @@ const floorPositionKey = "floor:position"
 // each event until the one that ends at end; fn may stop it early with an
 // error.
 func (e *env) syncer(ctx context.Context, serverID uint32, start, end binlog.Position, fn func(*replication.BinlogEvent, *replication.BinlogSyncer) error) error {
+	return e.syncerMode(ctx, serverID, false, start, end, fn)
+}
+
+// syncerMode is syncer, in go-mysql's raw mode (events unparsed) if raw.
+func (e *env) syncerMode(ctx context.Context, serverID uint32, raw bool, start, end binlog.Position, fn func(*replication.BinlogEvent, *replication.BinlogSyncer) error) error {
 	host, port := splitAddr(e.my.Addr())
 	s := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
 		ServerID: serverID, Flavor: "mariadb", Host: host, Port: port, User: "root",
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
+		RawModeEnabled: raw,
 	})
 	defer s.Close()
 	st, err := s.StartSync(mysql.Position{Name: start.File, Pos: start.Pos})
@@ -68,6 +74,16 @@ func (e *env) rawParse(ctx context.Context, w *workload, win *window) (int, erro
 	})
 	win.finish()
 	return rows, err
+}
+
+// wire reads w's binlog range in go-mysql's raw mode, parsing nothing but
+// event headers: what the server's dump thread and the socket deliver,
+// the ceiling of any client. It returns the workload's row changes.
+func (e *env) wire(ctx context.Context, w *workload, win *window) (int, error) {
+	win.begin()
+	err := e.syncerMode(ctx, 9002, true, w.start, w.end, func(*replication.BinlogEvent, *replication.BinlogSyncer) error { return nil })
+	win.finish()
+	return w.rows, err
 }
 
 // floorBatch is one pipelined write of the floor: its commands and the

@@ -59,7 +59,7 @@ func main() {
 	flag.IntVar(&o.floorBatch, "floor-batch", 2000, "rows the floor queues before it sends a pipeline (at a transaction's end; cachesync's sink.batch_changes is 2000)")
 	flag.IntVar(&o.rate, "rate", 3000, "offered load for the latency run, transactions/s (0: no latency run)")
 	secs := flag.Int("latency-seconds", 10, "duration of the latency run (0: no latency run)")
-	pipes := flag.String("pipelines", "raw,floor,invalidate,rewrite,all4", "pipelines to measure, comma-separated")
+	pipes := flag.String("pipelines", "wire,raw,floor,floor-gc,invalidate,rewrite,all4", "pipelines to measure, comma-separated")
 	wls := flag.String("workloads", "single,stmt100", "workloads to write and replay, comma-separated: single (single-row UPDATEs, 10 per transaction), stmt100 (100-row UPDATE statements)")
 	flag.StringVar(&o.out, "out", "", "also write the Markdown table to this file")
 	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of each measured run to PREFIX.WORKLOAD.PIPELINE.RUN.pprof (profiling costs CPU in this process: the figures are then not comparable)")

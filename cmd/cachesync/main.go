@@ -81,12 +81,18 @@ snapshotting until it is done.`,
 
 // runDaemon runs until SIGINT/SIGTERM (exit 0) or a fatal pipeline error (1).
 func runDaemon(cfg *config.Config) int {
+	gc, _ := daemon.TuneGC(cfg.Runtime, os.LookupEnv)
 	app := fx.New(
 		fx.WithLogger(func() fxevent.Logger { return fxevent.NopLogger }),
 		daemon.Options(cfg),
 	)
 	log := daemon.NewLogger(cfg.Log)
 	daemon.RouteDriverLogs(log)
+	ev := log.Info().Str("component", "runtime").Int("gc_percent", gc.Percent).Strs("from_environment", gc.FromEnv)
+	if gc.Limit != daemon.NoLimit {
+		ev = ev.Int64("memory_limit", gc.Limit)
+	}
+	ev.Msg("garbage collector set")
 	if err := app.Err(); err != nil {
 		startupFailed(log, err)
 		return 1
