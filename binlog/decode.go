@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
 
 	"github.com/go-mysql-org/go-mysql/replication"
 	"github.com/klauspost/compress/zstd"
@@ -27,8 +26,14 @@ type decoder struct {
 	checksum bool // outer events end in a CRC32
 	options  func(*replication.BinlogParser)
 	// signedness holds the SignednessBitmap taken out of each table map
-	// parsed (see takeSignedness) until the reader claims it.
-	signedness sync.Map // *replication.TableMapEvent -> []byte
+	// parsed (see takeSignedness) until the reader claims it; a worker
+	// hands it on with the events of its unit (see parse).
+	signedness map[*replication.TableMapEvent][]byte
+	// priming: the events parsed are a unit's table maps parsed again (see
+	// unit.prime), never handed to the reader: keep nothing of them.
+	priming bool
+	// format is the format description event last parsed (raw).
+	format *replication.BinlogEvent
 }
 
 // takeSignedness moves a table map's signedness out of the event, so
@@ -38,18 +43,21 @@ type decoder struct {
 // The table's conversions (valueConv.unsigned) make them unsigned again.
 func (d *decoder) takeSignedness(p *replication.BinlogEvent) {
 	if tm, ok := p.Event.(*replication.TableMapEvent); ok {
-		d.signedness.Store(tm, tm.SignednessBitmap)
+		if !d.priming {
+			if d.signedness == nil {
+				d.signedness = make(map[*replication.TableMapEvent][]byte)
+			}
+			d.signedness[tm] = tm.SignednessBitmap
+		}
 		tm.SignednessBitmap = nil
 	}
 }
 
-// signednessOf returns what takeSignedness took from e, once: the reader
-// calls it when it handles e. (Not put back: the parser goes on decoding
-// rows with e on its own goroutine.)
-func (d *decoder) signednessOf(e *replication.TableMapEvent) []byte {
-	v, _ := d.signedness.LoadAndDelete(e)
-	b, _ := v.([]byte)
-	return b
+// takeTables hands over what takeSignedness took since the last call.
+func (d *decoder) takeTables() map[*replication.TableMapEvent][]byte {
+	m := d.signedness
+	d.signedness = nil
+	return m
 }
 
 // maxPayloadWindow bounds the zstd window a payload may ask for: MySQL's
@@ -87,6 +95,7 @@ func (d *decoder) decode(ev *replication.BinlogEvent, emit func(*replication.Bin
 		if err := d.formatChanged(fde, ev.RawData); err != nil {
 			return err
 		}
+		d.format = ev
 	} else if d.checksum && len(p.RawData) >= replication.EventHeaderSize+replication.BinlogChecksumLength {
 		p.RawData = p.RawData[:len(p.RawData)-replication.BinlogChecksumLength]
 	}

@@ -132,8 +132,10 @@ func TestMySQLJSONRenderedAsSelect(t *testing.T) {
 	out := make(chan *Txn, 1)
 	r := &reader{src: src, out: out, file: "binlog.000001", tables: map[uint64]*Table{}}
 	dec := newDecoder(src.parserOptions)
-	r.dec = dec
-	emit := func(ev *replication.BinlogEvent) error { return r.handle(context.Background(), ev) }
+	emit := func(ev *replication.BinlogEvent) error {
+		r.signedness = dec.takeTables() // as the stream hands on a unit's
+		return r.handle(context.Background(), ev)
+	}
 	if err := dec.decode(fde, emit); err != nil {
 		t.Fatal(err)
 	}

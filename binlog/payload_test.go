@@ -183,8 +183,6 @@ func TestCompressedPayloadStreamed(t *testing.T) {
 		tables: map[uint64]*Table{},
 	}
 	r.src.SetBudget(NewBudget(8 << 20))
-	dec := newDecoder(r.src.parserOptions)
-	r.dec = dec
 	var got, pieces atomic.Int64
 	var last atomic.Pointer[Txn]
 	var first atomic.Pointer[Change]
@@ -207,13 +205,45 @@ func TestCompressedPayloadStreamed(t *testing.T) {
 	runtime.GC()
 	stop := make(chan struct{})
 	peak := heapPeak(stop)
-	emit := func(ev *replication.BinlogEvent) error { return r.handle(context.Background(), ev) }
+	// Through the stream's decoding workers, as the syncer hands events on.
+	st := replication.NewBinlogStreamer()
 	for _, ev := range []*replication.BinlogEvent{c.fde, gtid, payload} {
-		if err := dec.decode(ev, emit); err != nil {
+		if err := st.AddEventToStreamer(ev); err != nil {
 			t.Fatal(err)
 		}
 	}
-	<-drained
+	ctx, cancel := context.WithCancel(context.Background())
+	units, stopParse := parse(ctx, st, func() *decoder { return newDecoder(r.src.parserOptions) }, 2, unitBytes)
+	defer stopParse()
+	defer cancel()
+	handled := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case u := <-units:
+				for c := range u.chunks {
+					r.signedness = c.signedness
+					for _, ev := range c.evs {
+						if err := r.handle(ctx, ev); err != nil {
+							handled <- err
+							return
+						}
+					}
+					if c.err != nil {
+						handled <- c.err
+						return
+					}
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	select {
+	case <-drained:
+	case err := <-handled:
+		t.Fatal(err)
+	}
 	close(stop)
 	p := <-peak
 

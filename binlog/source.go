@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -45,6 +48,9 @@ type Source struct {
 	// transaction has been sent (0: unknown yet).
 	reached atomic.Uint64
 	budget  *Budget // read-ahead bound, set before Run
+	// How the stream is decoded (see parse): unitBytes and
+	// decodeWorkers(); tests cut every event into a unit of its own.
+	unitBytes, workers int
 }
 
 // NewSource returns a Source for the given server flavor ("mysql" or
@@ -55,7 +61,8 @@ func NewSource(cfg Config, flavor string, watched []string, log zerolog.Logger, 
 	for _, t := range watched {
 		w[strings.ToLower(t)] = true
 	}
-	return &Source{cfg: cfg, flavor: flavor, watch: w, log: log, metrics: newSourceMetrics(reg)}
+	return &Source{cfg: cfg, flavor: flavor, watch: w, log: log, metrics: newSourceMetrics(reg),
+		unitBytes: unitBytes, workers: decodeWorkers()}
 }
 
 // Reached returns the version (Position.Version) of the binlog position up
@@ -141,8 +148,10 @@ type reader struct {
 	inTxn      bool // inside BEGIN ... COMMIT/XID
 	gtid       string
 	commit     time.Time
-	split      bool     // current transaction was already partly sent
-	dec        *decoder // holds the signedness of table maps (see takeSignedness)
+	split      bool // current transaction was already partly sent
+	// signedness of the table maps of the unit being handled, taken out
+	// of them by its decoder (see decoder.takeSignedness).
+	signedness map[*replication.TableMapEvent][]byte
 }
 
 func (r *reader) stream(ctx context.Context, start Start) error {
@@ -211,32 +220,44 @@ func (r *reader) stream(ctx context.Context, start Start) error {
 			}
 		}
 	}()
-	r.dec = newDecoder(s.parserOptions)
-	events, stopParse := parse(ctx, st, r.dec)
+	units, stopParse := parse(ctx, st, func() *decoder { return newDecoder(s.parserOptions) }, s.workers, s.unitBytes)
 	defer stopParse()
 	first := true
 	for {
-		var p parsed
+		var u *unit
 		select {
-		case p = <-events:
+		case u = <-units:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if first && len(p.evs) > 0 {
-			s.lastErr.Store(nil)
-			s.up.Store(true)
-			first = false
-		}
-		handling.Store(true)
-		for _, ev := range p.evs {
-			if err = r.handle(ctx, ev); err != nil {
-				return err
+		for {
+			var c chunk
+			var more bool
+			select {
+			case c, more = <-u.chunks:
+			case <-ctx.Done():
+				return ctx.Err()
 			}
-		}
-		last.Store(time.Now().UnixNano())
-		handling.Store(false)
-		if p.err != nil {
-			return p.err
+			if !more {
+				break
+			}
+			if first && len(c.evs) > 0 {
+				s.lastErr.Store(nil)
+				s.up.Store(true)
+				first = false
+			}
+			handling.Store(true)
+			r.signedness = c.signedness
+			for _, ev := range c.evs {
+				if err = r.handle(ctx, ev); err != nil {
+					return err
+				}
+			}
+			last.Store(time.Now().UnixNano())
+			handling.Store(false)
+			if c.err != nil {
+				return c.err
+			}
 		}
 	}
 }
@@ -264,82 +285,212 @@ func (s *Source) parserOptions(p *replication.BinlogParser) {
 	})
 }
 
-// parsed is a run of events off the parsing goroutine, then possibly the
-// error that ended it.
-type parsed struct {
-	evs []*replication.BinlogEvent
-	err error
+// A unit is a run of the stream's events, decoded by one of the decoding
+// workers; units go to the reader in stream order. Decoding is most of the
+// CPU per row and go-mysql does it on one goroutine: the units of a
+// catch-up spread it over the cores.
+type unit struct {
+	raws []*replication.BinlogEvent // as the syncer delivered them (raw mode)
+	// format is the format description event in force at the unit's
+	// start, nil before the first; prime the table maps of the statement
+	// the unit starts inside of (a long one is cut: its rows need them).
+	// A worker parses both before the unit, and hands neither on.
+	format *replication.BinlogEvent
+	prime  []*replication.BinlogEvent
+
+	// The worker sends the decoded events, then closes chunks.
+	chunks chan chunk
 }
 
-// parseBatchBytes bounds the raw bytes of the events in one parsed run.
-const parseBatchBytes = 1 << 20
+// newUnit returns a unit with room for one chunk: most units are one.
+func newUnit() *unit { return &unit{chunks: make(chan chunk, 1)} }
 
-// parse reads st's raw events and sends them parsed, ahead of handle, until
-// an error (sent last) or stop. stop waits for the goroutine to end.
-// Events go in runs: those the syncer has queued when one arrives, up to
-// parseBatchBytes; one channel hand-off per event cost more than a small
-// event's parsing.
-func parse(ctx context.Context, st *replication.BinlogStreamer, dec *decoder) (events <-chan parsed, stop func()) {
+// chunk is a run of decoded events of a unit: all of it, or chunkBytes
+// of it (a transaction payload's inner events go on as they are decoded,
+// before the next are read).
+type chunk struct {
+	evs        []*replication.BinlogEvent
+	signedness map[*replication.TableMapEvent][]byte
+	err        error // the error that ends the stream: reading or decoding
+}
+
+// chunkBytes bounds the raw bytes of the events in one chunk.
+const chunkBytes = 1 << 20
+
+// Units are cut once they hold unitBytes of raw events (or the syncer has
+// nothing more queued): enough to make a hand-off's cost small against
+// the decoding, small enough that the units in flight hold little.
+const unitBytes = 256 << 10
+
+// decodeWorkers is how many goroutines decode: one per core, up to 4.
+func decodeWorkers() int {
+	return min(max(runtime.GOMAXPROCS(0), 1), 4)
+}
+
+// parse cuts st's raw events into units of about unitBytes, has workers goroutines decode
+// them with decoders of newDecoder, and sends them on units in stream
+// order, possibly still being decoded (read their chunks), until an error
+// (in the last chunk sent) or stop. stop waits for every goroutine to end.
+func parse(ctx context.Context, st *replication.BinlogStreamer, newDecoder func() *decoder, workers, unitBytes int) (units <-chan *unit, stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
-	// A few runs wait for handle; each holds its rows' values.
-	out := make(chan parsed, 2)
-	done := make(chan struct{})
-	send := func(p parsed) error {
+	// The reader waits for the oldest unit; the next ones are decoded
+	// meanwhile. Each holds its rows' values once decoded.
+	out := make(chan *unit, 2*workers)
+	work := make(chan *unit, workers)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() { decodeUnits(ctx, newDecoder(), work) })
+	}
+	send := func(u *unit) error {
 		select {
-		case out <- p:
+		case work <- u:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		select {
+		case out <- u:
 			return nil
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
-	go func() {
-		defer close(done)
+	wg.Go(func() {
+		defer close(work)
 		var (
-			run   []*replication.BinlogEvent
-			bytes int
-			queue []*replication.BinlogEvent // raw events taken from the syncer
+			u      *unit
+			size   int
+			queue  []*replication.BinlogEvent // raw events taken from the syncer
+			format *replication.BinlogEvent
+			// The table maps of the statement read last, and whether the
+			// event read last was one.
+			maps     []*replication.BinlogEvent
+			afterMap bool
 		)
 		flush := func() error {
-			if len(run) == 0 {
+			if u == nil {
 				return nil
 			}
-			err := send(parsed{evs: run})
-			run, bytes = nil, 0
+			err := send(u)
+			u, size = nil, 0
 			return err
 		}
+		for {
+			if len(queue) == 0 {
+				if err := flush(); err != nil {
+					return
+				}
+				raw, err := st.GetEvent(ctx)
+				if err != nil {
+					end := newUnit()
+					end.chunks <- chunk{err: err}
+					close(end.chunks)
+					_ = send2(ctx, out, end)
+					return
+				}
+				// At most cfg.EventCacheCount more, without waiting.
+				queue = append(append(queue[:0], raw), st.DumpEvents()...)
+			}
+			raw := queue[0]
+			queue = queue[1:]
+			if u == nil {
+				u = newUnit()
+				u.format, u.prime = format, slices.Clone(maps)
+			}
+			u.raws = append(u.raws, raw)
+			switch raw.Header.EventType {
+			case replication.FORMAT_DESCRIPTION_EVENT:
+				format, maps = raw, nil
+			case replication.TABLE_MAP_EVENT:
+				if !afterMap { // a statement's first
+					maps = maps[:0:0]
+				}
+				maps = append(maps, raw)
+			case replication.XID_EVENT, replication.QUERY_EVENT, replication.ROTATE_EVENT,
+				replication.GTID_EVENT, replication.ANONYMOUS_GTID_EVENT, replication.GTID_TAGGED_LOG_EVENT,
+				replication.MARIADB_GTID_EVENT, replication.TRANSACTION_PAYLOAD_EVENT:
+				maps = nil // no statement goes on past these
+			}
+			afterMap = raw.Header.EventType == replication.TABLE_MAP_EVENT
+			if size += int(raw.Header.EventSize); size >= unitBytes {
+				if err := flush(); err != nil {
+					return
+				}
+			}
+		}
+	})
+	return out, func() { cancel(); wg.Wait() }
+}
+
+// send2 sends u on out unless ctx ends first.
+func send2(ctx context.Context, out chan<- *unit, u *unit) error {
+	select {
+	case out <- u:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// decodeUnits decodes the units of work with d until work is closed. Its
+// units' events start where the previous unit it decoded may not have
+// ended: it takes the unit's format and statement's table maps first.
+// Sending a chunk waits while the reader is busy with older units; the
+// oldest unit's worker never waits on a younger one, as workers take
+// units in order.
+func decodeUnits(ctx context.Context, d *decoder, work <-chan *unit) {
+	discard := func(*replication.BinlogEvent) error { return nil }
+	send := func(u *unit, c chunk) error {
+		select {
+		case u.chunks <- c:
+			return nil
+		case <-ctx.Done(): // the reader is gone
+			return ctx.Err()
+		}
+	}
+	for u := range work {
+		err := func() error {
+			if u.format != nil && u.format != d.format {
+				if err := d.decode(u.format, discard); err != nil {
+					return err
+				}
+			}
+			d.priming = true
+			defer func() { d.priming = false }()
+			for _, m := range u.prime {
+				if err := d.decode(m, discard); err != nil {
+					return err
+				}
+			}
+			return nil
+		}()
+		var (
+			evs  []*replication.BinlogEvent
+			size int
+		)
 		emit := func(ev *replication.BinlogEvent) error {
-			run = append(run, ev)
-			if bytes += int(ev.Header.EventSize); bytes >= parseBatchBytes {
-				return flush()
+			evs = append(evs, ev)
+			if size += int(ev.Header.EventSize); size >= chunkBytes {
+				if err := send(u, chunk{evs: evs, signedness: d.takeTables()}); err != nil {
+					return err
+				}
+				evs, size = nil, 0
 			}
 			return nil
 		}
-		for {
-			var err error
-			if len(queue) == 0 {
-				if err = flush(); err != nil {
-					return
-				}
-				var raw *replication.BinlogEvent
-				if raw, err = st.GetEvent(ctx); err == nil {
-					// At most cfg.EventCacheCount more, without waiting.
-					queue = append(append(queue[:0], raw), st.DumpEvents()...)
-				}
-			}
-			if err == nil {
-				raw := queue[0]
-				queue = queue[1:]
-				err = dec.decode(raw, emit)
-			}
+		for _, raw := range u.raws {
 			if err != nil {
-				if flush() == nil {
-					_ = send(parsed{err: err})
-				}
-				return
+				break
 			}
+			err = d.decode(raw, emit)
 		}
-	}()
-	return out, func() { cancel(); <-done }
+		if ctx.Err() != nil {
+			return
+		}
+		if send(u, chunk{evs: evs, signedness: d.takeTables(), err: err}) != nil {
+			return
+		}
+		close(u.chunks)
+	}
 }
 
 // touchConn notes the time of every read that returned bytes.
@@ -463,10 +614,7 @@ func (s *Source) watched(schema, table []byte) bool {
 }
 
 func (r *reader) tableMap(e *replication.TableMapEvent, raw []byte) error {
-	var signedness []byte
-	if r.dec != nil {
-		signedness = r.dec.signednessOf(e)
-	}
+	signedness := r.signedness[e]
 	// A table map repeats before every row event of its table, mostly
 	// unchanged: reading its column names, collations and conversions
 	// again cost 13% of the CPU with single-row transactions. The same

@@ -69,6 +69,13 @@ func startSource(t *testing.T, m *testenv.MariaDB, db *sql.DB, maxTxn int, watch
 // startSourceLog is startSource logging to log.
 func startSourceLog(t *testing.T, m *testenv.MariaDB, db *sql.DB, maxTxn int, log zerolog.Logger, watched ...string) *streamEnv {
 	t.Helper()
+	return startSourceWith(t, m, db, maxTxn, log, func(*Source) {}, watched...)
+}
+
+// startSourceWith is startSourceLog with adjust applied to the Source
+// before it runs.
+func startSourceWith(t *testing.T, m *testenv.MariaDB, db *sql.DB, maxTxn int, log zerolog.Logger, adjust func(*Source), watched ...string) *streamEnv {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	start, err := CurrentPosition(ctx, db)
 	if err != nil {
@@ -81,6 +88,7 @@ func startSourceLog(t *testing.T, m *testenv.MariaDB, db *sql.DB, maxTxn int, lo
 	}
 	e := &streamEnv{t: t, db: db, out: make(chan *Txn, 1000), done: make(chan error, 1),
 		src: NewSource(cfg, "mariadb", watched, log, prometheus.NewRegistry())}
+	adjust(e.src)
 	go func() { e.done <- e.src.Run(ctx, Start{Pos: start}, e.out) }()
 	t.Cleanup(func() {
 		cancel()

@@ -22,8 +22,10 @@ func TestTableMapReadOnce(t *testing.T) {
 	src := NewSource(Config{MaxTxnChanges: 100, MaxTxnBytes: 1 << 20}, "mariadb", []string{"shop.items"}, zerolog.Nop(), nil)
 	r := &reader{src: src, out: make(chan *Txn, 1), file: "binlog.000001", tables: map[uint64]*Table{}}
 	dec := newDecoder(src.parserOptions)
-	r.dec = dec
-	emit := func(ev *replication.BinlogEvent) error { return r.handle(context.Background(), ev) }
+	emit := func(ev *replication.BinlogEvent) error {
+		r.signedness = dec.takeTables() // as the stream hands on a unit's
+		return r.handle(context.Background(), ev)
+	}
 	if err := dec.decode(fde, emit); err != nil {
 		t.Fatal(err)
 	}
