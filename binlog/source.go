@@ -176,8 +176,8 @@ func (r *reader) stream(ctx context.Context, start Start) error {
 		}
 		return &touchConn{Conn: c, last: &last}, nil
 	}
-	// Events are parsed by decoder (see there), on a goroutine of their
-	// own ahead of handle, as the syncer would.
+	// Events are parsed by decoders (see decoder and parse), on goroutines
+	// of their own ahead of handle.
 	cfg.RawModeEnabled = true
 	syncer := replication.NewBinlogSyncer(cfg)
 	defer syncer.Close()
@@ -272,8 +272,8 @@ func (s *Source) parserOptions(p *replication.BinlogParser) {
 	p.SetRenderJSONAsMySQLText(true)
 	p.SetRowsEventDecodeFunc(func(e *replication.RowsEvent, data []byte) error {
 		// Decode only the header of unwatched tables' row events. This
-		// runs on the parsing goroutine, ahead of handle: it may only
-		// read immutable state.
+		// runs on the decoding workers, ahead of handle: it may only read
+		// immutable state.
 		pos, err := e.DecodeHeader(data)
 		if err != nil {
 			return err
