@@ -3,11 +3,11 @@ package binlog
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -292,8 +292,9 @@ func (s *Source) parserOptions(p *replication.BinlogParser) {
 type unit struct {
 	raws []*replication.BinlogEvent // as the syncer delivered them (raw mode)
 	// format is the format description event in force at the unit's
-	// start, nil before the first; prime the table maps of the statement
-	// the unit starts inside of (a long one is cut: its rows need them).
+	// start, nil before the first; prime the table maps of the
+	// transaction the unit starts inside of (a long statement is cut too:
+	// its rows need them).
 	// A worker parses both before the unit, and hands neither on.
 	format *replication.BinlogEvent
 	prime  []*replication.BinlogEvent
@@ -361,10 +362,9 @@ func parse(ctx context.Context, st *replication.BinlogStreamer, newDecoder func(
 			size   int
 			queue  []*replication.BinlogEvent // raw events taken from the syncer
 			format *replication.BinlogEvent
-			// The table maps of the statement read last, and whether the
-			// event read last was one.
-			maps     []*replication.BinlogEvent
-			afterMap bool
+			// The table maps of the transaction read last, the last one
+			// of each table id: a unit cut inside a statement needs its.
+			maps map[uint64]*replication.BinlogEvent
 		)
 		flush := func() error {
 			if u == nil {
@@ -394,23 +394,25 @@ func parse(ctx context.Context, st *replication.BinlogStreamer, newDecoder func(
 			queue = queue[1:]
 			if u == nil {
 				u = newUnit()
-				u.format, u.prime = format, slices.Clone(maps)
+				u.format = format
+				for _, m := range maps {
+					u.prime = append(u.prime, m)
+				}
 			}
 			u.raws = append(u.raws, raw)
 			switch raw.Header.EventType {
 			case replication.FORMAT_DESCRIPTION_EVENT:
 				format, maps = raw, nil
 			case replication.TABLE_MAP_EVENT:
-				if !afterMap { // a statement's first
-					maps = maps[:0:0]
+				if maps == nil {
+					maps = make(map[uint64]*replication.BinlogEvent)
 				}
-				maps = append(maps, raw)
+				maps[tableID(raw)] = raw
 			case replication.XID_EVENT, replication.QUERY_EVENT, replication.ROTATE_EVENT,
 				replication.GTID_EVENT, replication.ANONYMOUS_GTID_EVENT, replication.GTID_TAGGED_LOG_EVENT,
 				replication.MARIADB_GTID_EVENT, replication.TRANSACTION_PAYLOAD_EVENT:
 				maps = nil // no statement goes on past these
 			}
-			afterMap = raw.Header.EventType == replication.TABLE_MAP_EVENT
 			if size += int(raw.Header.EventSize); size >= unitBytes {
 				if err := flush(); err != nil {
 					return
@@ -419,6 +421,19 @@ func parse(ctx context.Context, st *replication.BinlogStreamer, newDecoder func(
 		}
 	})
 	return out, func() { cancel(); wg.Wait() }
+}
+
+// tableID reads the table id of a raw table map event: 6 bytes after the
+// header on every server since MySQL 5.1 (older ones wrote 4, and then
+// flags: a key still, if a wider one).
+func tableID(raw *replication.BinlogEvent) uint64 {
+	b := raw.RawData
+	if len(b) < replication.EventHeaderSize+6 {
+		return 0
+	}
+	var id [8]byte
+	copy(id[:], b[replication.EventHeaderSize:replication.EventHeaderSize+6])
+	return binary.LittleEndian.Uint64(id[:])
 }
 
 // send2 sends u on out unless ctx ends first.
@@ -433,7 +448,7 @@ func send2(ctx context.Context, out chan<- *unit, u *unit) error {
 
 // decodeUnits decodes the units of work with d until work is closed. Its
 // units' events start where the previous unit it decoded may not have
-// ended: it takes the unit's format and statement's table maps first.
+// ended: it takes the unit's format and transaction's table maps first.
 // Sending a chunk waits while the reader is busy with older units; the
 // oldest unit's worker never waits on a younger one, as workers take
 // units in order.

@@ -11,24 +11,26 @@ import (
 // TestUnitsCut cuts the stream at every event, each a unit of its own for
 // one of three decoding workers. A worker then starts inside statements
 // whose table maps another one parsed: a 300-row UPDATE spread over several
-// rows events, and a multi-table UPDATE (two table maps, then rows of
-// each). Every row must still be decoded, in order, with its values, and
-// after an ALTER with its new columns.
+// rows events, and a multi-table UPDATE of two tables not seen before (two
+// table maps, then rows of each). Every row must still be decoded, in
+// order, with its values, and after an ALTER with its new columns.
 func TestUnitsCut(t *testing.T) {
 	db := freshDB(t, "units")
 	for _, q := range []string{
 		"CREATE TABLE a (id INT PRIMARY KEY, v VARCHAR(200))",
 		"CREATE TABLE b (id INT PRIMARY KEY, w INT UNSIGNED)",
+		"CREATE TABLE c (id INT PRIMARY KEY, v VARCHAR(200))",
 		"INSERT INTO a SELECT seq, REPEAT('x', 100) FROM seq_1_to_300",
 		"INSERT INTO b SELECT seq, 4000000000 FROM seq_1_to_300",
+		"INSERT INTO c SELECT seq, REPEAT('x', 100) FROM seq_1_to_300",
 	} {
 		if _, err := db.Exec(q); err != nil {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
-	e := startSourceWith(t, mariadb, db, 100_000, zerolog.Nop(), func(s *Source) { s.unitBytes, s.workers = 1, 3 }, "units.a", "units.b")
+	e := startSourceWith(t, mariadb, db, 100_000, zerolog.Nop(), func(s *Source) { s.unitBytes, s.workers = 1, 3 }, "units.a", "units.b", "units.c")
 	e.tx("UPDATE a SET v = CONCAT('y', id, REPEAT('z', 100))",
-		"UPDATE a JOIN b ON a.id = b.id SET a.v = CONCAT('m', a.id), b.w = b.w + a.id WHERE a.id <= 200")
+		"UPDATE c JOIN b ON c.id = b.id SET c.v = CONCAT('m', c.id, REPEAT('q', 100)), b.w = b.w + c.id WHERE c.id <= 200")
 	e.exec("ALTER TABLE a ADD COLUMN u INT DEFAULT 7", "UPDATE a SET u = -id WHERE id <= 50")
 
 	tx := e.next()
@@ -44,9 +46,9 @@ func TestUnitsCut(t *testing.T) {
 	for _, c := range tx.Changes[300:] {
 		id := c.After[0].(int32)
 		switch c.Table.Name {
-		case "a":
-			if c.After[1] != fmt.Sprintf("m%d", id) {
-				t.Errorf("a %d: v = %v", id, c.After[1])
+		case "c":
+			if c.After[1] != fmt.Sprintf("m%d%s", id, strings.Repeat("q", 100)) {
+				t.Errorf("c %d: v = %v", id, c.After[1])
 			}
 		case "b":
 			if c.After[1] != uint32(4000000000+int64(id)) {
@@ -55,7 +57,7 @@ func TestUnitsCut(t *testing.T) {
 		}
 		seen[c.Table.Name]++
 	}
-	if seen["a"] != 200 || seen["b"] != 200 {
+	if seen["c"] != 200 || seen["b"] != 200 {
 		t.Errorf("multi-table UPDATE: %v, want 200 rows of each", seen)
 	}
 	if ddl := e.next(); ddl.DDL == "" {
