@@ -34,6 +34,8 @@ type decoder struct {
 	priming bool
 	// format is the format description event last parsed (raw).
 	format *replication.BinlogEvent
+	// knownMaps: the last table map parsed in full of each table id.
+	knownMaps map[uint64]*knownMap
 }
 
 // takeSignedness moves a table map's signedness out of the event, so
@@ -84,9 +86,28 @@ func (d *decoder) decode(ev *replication.BinlogEvent, emit func(*replication.Bin
 	if ev.Header.EventType == replication.TRANSACTION_PAYLOAD_EVENT {
 		return d.payload(ev, emit)
 	}
+	var known *replication.TableMapEvent
+	if ev.Header.EventType == replication.TABLE_MAP_EVENT {
+		known = d.knownTableMap(ev)
+		if known != nil {
+			d.outer.SetTableMapOptionalMetaDecodeFunc(skipOptionalMeta)
+		}
+	}
 	p, err := d.outer.Parse(ev.RawData)
+	if known != nil {
+		d.outer.SetTableMapOptionalMetaDecodeFunc(nil)
+	}
 	if err != nil {
 		return fmt.Errorf("parse %s at %d: %w", ev.Header.EventType, ev.Header.LogPos, err)
+	}
+	if tm, ok := p.Event.(*replication.TableMapEvent); ok {
+		if known != nil {
+			// The same body: the same fields, the optional metadata
+			// (column names, signedness, charsets…) too.
+			*tm = *known
+		} else {
+			d.rememberTableMap(ev, tm)
+		}
 	}
 	d.takeSignedness(p)
 	// The syncer computes positions MariaDB leaves at 0.
@@ -102,9 +123,61 @@ func (d *decoder) decode(ev *replication.BinlogEvent, emit func(*replication.Bin
 	return emit(p)
 }
 
+// A table map repeats before every statement's rows, mostly unchanged;
+// with binlog_row_metadata=FULL go-mysql decodes its optional metadata
+// (column names, charsets…) each time: 6% of the CPU with 10-row
+// transactions. The decoder keeps the last one of each table id, and
+// takes its fields for a table map whose body is the same.
+type knownMap struct {
+	body []byte
+	ev   replication.TableMapEvent // as parsed, SignednessBitmap in it
+}
+
+// maxKnownMaps bounds the table maps kept (table ids change with DDL).
+const maxKnownMaps = 1024
+
+// skipOptionalMeta stands in for go-mysql's decoding of a table map's
+// optional metadata when the decoder has it already.
+func skipOptionalMeta([]byte) error { return nil }
+
+// tableMapBody is the body of a raw table map event, without header and
+// checksum.
+func (d *decoder) tableMapBody(ev *replication.BinlogEvent) []byte {
+	b := ev.RawData[replication.EventHeaderSize:]
+	if d.checksum && len(b) >= replication.BinlogChecksumLength {
+		b = b[:len(b)-replication.BinlogChecksumLength]
+	}
+	return b
+}
+
+// knownTableMap returns the table map the decoder parsed in full with the
+// same body as ev's, or nil.
+func (d *decoder) knownTableMap(ev *replication.BinlogEvent) *replication.TableMapEvent {
+	if len(ev.RawData) < replication.EventHeaderSize+6 {
+		return nil
+	}
+	k, ok := d.knownMaps[tableID(ev)]
+	if !ok || !bytes.Equal(k.body, d.tableMapBody(ev)) {
+		return nil
+	}
+	return &k.ev
+}
+
+// rememberTableMap keeps tm, parsed in full from ev, for knownTableMap.
+func (d *decoder) rememberTableMap(ev *replication.BinlogEvent, tm *replication.TableMapEvent) {
+	if len(ev.RawData) < replication.EventHeaderSize+6 {
+		return
+	}
+	if d.knownMaps == nil || len(d.knownMaps) >= maxKnownMaps {
+		d.knownMaps = make(map[uint64]*knownMap)
+	}
+	d.knownMaps[tableID(ev)] = &knownMap{body: d.tableMapBody(ev), ev: *tm}
+}
+
 // formatChanged makes the inner parser's format the outer one's without
 // checksums: payload events carry none.
 func (d *decoder) formatChanged(fde *replication.FormatDescriptionEvent, raw []byte) error {
+	d.knownMaps = nil // a format may read table maps otherwise
 	d.checksum = fde.ChecksumAlgorithm == replication.BINLOG_CHECKSUM_ALG_CRC32
 	d.inner = replication.NewBinlogParser()
 	d.options(d.inner)

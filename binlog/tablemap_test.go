@@ -68,3 +68,58 @@ func TestTableMapReadOnce(t *testing.T) {
 		t.Errorf("after a rename the table is %+v, want column ix", got)
 	}
 }
+
+// The decoder takes a repeated table map's optional metadata (column
+// names, signedness…) from the last one of its table id with the same
+// body, instead of having go-mysql decode it again; a changed body is
+// decoded.
+func TestDecoderReusesTableMap(t *testing.T) {
+	db := freshDB(t, "tablemapreuse")
+	e := startSource(t, mariadb, db, 100)
+	e.exec("CREATE TABLE t (id INT PRIMARY KEY)")
+	fde := captureTxn(t, e, "INSERT INTO t VALUES (1)").fde
+
+	src := NewSource(Config{MaxTxnChanges: 100, MaxTxnBytes: 1 << 20}, "mariadb", []string{"shop.items"}, zerolog.Nop(), nil)
+	dec := newDecoder(src.parserOptions)
+	var got []*replication.TableMapEvent
+	emit := func(ev *replication.BinlogEvent) error {
+		if tm, ok := ev.Event.(*replication.TableMapEvent); ok {
+			got = append(got, tm)
+		}
+		return nil
+	}
+	if err := dec.decode(fde, emit); err != nil {
+		t.Fatal(err)
+	}
+	tableMap := func(col string, logPos uint32) *replication.BinlogEvent {
+		tm := binary.LittleEndian.AppendUint32(nil, 5)
+		tm = append(tm, 0, 0, 0, 0)
+		tm = append(tm, 4, 's', 'h', 'o', 'p', 0, 5, 'i', 't', 'e', 'm', 's', 0)
+		tm = append(tm, 1, mysql.MYSQL_TYPE_LONG, 0, 0x00)
+		tm = append(tm, 1, 1, 0x80) // signedness: the column is UNSIGNED
+		tm = append(tm, 4, byte(1+len(col)), byte(len(col)))
+		return event(replication.TABLE_MAP_EVENT, logPos, append(tm, col...))
+	}
+	for i, col := range []string{"id", "id", "ix"} {
+		if err := dec.decode(tableMap(col, uint32(100+i)), emit); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sign := dec.takeTables()
+	for i, want := range []string{"id", "id", "ix"} {
+		if names := got[i].ColumnNameString(); len(names) != 1 || names[0] != want {
+			t.Errorf("table map %d: columns %v, want [%s]", i, names, want)
+		}
+		if b := sign[got[i]]; len(b) != 1 || b[0] != 0x80 {
+			t.Errorf("table map %d: signedness %x, want 80", i, b)
+		}
+	}
+	// Each event came off its own bytes: names sharing memory were not
+	// decoded again.
+	if &got[1].ColumnName[0][0] != &got[0].ColumnName[0][0] {
+		t.Error("a repeated table map's column names were decoded again")
+	}
+	if &got[2].ColumnName[0][0] == &got[0].ColumnName[0][0] {
+		t.Error("a changed table map took the old one's column names")
+	}
+}
