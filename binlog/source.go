@@ -328,10 +328,11 @@ func decodeWorkers() int {
 	return min(max(runtime.GOMAXPROCS(0), 1), 4)
 }
 
-// parse cuts st's raw events into units of about unitBytes, has workers goroutines decode
-// them with decoders of newDecoder, and sends them on units in stream
-// order, possibly still being decoded (read their chunks), until an error
-// (in the last chunk sent) or stop. stop waits for every goroutine to end.
+// parse cuts st's raw events into units of about unitBytes, has workers
+// goroutines decode them with decoders of newDecoder, and sends them on
+// units in stream order, possibly still being decoded (read their
+// chunks), until an error (in the last chunk sent) or stop. stop waits for
+// every goroutine to end.
 func parse(ctx context.Context, st *replication.BinlogStreamer, newDecoder func() *decoder, workers, unitBytes int) (units <-chan *unit, stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	// The reader waits for the oldest unit; the next ones are decoded
@@ -363,8 +364,8 @@ func parse(ctx context.Context, st *replication.BinlogStreamer, newDecoder func(
 			queue  []*replication.BinlogEvent // raw events taken from the syncer
 			format *replication.BinlogEvent
 			// The table maps of the transaction read last, the last one
-			// of each table id: a unit cut inside a statement needs its.
-			maps map[uint64]*replication.BinlogEvent
+			// of each table id: a unit cut inside it needs them.
+			maps = make(map[uint64]*replication.BinlogEvent)
 		)
 		flush := func() error {
 			if u == nil {
@@ -402,16 +403,14 @@ func parse(ctx context.Context, st *replication.BinlogStreamer, newDecoder func(
 			u.raws = append(u.raws, raw)
 			switch raw.Header.EventType {
 			case replication.FORMAT_DESCRIPTION_EVENT:
-				format, maps = raw, nil
+				format = raw
+				clear(maps)
 			case replication.TABLE_MAP_EVENT:
-				if maps == nil {
-					maps = make(map[uint64]*replication.BinlogEvent)
-				}
 				maps[tableID(raw)] = raw
 			case replication.XID_EVENT, replication.QUERY_EVENT, replication.ROTATE_EVENT,
 				replication.GTID_EVENT, replication.ANONYMOUS_GTID_EVENT, replication.GTID_TAGGED_LOG_EVENT,
 				replication.MARIADB_GTID_EVENT, replication.TRANSACTION_PAYLOAD_EVENT:
-				maps = nil // no statement goes on past these
+				clear(maps) // no statement goes on past these
 			}
 			if size += int(raw.Header.EventSize); size >= unitBytes {
 				if err := flush(); err != nil {
