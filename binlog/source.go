@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/cenkalti/backoff/v5"
 	"github.com/go-mysql-org/go-mysql/mysql"
@@ -622,9 +623,20 @@ func (r *reader) query(ctx context.Context, ev *replication.BinlogEvent, e *repl
 
 // watched reports whether rows of schema.table are kept. Safe for
 // concurrent use: watch is never written after NewSource.
+// It runs for every rows event: the name is built and lowered (ASCII) in
+// a buffer on the stack, and a lookup by string(bytes) does not allocate.
 func (s *Source) watched(schema, table []byte) bool {
-	name := string(schema) + "." + string(table)
-	return s.watch[name] || s.watch[strings.ToLower(name)]
+	var buf [128]byte
+	name := append(append(append(buf[:0], schema...), '.'), table...)
+	for i, c := range name {
+		if c >= utf8.RuneSelf {
+			return s.watch[strings.ToLower(string(name))]
+		}
+		if 'A' <= c && c <= 'Z' {
+			name[i] = c + 'a' - 'A'
+		}
+	}
+	return s.watch[string(name)]
 }
 
 func (r *reader) tableMap(e *replication.TableMapEvent, raw []byte) error {

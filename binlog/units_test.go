@@ -73,3 +73,29 @@ func TestUnitsCut(t *testing.T) {
 		}
 	}
 }
+
+// watched runs for every rows event: case-insensitive, without allocating
+// for ASCII names.
+func TestWatched(t *testing.T) {
+	s := NewSource(Config{}, "mariadb", []string{"shop.Items", "Café.Ítems", "s." + strings.Repeat("t", 200)}, zerolog.Nop(), nil)
+	for _, c := range []struct {
+		schema, table string
+		want          bool
+	}{
+		{"shop", "items", true},
+		{"SHOP", "Items", true},
+		{"shop", "orders", false},
+		{"café", "ítems", true},
+		{"CAFÉ", "ÍTEMS", true},
+		{"s", strings.Repeat("T", 200), true},
+		{"shop.items", "", false},
+	} {
+		if got := s.watched([]byte(c.schema), []byte(c.table)); got != c.want {
+			t.Errorf("watched(%s, %s) = %v, want %v", c.schema, c.table, got, c.want)
+		}
+	}
+	schema, table := []byte("Shop"), []byte("orders")
+	if n := testing.AllocsPerRun(100, func() { s.watched(schema, table) }); n != 0 {
+		t.Errorf("watched allocates %.0f times per call", n)
+	}
+}
