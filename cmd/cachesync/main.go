@@ -18,6 +18,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -82,6 +83,11 @@ snapshotting until it is done.`,
 // runDaemon runs until SIGINT/SIGTERM (exit 0) or a fatal pipeline error (1).
 func runDaemon(cfg *config.Config) int {
 	gc, _ := daemon.TuneGC(cfg.Runtime, os.LookupEnv)
+	if !slices.Contains(gc.FromEnv, "GOMEMLIMIT") {
+		follow, stopFollowing := context.WithCancel(context.Background())
+		defer stopFollowing()
+		go daemon.FollowLiveHeap(follow, gc.Limit, time.Second)
+	}
 	app := fx.New(
 		fx.WithLogger(func() fxevent.Logger { return fxevent.NopLogger }),
 		daemon.Options(cfg),

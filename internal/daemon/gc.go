@@ -1,8 +1,11 @@
 package daemon
 
 import (
+	"context"
 	"math"
 	"runtime/debug"
+	"runtime/metrics"
+	"time"
 
 	"github.com/cachesync/cachesync/config"
 )
@@ -53,3 +56,42 @@ func TuneGC(rt config.Runtime, lookup func(string) (string, bool)) (gc GC, resto
 
 // NoLimit is GC.Limit when no memory limit is in force.
 const NoLimit = math.MaxInt64
+
+// liveHeap reads the heap the last collection found live.
+func liveHeap() int64 {
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return int64(s[0].Value.Uint64())
+}
+
+// limitFor is the memory limit to keep when live bytes survived the last
+// collection: the configured one, or twice what is live if that is more.
+// Under a limit the collector works harder the nearer the heap comes, up
+// to half the CPU when what is live exceeds it (a large L1 cache, a huge
+// row): never harder than Go's default (GOGC=100) would.
+func limitFor(configured, live int64) int64 {
+	return max(configured, 2*live)
+}
+
+// FollowLiveHeap keeps the memory limit at limitFor(configured, live),
+// checking every interval until ctx ends. Without it, a live heap past
+// the configured limit would have the collector run without pause.
+func FollowLiveHeap(ctx context.Context, configured int64, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	current := configured
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if want := limitFor(configured, liveHeap()); want != current {
+			debug.SetMemoryLimit(want)
+			current = want
+		}
+	}
+}

@@ -1,9 +1,12 @@
 package daemon
 
 import (
+	"context"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/cachesync/cachesync/config"
 )
@@ -40,4 +43,48 @@ func TestTuneGC(t *testing.T) {
 	if p, l := current(); p != p0 || l != 500<<20 || gc.Percent != p0 || !slices.Equal(gc.FromEnv, []string{"GOGC"}) {
 		t.Errorf("with GOGC set: in force %d, %d; reported %+v: want GOGC untouched (%d), the limit set", p, l, gc, p0)
 	}
+}
+
+func TestLimitFor(t *testing.T) {
+	for _, c := range []struct{ configured, live, want int64 }{
+		{256 << 20, 10 << 20, 256 << 20},
+		{256 << 20, 128 << 20, 256 << 20},
+		{256 << 20, 200 << 20, 400 << 20},
+	} {
+		if got := limitFor(c.configured, c.live); got != c.want {
+			t.Errorf("limitFor(%d MiB, %d MiB live) = %d MiB, want %d", c.configured>>20, c.live>>20, got>>20, c.want>>20)
+		}
+	}
+}
+
+// A live heap past the configured limit raises the limit to twice what is
+// live, so that the collector does not run without pause; once it is
+// freed, the configured limit is back.
+func TestFollowLiveHeap(t *testing.T) {
+	_, l0 := current()
+	defer debug.SetMemoryLimit(l0)
+	const configured = 64 << 20
+	debug.SetMemoryLimit(configured)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); FollowLiveHeap(ctx, configured, 10*time.Millisecond) }()
+	defer func() { cancel(); <-done }()
+
+	waitLimit := func(ok func(int64) bool, what string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			runtime.GC() // the live heap is measured by a collection
+			if l := debug.SetMemoryLimit(-1); ok(l) {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatalf("memory limit %d MiB: want %s (live %d MiB)", debug.SetMemoryLimit(-1)>>20, what, liveHeap()>>20)
+	}
+	live := make([]byte, 100<<20)
+	waitLimit(func(l int64) bool { return l >= 200<<20 }, "≥ 200 MiB with 100 MiB live")
+	runtime.KeepAlive(live)
+	live = nil
+	waitLimit(func(l int64) bool { return l == configured }, "the configured 64 MiB once it is freed")
 }
