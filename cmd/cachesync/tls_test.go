@@ -14,6 +14,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -193,4 +194,139 @@ seckill:
 	}
 	r.Term(t, termWithin)
 	d.CheckLogs(t)
+}
+
+// TestDaemonClusterTLS runs the daemon binary with redis.mode cluster on a
+// Redis Cluster (3 masters, 3 replicas) whose nodes speak only TLS and
+// require client certificates; redis.addrs names one node, so the daemon
+// dials the others at the addresses the cluster reports (127.0.0.1 and
+// their TLS ports), checked against the certificate's IP. A row reaches
+// the cluster through the binlog; GET /goods/1 is served from L1, and
+// after an UPDATE the invalidation message (received by the daemon's own
+// subscriber and by the test's) drops it from L1.
+func TestDaemonClusterTLS(t *testing.T) {
+	t0 := time.Now()
+	bin := testenv.BuildCachesync(t)
+	f := testenv.MakeTLSFiles(t)
+	my := testenv.StartMariaDB(t)
+	c := testenv.StartRedisCluster(t, testenv.ClusterTLS(f), testenv.ClusterArgs("--tls-auth-clients", "yes"))
+	db := my.DB(t, "shop")
+	mustExec(t, db, "CREATE TABLE goods (id INT PRIMARY KEY, name VARCHAR(64) NOT NULL)")
+	ctc, err := f.ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs(), TLSConfig: ctc})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	// The test's own subscriber, before the daemon publishes anything.
+	ps := rdb.Subscribe(ctx, "cachesync:invalidations:main")
+	t.Cleanup(func() { ps.Close() })
+	if _, err := ps.Receive(ctx); err != nil {
+		t.Fatalf("SUBSCRIBE over TLS: %v", err)
+	}
+
+	dir := t.TempDir()
+	path := filepath.Join(dir, "cachesync.yaml")
+	cfg := fmt.Sprintf(`mysql:
+  addr: %s
+  user: root
+  server_id: %d
+redis:
+  mode: cluster
+  addrs: [%s]
+  tls: {ca: %s, cert: %s, key: %s}
+http:
+  addr: 127.0.0.1:0
+admin:
+  addr: 127.0.0.1:0
+log:
+  level: info
+sink:
+  rules:
+    - {table: shop.goods, kind: invalidate, keys: ["goods:{id}"]}
+    - {table: shop.goods, kind: rewrite, key: "goods:json:{id}", format: json}
+goods:
+  table: shop.goods
+  id_column: id
+  key_prefix: "goods:"
+`, my.Addr(), 1000+rand.N(1<<30), c.Addrs()[0], f.CA, f.ClientCert, f.ClientKey)
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := &testenv.Child{Bin: bin, Config: path, Dir: dir}
+	t.Cleanup(d.KillCurrent)
+	t.Logf("set-up %s", time.Since(t0).Round(time.Millisecond))
+	t1 := time.Now()
+	r := d.Start(t)
+	if err := waitUntil(60*time.Second, func() bool { return listenAddr(r, "http") != "" || r.Exited() }); err != nil || r.Exited() {
+		t.Fatalf("the daemon did not start on the TLS cluster (%v)%s", err, r.Tail())
+	}
+
+	// Binlog -> pipeline -> the cluster over TLS.
+	mustExec(t, db, "INSERT INTO goods VALUES (1, 'v1')")
+	if err := waitUntil(30*time.Second, func() bool { return rdb.Get(ctx, "goods:json:1").Val() == `{"id":1,"name":"v1"}` }); err != nil {
+		t.Fatalf("the row did not reach the cluster: goods:json:1 %q%s", rdb.Get(ctx, "goods:json:1").Val(), r.Tail())
+	}
+	t.Logf("start -> row applied on the cluster: %s", time.Since(t1).Round(time.Millisecond))
+	hc := &http.Client{Timeout: 10 * time.Second}
+	get := func() (body, src string) {
+		resp, err := hc.Get("http://" + listenAddr(r, "http") + "/goods/1")
+		if err != nil {
+			return err.Error(), ""
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b), resp.Header.Get("X-Cache")
+	}
+	// Once the daemon's subscriber is live, the second read is from L1.
+	if err := waitUntil(30*time.Second, func() bool { b, src := get(); return strings.Contains(b, "v1") && src == "L1" }); err != nil {
+		b, src := get()
+		t.Fatalf("GET /goods/1 not served from L1: %q, X-Cache %q%s", b, src, r.Tail())
+	}
+	before, _ := metric(r, "cachesync_cache_l1_invalidations_total")
+
+	mustExec(t, db, "UPDATE goods SET name = 'v2' WHERE id = 1")
+	t2 := time.Now()
+	// The test's subscriber: the INSERT's message, then the UPDATE's.
+	for i, want := range []string{`{"seq":1,"keys":["goods:1","goods:json:1"]}`, `{"seq":2,"keys":["goods:1","goods:json:1"]}`} {
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		m, err := ps.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("invalidation message %d on the TLS cluster: %v%s", i+1, err, r.Tail())
+		}
+		if m.Payload != want {
+			t.Fatalf("invalidation message %d: %s, want %s", i+1, m.Payload, want)
+		}
+	}
+	t.Logf("UPDATE -> its invalidation message received: %s", time.Since(t2).Round(time.Millisecond))
+	if err := waitUntil(10*time.Second, func() bool {
+		v, _ := metric(r, "cachesync_cache_l1_invalidations_total")
+		return v > before
+	}); err != nil {
+		t.Fatalf("the daemon's L1 subscriber received no invalidation: cachesync_cache_l1_invalidations_total stayed %v%s", before, r.Tail())
+	}
+	if b, src := get(); !strings.Contains(b, "v2") || src == "L1" {
+		t.Errorf("GET /goods/1 after the invalidation: %q, X-Cache %q; want v2, not from L1", b, src)
+	}
+	if v, _ := metric(r, `cachesync_cache_l1_flushes_total{reason="disconnected"}`); v != 0 {
+		t.Errorf("the daemon's subscriber was disconnected %v times", v)
+	}
+	r.Term(t, termWithin)
+	// No error in the log but the first apply's NOSCRIPT: a new cluster's
+	// masters lack the slot script, which the sink loads on every master
+	// and retries (as on a plaintext cluster).
+	b, err := os.ReadFile(r.Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		isErr := strings.Contains(line, `"level":"error"`) || strings.Contains(line, `"level":"fatal"`) ||
+			strings.Contains(line, "DATA RACE") || strings.HasPrefix(line, "panic:")
+		if isErr && !strings.Contains(line, `"error":"NOSCRIPT`) {
+			t.Errorf("%s: %s", r.Log, line)
+		}
+	}
+	t.Logf("total %s", time.Since(t0).Round(time.Millisecond))
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/internal/tlsconf"
 	"github.com/cachesync/cachesync/seckill"
+	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 )
 
@@ -235,6 +236,83 @@ func TestRedisSentinelTLS(t *testing.T) {
 		}
 		if !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v\nwant it to contain %q", tc.name, err, tc.want)
+		}
+		t.Logf("%s: %v", tc.name, err)
+	}
+}
+
+// Cluster mode over TLS: the six nodes of a Redis Cluster speak only TLS
+// and require client certificates. From one seed, the cluster client
+// reaches the three masters at the addresses the cluster reports
+// (127.0.0.1 and their TLS ports), each certificate checked against that
+// IP, or against server_name when it is set. A wrong CA, a wrong
+// server_name, a missing client certificate or plaintext reach nothing,
+// and the error names the seed.
+func TestRedisClusterTLS(t *testing.T) {
+	f := testenv.MakeTLSFiles(t)
+	c := testenv.StartRedisCluster(t, testenv.ClusterTLS(f), testenv.ClusterArgs("--tls-auth-clients", "yes"))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	seed := c.Addrs()[0]
+	cfg := func(tc tlsconf.Config) config.Redis {
+		cr := config.Redis{Mode: config.RedisCluster, Addrs: []string{seed}, TLS: tc}
+		cr.SetDefaults()
+		if err := cr.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		return cr
+	}
+	masters, err := c.Masters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mutual := tlsconf.Config{CA: f.CA, Cert: f.ClientCert, Key: f.ClientKey}
+	byName := mutual
+	byName.ServerName = "localhost"
+	for name, tc := range map[string]tlsconf.Config{"IP of each node": mutual, "server_name localhost": byName} {
+		rdb := NewRedisClient(cfg(tc))
+		used := map[string]bool{}
+		for i := range 30 {
+			key := fmt.Sprintf("k%d", i)
+			if err := rdb.Set(ctx, key, i, 0).Err(); err != nil {
+				t.Fatalf("%s: SET %s: %v", name, key, err)
+			}
+			mc, err := rdb.(*redis.ClusterClient).MasterForKey(ctx, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			used[mc.Options().Addr] = true
+		}
+		for _, m := range masters {
+			if !used[m.Addr()] {
+				t.Errorf("%s: no key went to the master %s (used %v)", name, m.Addr(), used)
+			}
+		}
+		rdb.Close()
+	}
+
+	for _, tc := range []struct {
+		name string
+		tls  tlsconf.Config
+		want string
+	}{
+		{"plaintext", tlsconf.Config{}, ""},
+		{"no client certificate", tlsconf.Config{CA: f.CA}, "certificate required"},
+		{"wrong CA", tlsconf.Config{CA: f.OtherCA, Cert: f.ClientCert, Key: f.ClientKey}, "certificate signed by unknown authority"},
+		{"wrong server_name", tlsconf.Config{CA: f.CA, Cert: f.ClientCert, Key: f.ClientKey, ServerName: "redis.example"}, "not redis.example"},
+	} {
+		rdb := NewRedisClient(cfg(tc.tls))
+		err := rdb.Set(ctx, "k", "v", 0).Err()
+		rdb.Close()
+		if err == nil {
+			t.Errorf("%s: SET answered", tc.name)
+			continue
+		}
+		if !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v\nwant it to contain %q", tc.name, err, tc.want)
+		}
+		if tc.name != "plaintext" && tc.name != "no client certificate" && !strings.Contains(err.Error(), "redis "+seed) {
+			t.Errorf("%s: %v\nwant it to name redis %s", tc.name, err, seed)
 		}
 		t.Logf("%s: %v", tc.name, err)
 	}

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
@@ -52,17 +53,44 @@ const clusterSlots = 16384
 // empty data set; if its replica was promoted meanwhile, it becomes that
 // node's replica.
 //
+// With ClusterTLS every node speaks only TLS (see ClusterTLS).
+//
 // The methods are safe for concurrent use.
 type RedisCluster struct {
 	Dir string
+	// TLS is the PKI of a cluster started with ClusterTLS, nil otherwise.
+	TLS *TLSFiles
 
-	nodes  []*Redis // in start order
+	tls    *tls.Config // the client side of TLS, for the helpers' connections
+	args   []string    // extra redis-server arguments, from ClusterArgs
+	nodes  []*Redis    // in start order
 	ids    map[string]*Redis
 	shards [ClusterShards][2]*Redis // master and replica at start, by slot range
 
 	mu     sync.Mutex
 	closed bool
 	keep   bool // Close leaves Dir and the logs in it
+}
+
+// ClusterOption configures NewRedisCluster and StartRedisCluster.
+type ClusterOption func(*RedisCluster)
+
+// ClusterTLS makes every node speak only TLS with f's server certificate,
+// as NewRedisTLS starts a Redis (--tls-port, --port 0, client certificates
+// optional, --tls-replication yes), and with --tls-cluster yes: the
+// cluster bus is TLS too, and the nodes report their TLS port in CLUSTER
+// SLOTS, CLUSTER SHARDS and MOVED. redis-cli --cluster create runs with
+// --tls, f's CA and its client certificate. Addrs are the TLS addresses;
+// clients must trust f's CA.
+func ClusterTLS(f *TLSFiles) ClusterOption {
+	return func(c *RedisCluster) { c.TLS = f }
+}
+
+// ClusterArgs adds redis-server arguments to every node, after the
+// package's own (a later argument wins), e.g. "--tls-auth-clients", "yes"
+// to require client certificates with ClusterTLS.
+func ClusterArgs(args ...string) ClusterOption {
+	return func(c *RedisCluster) { c.args = append(c.args, args...) }
 }
 
 // NewRedisCluster starts the cluster and blocks until it is healthy (see
@@ -75,7 +103,7 @@ type RedisCluster struct {
 // and redis-tools): missing, they are an error, never a reason to skip. On
 // error nothing is left running and the error holds the end of every log.
 // The caller must Close the cluster.
-func NewRedisCluster() (*RedisCluster, error) {
+func NewRedisCluster(opts ...ClusterOption) (*RedisCluster, error) {
 	server, err := LookBinary("redis-server", "redis-server")
 	if err != nil {
 		return nil, err
@@ -89,6 +117,15 @@ func NewRedisCluster() (*RedisCluster, error) {
 		return nil, fmt.Errorf("testenv: %w", err)
 	}
 	c := &RedisCluster{Dir: dir, ids: map[string]*Redis{}}
+	for _, o := range opts {
+		o(c)
+	}
+	if c.TLS != nil {
+		if c.tls, err = c.TLS.ClientConfig(); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+	}
 	if err := c.start(server, cli); err != nil {
 		c.Close()
 		return nil, err
@@ -100,9 +137,9 @@ func NewRedisCluster() (*RedisCluster, error) {
 // tb.Fatal if the cluster cannot be started, and registers Close with
 // tb.Cleanup. If the test failed, Close leaves Dir behind with every
 // node's log and nodes.conf, and says where.
-func StartRedisCluster(tb testing.TB) *RedisCluster {
+func StartRedisCluster(tb testing.TB, opts ...ClusterOption) *RedisCluster {
 	tb.Helper()
-	c, err := NewRedisCluster()
+	c, err := NewRedisCluster(opts...)
 	if err != nil {
 		tb.Fatalf("testenv: start Redis Cluster: %v", err)
 	}
@@ -143,7 +180,7 @@ func (c *RedisCluster) start(server, cli string) error {
 		return err
 	}
 	for _, n := range c.nodes {
-		id, err := nodeDo(ctx, nil, n.Addr(), "CLUSTER", "MYID").Text()
+		id, err := nodeDo(ctx, c.tls, n.Addr(), "CLUSTER", "MYID").Text()
 		if err != nil {
 			return fmt.Errorf("testenv: %s: CLUSTER MYID: %w", n.Addr(), err)
 		}
@@ -178,7 +215,7 @@ func (c *RedisCluster) startNode(bin string, i int) (*Redis, error) {
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("testenv: %w", err)
 	}
-	r := &Redis{Host: "127.0.0.1", Dir: dir, bin: bin}
+	r := &Redis{Host: "127.0.0.1", Dir: dir, TLS: c.TLS, bin: bin}
 	err := onFreePorts(2, func(p []int) error {
 		r.Port = p[0]
 		r.args = []string{
@@ -193,6 +230,11 @@ func (c *RedisCluster) startNode(bin string, i int) (*Redis, error) {
 			// A replica (re)joining syncs at once.
 			"--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
 		}
+		if c.TLS != nil {
+			// The cluster bus over TLS; r.start adds the rest.
+			r.args = append(r.args, "--tls-cluster", "yes")
+		}
+		r.args = append(r.args, c.args...)
 		// A failed attempt leaves a nodes.conf naming the old ports.
 		os.Remove(filepath.Join(dir, "nodes.conf"))
 		return r.start()
@@ -207,7 +249,11 @@ func (c *RedisCluster) startNode(bin string, i int) (*Redis, error) {
 // Dir/cluster-create.log.
 func (c *RedisCluster) create(ctx context.Context, cli string) error {
 	log := filepath.Join(c.Dir, "cluster-create.log")
-	args := []string{"--cluster", "create"}
+	var args []string
+	if c.TLS != nil {
+		args = []string{"--tls", "--cacert", c.TLS.CA, "--cert", c.TLS.ClientCert, "--key", c.TLS.ClientKey}
+	}
+	args = append(args, "--cluster", "create")
 	args = append(args, c.Addrs()...)
 	args = append(args, "--cluster-replicas", "1", "--cluster-yes")
 	cmd := exec.CommandContext(ctx, cli, args...)
@@ -253,7 +299,7 @@ func (c *RedisCluster) Shard(ctx context.Context, i int) (master, replica *Redis
 			others = append(others, n)
 			continue
 		}
-		role, err := nodeRole(ctx, nil, n.Addr())
+		role, err := nodeRole(ctx, c.tls, n.Addr())
 		if err != nil {
 			return nil, nil, fmt.Errorf("testenv: shard %d: %w", i, err)
 		}
@@ -324,7 +370,7 @@ func (c *RedisCluster) Failover(ctx context.Context, replica *Redis) error {
 	if err := c.WaitHealthy(ctx); err != nil {
 		return fmt.Errorf("testenv: failover: cluster not healthy: %w", err)
 	}
-	if err := nodeDo(ctx, nil, replica.Addr(), "CLUSTER", "FAILOVER").Err(); err != nil {
+	if err := nodeDo(ctx, c.tls, replica.Addr(), "CLUSTER", "FAILOVER").Err(); err != nil {
 		return fmt.Errorf("testenv: CLUSTER FAILOVER on %s: %w", replica.Addr(), err)
 	}
 	if err := WaitFor(ctx, 50*time.Millisecond, func(ctx context.Context) error {

@@ -60,7 +60,7 @@ func (c *RedisCluster) healthy(ctx context.Context) (clusterView, error) {
 		if n.PID() == 0 {
 			continue
 		}
-		info, err := nodeDo(ctx, nil, n.Addr(), "CLUSTER", "INFO").Text()
+		info, err := nodeDo(ctx, c.tls, n.Addr(), "CLUSTER", "INFO").Text()
 		if err != nil {
 			return nil, fmt.Errorf("%s: CLUSTER INFO: %w", n.Addr(), err)
 		}
@@ -89,7 +89,7 @@ func (c *RedisCluster) healthy(ctx context.Context) (clusterView, error) {
 		if r.master.PID() == 0 {
 			return nil, fmt.Errorf("slots %d-%d: master %s is not running", r.start, r.end, r.master.Addr())
 		}
-		role, err := nodeRole(ctx, nil, r.master.Addr())
+		role, err := nodeRole(ctx, c.tls, r.master.Addr())
 		if err != nil {
 			return nil, err
 		}
@@ -101,7 +101,7 @@ func (c *RedisCluster) healthy(ctx context.Context) (clusterView, error) {
 			if rep.PID() == 0 {
 				return nil, fmt.Errorf("slots %d-%d: replica %s is not running", r.start, r.end, rep.Addr())
 			}
-			if err := replicating(ctx, nil, rep.Addr(), r.master.Addr()); err != nil {
+			if err := replicating(ctx, c.tls, rep.Addr(), r.master.Addr()); err != nil {
 				return nil, err
 			}
 		}
@@ -120,7 +120,7 @@ func (c *RedisCluster) healthy(ctx context.Context) (clusterView, error) {
 // replica until its replication offset is above 0, which takes up to
 // repl-ping-replica-period, 10 s, on an idle cluster.)
 func (c *RedisCluster) view(ctx context.Context, n *Redis) (clusterView, error) {
-	text, err := nodeDo(ctx, nil, n.Addr(), "CLUSTER", "NODES").Text()
+	text, err := nodeDo(ctx, c.tls, n.Addr(), "CLUSTER", "NODES").Text()
 	if err != nil {
 		return nil, fmt.Errorf("%s: CLUSTER NODES: %w", n.Addr(), err)
 	}

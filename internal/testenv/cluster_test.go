@@ -214,3 +214,101 @@ type failedTB struct {
 
 func (f *failedTB) Failed() bool      { return true }
 func (f *failedTB) Cleanup(fn func()) { f.cleanups = append(f.cleanups, fn) }
+
+// A cluster started with ClusterTLS requiring client certificates: every
+// node refuses plaintext and a TLS client without a certificate, the
+// nodes report their TLS ports (CLUSTER SLOTS), the replicas replicate
+// over TLS, and a cluster client with the CA and the client certificate
+// reaches every shard.
+func TestRedisClusterTLS(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f := MakeTLSFiles(t)
+	start := time.Now()
+	c := StartRedisCluster(t, ClusterTLS(f), ClusterArgs("--tls-auth-clients", "yes"))
+	t.Logf("Redis Cluster over TLS ready in %v: nodes %v", time.Since(start).Round(time.Millisecond), c.Addrs())
+	if c.TLS != f {
+		t.Errorf("TLS = %v, want the cluster's PKI", c.TLS)
+	}
+	tc, err := f.ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	noCert, err := f.ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	noCert.Certificates = nil
+	for _, addr := range c.Addrs() {
+		if err := nodeDo(ctx, nil, addr, "PING").Err(); err == nil {
+			t.Errorf("%s answers PING in plaintext", addr)
+		}
+		if err := nodeDo(ctx, noCert, addr, "PING").Err(); err == nil {
+			t.Errorf("%s answers PING over TLS without a client certificate", addr)
+		}
+		if got, err := nodeDo(ctx, tc, addr, "CONFIG", "GET", "tls-cluster").Result(); err != nil || fmt.Sprint(got) != "map[tls-cluster:yes]" {
+			t.Errorf("%s: CONFIG GET tls-cluster = %v, %v", addr, got, err)
+		}
+	}
+	// CLUSTER SLOTS names the masters at their TLS addresses (a replica
+	// only once its replication offset is above 0, see view).
+	slots, err := nodeDo(ctx, tc, c.Addrs()[0], "CLUSTER", "SLOTS").Slice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reported []string
+	for _, s := range slots {
+		for _, n := range s.([]any)[2:] {
+			n := n.([]any)
+			reported = append(reported, fmt.Sprintf("%s:%d", n[0], n[1]))
+		}
+	}
+	masters, err := c.Masters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range masters {
+		if !slices.Contains(reported, m.Addr()) {
+			t.Errorf("CLUSTER SLOTS names %v, not the master %s", reported, m.Addr())
+		}
+	}
+	for _, a := range reported {
+		if !slices.Contains(c.Addrs(), a) {
+			t.Errorf("CLUSTER SLOTS names %s, not a TLS address of the cluster %v", a, c.Addrs())
+		}
+	}
+	replicas, err := c.Replicas(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range ClusterShards {
+		if err := replicating(ctx, tc, replicas[i].Addr(), masters[i].Addr()); err != nil {
+			t.Errorf("shard %d: %v", i, err)
+		}
+	}
+
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs()[:1], TLSConfig: tc})
+	defer rdb.Close()
+	for i := range 100 {
+		if err := rdb.Set(ctx, fmt.Sprintf("k%d", i), i, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, m := range masters {
+		if n, err := nodeDo(ctx, tc, m.Addr(), "DBSIZE").Int(); err != nil || n == 0 {
+			t.Errorf("master %d %s holds %d keys (%v), want some of the 100", i, m.Addr(), n, err)
+		}
+	}
+
+	// A failover over the TLS cluster bus.
+	_, replica, err := c.Shard(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	if err := c.Failover(ctx, replica); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Failover of shard 0 to %s in %v", replica.Addr(), time.Since(start).Round(time.Millisecond))
+}
