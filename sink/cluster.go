@@ -111,6 +111,9 @@ type clusterState struct {
 	nodeScr *redis.Script // nodeLua
 	// perNode: slot groups go in one call per master (runPerNode).
 	perNode bool
+	// loaded: the scripts were loaded on every master in this run (a new
+	// cluster has none; EVALSHA would answer NOSCRIPT, logged as a failure).
+	loaded bool
 	// batches that went by node, and that went by slot (tests).
 	byNode, bySlot int
 	marks          map[int]slotMark
@@ -164,6 +167,12 @@ func token(f Fence) string {
 // written again with the same state).
 func (a *Applier) applySlots(ctx context.Context, b *batch) (int64, error) {
 	cs := a.cs
+	if !cs.loaded {
+		if err := a.loadSlotScript(ctx); err != nil {
+			return 0, err
+		}
+		cs.loaded = true
+	}
 	if len(b.slots) > 0 {
 		// The lease is in the source's slot, out of the slot groups'
 		// reach: read it first. A writer whose lease was taken since
