@@ -361,10 +361,11 @@ func mariadbTemplate(bin, server string) (string, error) {
 	if err := runInstallDB(bin, data, tmp); err != nil {
 		return "", err
 	}
-	if err := os.Rename(data, dir); err != nil {
-		// Another process put its template there first: use that one.
-		if !templateComplete(dir) {
-			os.RemoveAll(dir) // a broken one: the next start makes it again
+	if err := os.Rename(data, dir); err != nil && !templateComplete(dir) {
+		// Not another process's template: a damaged one (renames put only
+		// complete ones there). Move it out of the way, into work.
+		os.Rename(dir, filepath.Join(work, "damaged"))
+		if err := os.Rename(data, dir); err != nil && !templateComplete(dir) {
 			return "", fmt.Errorf("testenv: MariaDB template: %w", err)
 		}
 	}
