@@ -2,9 +2,13 @@ package testenv
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,7 +61,8 @@ func MariaDBTLS(f *TLSFiles) MariaDBOption {
 }
 
 // NewMariaDB initializes a new data directory in a temporary directory with
-// mariadb-install-db, starts mariadbd on a free port and waits (at most 60 s)
+// mariadb-install-db (a copy of the output of one run of it, see
+// mariadbTemplate), starts mariadbd on a free port and waits (at most 60 s)
 // until it accepts connections. If the port turns out to be taken, it tries
 // again on another one. The caller must Close the server.
 func NewMariaDB(opts ...MariaDBOption) (*MariaDB, error) {
@@ -258,29 +263,179 @@ func (m *MariaDB) Close() {
 	}
 }
 
-// installDB creates the system tables in m.DataDir.
+// installDB fills m.DataDir with the system tables: a copy of the data
+// directory mariadb-install-db made once for this mariadbd (mariadbTemplate),
+// as if it had run here. The install takes seconds (bootstrap, fsyncs), the
+// copy a fraction of one.
 func (m *MariaDB) installDB(bin string) error {
+	tmpl, err := mariadbTemplate(bin, m.bin)
+	if err != nil {
+		return err
+	}
+	return copyDir(tmpl, m.DataDir)
+}
+
+// installArgs are the arguments of mariadb-install-db for dataDir.
+func installArgs(dataDir, tmpDir string) []string {
 	args := []string{"--no-defaults"}
 	if os.Geteuid() == 0 {
 		// Without root, mariadb-install-db cannot switch users and runs as
 		// the current one anyway.
 		args = append(args, "--user=root")
 	}
-	args = append(args,
-		"--datadir="+m.DataDir,
-		"--tmpdir="+m.tmpDir,
+	return append(args,
+		"--datadir="+dataDir,
+		"--tmpdir="+tmpDir,
 		"--auth-root-authentication-method=normal",
 		"--skip-test-db",
 	)
+}
+
+// runInstallDB runs mariadb-install-db (bin) into the empty dataDir.
+func runInstallDB(bin, dataDir, tmpDir string) error {
+	args := installArgs(dataDir, tmpDir)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*startTimeout)
 	defer cancel()
-	logPath := filepath.Join(m.DataDir, "install.log")
+	logPath := filepath.Join(dataDir, "install.log")
 	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
 	_ = os.WriteFile(logPath, out, 0o644)
 	if err != nil {
 		return fmt.Errorf("testenv: %s %s: %w%s", bin, strings.Join(args, " "), err, logTails(logPath))
 	}
 	return nil
+}
+
+var (
+	templateMu  sync.Mutex
+	templateDir string // this process's mariadbTemplate, once made or found
+)
+
+// mariadbTemplate returns a data directory made by mariadb-install-db (bin)
+// for mariadbd (server) and never started, to be copied for each server. It
+// is kept between test processes and runs in the user's cache directory
+// (like Go's build cache), under a name made of the two binaries' paths,
+// sizes and modification times and of the effective user (root or not), so
+// an upgrade of MariaDB makes a new one; it is made in a temporary directory
+// beside it and renamed into place, so a process never sees a partial one.
+// Templates of other MariaDB versions are removed.
+func mariadbTemplate(bin, server string) (string, error) {
+	templateMu.Lock()
+	defer templateMu.Unlock()
+	if templateDir != "" {
+		return templateDir, nil
+	}
+	base, err := os.UserCacheDir()
+	if err != nil {
+		base = os.TempDir()
+	}
+	base = filepath.Join(base, "cachesync-testenv")
+	h := sha256.New()
+	fmt.Fprintf(h, "euid-root=%v\n", os.Geteuid() == 0)
+	for _, p := range []string{bin, server} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return "", fmt.Errorf("testenv: %w", err)
+		}
+		fmt.Fprintf(h, "%s %d %d\n", p, fi.Size(), fi.ModTime().UnixNano())
+	}
+	name := "mariadb-" + hex.EncodeToString(h.Sum(nil))[:16]
+	dir := filepath.Join(base, name)
+	if templateComplete(dir) {
+		templateDir = dir
+		return dir, nil
+	}
+	if err := os.MkdirAll(base, 0o755); err != nil {
+		return "", fmt.Errorf("testenv: %w", err)
+	}
+	work, err := os.MkdirTemp(base, ".install-")
+	if err != nil {
+		return "", fmt.Errorf("testenv: %w", err)
+	}
+	defer os.RemoveAll(work)
+	data, tmp := filepath.Join(work, "data"), filepath.Join(work, "tmp")
+	for _, d := range []string{data, tmp} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			return "", fmt.Errorf("testenv: %w", err)
+		}
+	}
+	if err := runInstallDB(bin, data, tmp); err != nil {
+		return "", err
+	}
+	if err := os.Rename(data, dir); err != nil && !templateComplete(dir) {
+		// Not another process's template: a damaged one (renames put only
+		// complete ones there). Move it out of the way, into work.
+		os.Rename(dir, filepath.Join(work, "damaged"))
+		if err := os.Rename(data, dir); err != nil && !templateComplete(dir) {
+			return "", fmt.Errorf("testenv: MariaDB template: %w", err)
+		}
+	}
+	if old, _ := filepath.Glob(filepath.Join(base, "mariadb-*")); len(old) > 0 {
+		for _, o := range old {
+			if o != dir {
+				os.RemoveAll(o)
+			}
+		}
+	}
+	templateDir = dir
+	return dir, nil
+}
+
+// templateComplete reports whether dir holds a data directory
+// mariadb-install-db finished.
+func templateComplete(dir string) bool {
+	for _, f := range []string{"ibdata1", "mysql/user.frm", "mysql/global_priv.frm"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// copyDir copies the files and directories in src into the existing
+// directory dst, with their permission bits.
+func copyDir(src, dst string) error {
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil || rel == "." {
+			return err
+		}
+		to := filepath.Join(dst, rel)
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return os.Mkdir(to, info.Mode().Perm())
+		}
+		if !info.Mode().IsRegular() {
+			return fmt.Errorf("%s: not a regular file", p)
+		}
+		return copyFile(p, to, info.Mode().Perm())
+	})
+	if err != nil {
+		return fmt.Errorf("testenv: copy the MariaDB template: %w", err)
+	}
+	return nil
+}
+
+func copyFile(src, dst string, perm fs.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }
 
 // args returns the mariadbd command line.
