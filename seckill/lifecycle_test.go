@@ -29,14 +29,17 @@ func TestRestockClearsSoldOut(t *testing.T) {
 		return s.int("SELECT COUNT(*) FROM sk_orders WHERE item_id = 2 AND status = 'created'") == 3 &&
 			s.rdb.ZCard(ctx, "sk:{2}:pending").Val() == 0
 	})
-	for u := int64(4); u <= 6; u++ {
+	// Orders stored is not yet their stock change applied by CDC: its
+	// message may still come and drop the flag once. Ten requests leave
+	// room for that; at least two must be answered from the flag.
+	for u := int64(4); u <= 13; u++ {
 		if r, err := d.reserve(2, u); err != nil || r.Status != 410 {
 			t.Fatalf("reserve after sell-out: %v %+v", err, r)
 		}
 	}
 	local := metric(t, d, `cachesync_seckill_reservations_total{result="sold_out_local"}`)
 	if local < 2 {
-		t.Errorf("sold_out_local = %v, want >= 2 (the flag should answer after the first 410)", local)
+		t.Errorf("sold_out_local = %v of 10, want >= 2 (the flag should answer after a 410)", local)
 	}
 	// Without the token: refused, nothing changes.
 	if r, _ := call("POST", d.base+"/admin/items/2/restock", `{"add":5}`, "Authorization", "Bearer "+adminToken); r.Status != 404 {
