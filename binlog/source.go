@@ -350,12 +350,7 @@ func parse(ctx context.Context, st *replication.BinlogStreamer, newDecoder func(
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		select {
-		case out <- u:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+		return send2(ctx, out, u)
 	}
 	wg.Go(func() {
 		defer close(work)

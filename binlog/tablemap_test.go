@@ -29,14 +29,7 @@ func TestTableMapReadOnce(t *testing.T) {
 	if err := dec.decode(fde, emit); err != nil {
 		t.Fatal(err)
 	}
-	tableMap := func(col string, logPos uint32) *replication.BinlogEvent {
-		tm := binary.LittleEndian.AppendUint32(nil, 5)
-		tm = append(tm, 0, 0, 0, 0)
-		tm = append(tm, 4, 's', 'h', 'o', 'p', 0, 5, 'i', 't', 'e', 'm', 's', 0)
-		tm = append(tm, 1, mysql.MYSQL_TYPE_LONG, 0, 0x00)
-		tm = append(tm, 4, byte(1+len(col)), byte(len(col)))
-		return event(replication.TABLE_MAP_EVENT, logPos, append(tm, col...))
-	}
+	tableMap := func(col string, logPos uint32) *replication.BinlogEvent { return itemsTableMap(col, logPos, nil) }
 	if err := dec.decode(tableMap("id", 100), emit); err != nil {
 		t.Fatal(err)
 	}
@@ -91,15 +84,8 @@ func TestDecoderReusesTableMap(t *testing.T) {
 	if err := dec.decode(fde, emit); err != nil {
 		t.Fatal(err)
 	}
-	tableMap := func(col string, logPos uint32) *replication.BinlogEvent {
-		tm := binary.LittleEndian.AppendUint32(nil, 5)
-		tm = append(tm, 0, 0, 0, 0)
-		tm = append(tm, 4, 's', 'h', 'o', 'p', 0, 5, 'i', 't', 'e', 'm', 's', 0)
-		tm = append(tm, 1, mysql.MYSQL_TYPE_LONG, 0, 0x00)
-		tm = append(tm, 1, 1, 0x80) // signedness: the column is UNSIGNED
-		tm = append(tm, 4, byte(1+len(col)), byte(len(col)))
-		return event(replication.TABLE_MAP_EVENT, logPos, append(tm, col...))
-	}
+	unsigned := []byte{1, 1, 0x80} // signedness: the column is UNSIGNED
+	tableMap := func(col string, logPos uint32) *replication.BinlogEvent { return itemsTableMap(col, logPos, unsigned) }
 	for i, col := range []string{"id", "id", "ix"} {
 		if err := dec.decode(tableMap(col, uint32(100+i)), emit); err != nil {
 			t.Fatal(err)
@@ -122,4 +108,17 @@ func TestDecoderReusesTableMap(t *testing.T) {
 	if &got[2].ColumnName[0][0] == &got[0].ColumnName[0][0] {
 		t.Error("a changed table map took the old one's column names")
 	}
+}
+
+// itemsTableMap builds a table map event of shop.items, table id 5, with
+// one INT column named col, the optional metadata fields meta (each type,
+// length, value) before its column name.
+func itemsTableMap(col string, logPos uint32, meta []byte) *replication.BinlogEvent {
+	tm := binary.LittleEndian.AppendUint32(nil, 5)
+	tm = append(tm, 0, 0, 0, 0)
+	tm = append(tm, 4, 's', 'h', 'o', 'p', 0, 5, 'i', 't', 'e', 'm', 's', 0)
+	tm = append(tm, 1, mysql.MYSQL_TYPE_LONG, 0, 0x00)
+	tm = append(tm, meta...)
+	tm = append(tm, 4, byte(1+len(col)), byte(len(col)))
+	return event(replication.TABLE_MAP_EVENT, logPos, append(tm, col...))
 }
